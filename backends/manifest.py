@@ -1,0 +1,235 @@
+"""The snapshot manifest, exactly as FORMAT.md (and the service's serde defaults) put it.
+
+Parsing is strict where a loose reading could restore the wrong thing (integers must be JSON
+integers in range, checksums 64 lowercase hex digits, keys clean relative paths) and lenient where
+FORMAT.md asks for forward compatibility (unknown fields are ignored).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError
+
+#: The newest manifest version memrestore understands; a newer one is refused.
+CURRENT_MANIFEST_VERSION = 1
+
+U64 = Annotated[int, Field(strict=True, ge=0, le=2**64 - 1)]
+U32 = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
+Checksum = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+_SNAPSHOT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# S3's own limit on a key; a longer key cannot name a real object anywhere we read from.
+MAX_KEY_BYTES = 1024
+
+
+def check_snapshot_id(snapshot_id: str) -> str:
+    """Return ``snapshot_id`` if FORMAT.md allows it, else raise :class:`InvalidSnapshotIdError`."""
+    if (
+        not isinstance(snapshot_id, str)
+        or not _SNAPSHOT_ID.fullmatch(snapshot_id)
+        or snapshot_id in (".", "..")
+    ):
+        raise InvalidSnapshotIdError(str(snapshot_id))
+    return snapshot_id
+
+
+def check_content_key(key: str) -> str:
+    """Return ``key`` if it is a clean relative ``/``-separated path, else raise InvalidKeyError."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(str(key), "it is empty")
+    if "\x00" in key:
+        raise InvalidKeyError(key, "it contains a NUL character")
+    if "\\" in key:
+        raise InvalidKeyError(key, "it contains a backslash")
+    if key.startswith("/"):
+        raise InvalidKeyError(key, "it is absolute")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKeyError(key, "it is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(key, f"it is {size} bytes long, above S3's {MAX_KEY_BYTES}")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            what = f"a {segment!r}" if segment else "an empty"
+            raise InvalidKeyError(key, f"it has {what} segment")
+    return key
+
+
+class DistanceMetric(str, enum.Enum):
+    """How an HNSW index measures distance; serde's PascalCase spellings are accepted too."""
+
+    COSINE = "cosine"
+    EUCLIDEAN = "euclidean"
+    DOT_PRODUCT = "dot_product"
+
+    @classmethod
+    def _missing_(cls, value: object) -> DistanceMetric | None:
+        aliases = {"Cosine": cls.COSINE, "Euclidean": cls.EUCLIDEAN, "DotProduct": cls.DOT_PRODUCT}
+        return aliases.get(value) if isinstance(value, str) else None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class WireVersion(_Model):
+    """The protocol version a snapshot was written with, or a destination speaks."""
+
+    major: U32
+    minor: U32
+
+    @classmethod
+    def parse(cls, text: str) -> WireVersion:
+        """Parse ``MAJOR.MINOR`` (as given on the command line)."""
+        match = re.fullmatch(r"(\d{1,9})\.(\d{1,9})", text.strip())
+        if not match:
+            raise ValueError(f"wire version {text!r} is not MAJOR.MINOR, e.g. 1.0")
+        return cls(major=int(match[1]), minor=int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+class EncryptionMetadata(_Model):
+    """How the content objects were encrypted; memrestore restores the bytes as they are."""
+
+    algorithm: str
+    dek_id: str
+    iv_b64: str
+
+
+class HnswSnapshotEntry(_Model):
+    """One HNSW index blob, for one embedding model."""
+
+    embedding_model: str
+    vector_dim: U32
+    distance_metric: DistanceMetric
+    source_log_watermark: U64
+    content_key: str
+    checksum: Checksum | None = None
+    deleted_count_pending: U64
+
+    @field_validator("content_key")
+    @classmethod
+    def _content_key(cls, v: str) -> str:
+        return _key_for_pydantic(v)
+
+    @field_validator("vector_dim")
+    @classmethod
+    def _positive_dim(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("vector_dim must be above 0")
+        return v
+
+
+class SnapshotManifest(_Model):
+    """``<snapshot_id>/manifest.json``: what one snapshot of one tenant holds."""
+
+    manifest_version: U32
+    tenant_id: U64
+    snapshot_id: str
+    created_at_unix_micros: U64
+    wire_version: WireVersion
+    table_schema_versions: dict[str, U32]
+    oplog_watermark: U64
+    oplog_floor: U64
+    forget_floor: U64 | None = None
+    sqlite_checkpoint_key: str
+    sqlite_checkpoint_checksum: Checksum | None = None
+    hnsw_snapshots: list[HnswSnapshotEntry]
+    encryption: EncryptionMetadata | None = None
+    label: str | None = None
+
+    @field_validator("snapshot_id")
+    @classmethod
+    def _snapshot_id(cls, v: str) -> str:
+        try:
+            return check_snapshot_id(v)
+        except InvalidSnapshotIdError as exc:
+            raise ValueError(f"snapshot id {v!r} is outside A-Z a-z 0-9 . _ - (1-128 chars)") from exc
+
+    @field_validator("sqlite_checkpoint_key")
+    @classmethod
+    def _sqlite_key(cls, v: str) -> str:
+        return _key_for_pydantic(v)
+
+    @field_validator("manifest_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if not 1 <= v <= CURRENT_MANIFEST_VERSION:
+            raise ValueError(
+                f"manifest_version {v} is not one memrestore knows (it reads 1 to "
+                f"{CURRENT_MANIFEST_VERSION}); upgrade memrestore to restore this snapshot"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _invariants(self) -> SnapshotManifest:
+        w = self.oplog_watermark
+        if self.oplog_floor > w:
+            raise ValueError(f"oplog_floor {self.oplog_floor} is above oplog_watermark {w}")
+        if self.forget_floor is not None and self.forget_floor > w:
+            raise ValueError(f"forget_floor {self.forget_floor} is above oplog_watermark {w}")
+        seen: set[str] = set()
+        for entry in self.hnsw_snapshots:
+            if entry.source_log_watermark > w:
+                raise ValueError(
+                    f"HNSW snapshot {entry.embedding_model!r} has source_log_watermark "
+                    f"{entry.source_log_watermark}, above oplog_watermark {w}"
+                )
+            if entry.embedding_model in seen:
+                raise ValueError(f"embedding model {entry.embedding_model!r} appears twice")
+            seen.add(entry.embedding_model)
+        keys = [self.sqlite_checkpoint_key] + [e.content_key for e in self.hnsw_snapshots]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"content key {duplicates[0]!r} is named by more than one item")
+        return self
+
+    @property
+    def embedding_models(self) -> list[str]:
+        return [e.embedding_model for e in self.hnsw_snapshots]
+
+    def to_json(self) -> bytes:
+        """The manifest as the service writes it (every field, ``null`` where unset)."""
+        return self.model_dump_json(indent=2).encode()
+
+
+def _key_for_pydantic(v: str) -> str:
+    try:
+        return check_content_key(v)
+    except InvalidKeyError as exc:
+        raise ValueError(f"content key {v!r} is not a safe relative path ({exc.reason})") from exc
+
+
+def parse_manifest(raw: bytes | str, where: str) -> SnapshotManifest:
+    """Parse manifest JSON; any problem becomes an :class:`InvalidManifestError` naming ``where``."""
+    try:
+        return SnapshotManifest.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        raise InvalidManifestError(where, _describe(exc)) from None
+    except (ValueError, RecursionError) as exc:  # jiter refuses absurd nesting with these
+        raise InvalidManifestError(where, f"it is not valid JSON ({exc})") from None
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(part) for part in err["loc"]) or "top level"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}")
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def manifest_dict(manifest: SnapshotManifest) -> dict[str, Any]:
+    """The manifest as plain JSON-ready data."""
+    return json.loads(manifest.to_json())

@@ -1,0 +1,193 @@
+"""A backend in an S3 bucket (AWS, or any S3-compatible server such as SeaweedFS or MinIO).
+
+Endpoint and credentials come from boto3's own chain, so ``AWS_ENDPOINT_URL``,
+``AWS_PROFILE`` and the rest work as they do for the AWS CLI. Large objects are fetched with
+ranged, parallel GETs by boto3's transfer manager; the sink sees the bytes in order, because we
+hand the manager a non-seekable writer (it then reorders the parts itself, within a bounded
+number of in-memory chunks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import botocore.config
+import boto3.exceptions
+import botocore.exceptions
+import s3transfer.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from backends.base import MANIFEST_NAME, ProgressFn, Sink
+from backends.errors import (
+    AccessDeniedError,
+    BackendError,
+    InvalidSnapshotIdError,
+    ObjectNotFoundError,
+    PermanentBackendError,
+    TransientBackendError,
+)
+from backends.manifest import check_content_key, check_snapshot_id
+
+MiB = 1024 * 1024
+
+#: Transfer tuning. Parts of 8 MiB, 8 at a time, keep a loopback or LAN link busy; the in-memory
+#: bound (64 chunks of boto3's 256 KiB I/O size = 16 MiB) caps what is held while parts arrive out
+#: of order, so memory does not grow with object size.
+TRANSFER = TransferConfig(
+    multipart_threshold=16 * MiB,
+    multipart_chunksize=8 * MiB,
+    max_concurrency=8,
+    max_io_queue=64,
+    use_threads=True,
+    preferred_transfer_client="classic",
+)
+# boto3's constructor does not take this s3transfer setting, but the manager reads it.
+TRANSFER.max_in_memory_download_chunks = 64
+
+#: boto3's own retries (standard mode) absorb brief blips inside one request; what still fails
+#: is classified below and, if transient, retried by the task with backoff.
+CLIENT_CONFIG = botocore.config.Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    max_pool_connections=32,
+    connect_timeout=10,
+    read_timeout=60,
+)
+
+#: What boto3 and its transfer manager raise for a failed request (after their own retries).
+_S3_ERRORS = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    boto3.exceptions.Boto3Error,
+    s3transfer.exceptions.RetriesExceededError,
+)
+
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+}
+
+
+class S3Backend:
+    """Snapshots under ``s3://bucket/prefix/``."""
+
+    def __init__(self, bucket: str, prefix: str = "", client=None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.client = client or boto3.session.Session().client("s3", config=CLIENT_CONFIG)
+
+    def _key(self, key: str) -> str:
+        check_content_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, exc: Exception, key: str) -> BackendError:
+        where = f"{self.url}/{key}"
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _NOT_FOUND_CODES or status == 404:
+                what = "bucket" if code == "NoSuchBucket" else "object"
+                return ObjectNotFoundError(
+                    f"{what} not found: {where} ({code or status}); check the bucket and prefix "
+                    "in --backend, or restore another snapshot",
+                    key=key,
+                )
+            if code in _DENIED_CODES or status == 403:
+                return AccessDeniedError(
+                    f"access denied to {where} ({code or status}); check the credentials boto3 "
+                    "uses (AWS_PROFILE, AWS_ACCESS_KEY_ID) and the bucket policy",
+                    key=key,
+                )
+            if code in _TRANSIENT_CODES or (status is not None and status >= 500):
+                return TransientBackendError(f"S3 error on {where}: {code or status}", key=key)
+            return PermanentBackendError(
+                f"S3 refused the request for {where}: {code or status} "
+                f"{error.get('Message', '')}".rstrip(),
+                key=key,
+            )
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return AccessDeniedError(
+                f"no AWS credentials found for {where}; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                key=key,
+            )
+        # Everything else botocore raises here is the connection failing: timeouts, resets,
+        # a body cut short, an endpoint that does not answer.
+        return TransientBackendError(f"S3 connection failed for {where}: {exc}", key=key)
+
+    def read_manifest_bytes(self, snapshot_id: str) -> bytes:
+        key = f"{check_snapshot_id(snapshot_id)}/{MANIFEST_NAME}"
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read()
+        except _S3_ERRORS as exc:
+            raise self._fail(exc, key) from exc
+
+    def list_snapshot_ids(self) -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        ids = []
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=root, Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    name = common["Prefix"][len(root):].rstrip("/")
+                    try:
+                        ids.append(check_snapshot_id(name))
+                    except InvalidSnapshotIdError:
+                        continue  # not a snapshot folder
+        except _S3_ERRORS as exc:
+            raise self._fail(exc, "") from exc
+        # A folder without a manifest is an unfinished snapshot; read_manifest reports those.
+        return sorted(ids)
+
+    def object_size(self, key: str) -> int:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except _S3_ERRORS as exc:
+            raise self._fail(exc, key) from exc
+        return int(head["ContentLength"])
+
+    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
+        writer = _InOrderCountingWriter(sink, on_bytes)
+        try:
+            self.client.download_fileobj(self.bucket, self._key(key), writer, Config=TRANSFER)
+        except _S3_ERRORS as exc:
+            raise self._fail(exc, key) from exc
+        return writer.total
+
+    def put_object(self, key: str, source: bytes | Path) -> None:
+        try:
+            if isinstance(source, bytes):
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=source)
+            else:
+                self.client.upload_file(str(source), self.bucket, self._key(key), Config=TRANSFER)
+        except _S3_ERRORS as exc:
+            raise self._fail(exc, key) from exc
+
+
+class _InOrderCountingWriter:
+    """Passes bytes to a sink and counts them as they are written, in order.
+
+    It says it is not seekable, so boto3's transfer manager writes parts strictly in order
+    (reordering them itself) instead of seeking; and its count, unlike boto3's progress
+    callbacks, never goes backwards when a part is retried.
+    """
+
+    def __init__(self, sink: Sink, on_bytes: ProgressFn | None) -> None:
+        self._sink = sink
+        self._on_bytes = on_bytes
+        self.total = 0
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        self.total += len(data)
+        if self._on_bytes is not None:
+            self._on_bytes(len(data))
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False

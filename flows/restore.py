@@ -1,0 +1,176 @@
+"""The ``restore-snapshot`` and ``verify-snapshot`` flows: the card's steps, top to bottom."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.events import emit_event
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from backends.manifest import WireVersion
+from tasks.commit import cleanup_task, commit_task, roll_back
+from tasks.errors import RollbackFailedError
+from tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
+from tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
+from tasks.plan import DestinationState, RestoreMode, RestorePlan
+from tasks.preflight import preflight_task
+from tasks.stage import StagedItem, hash_item_task, stage_item_task
+from tasks.validate import plan_items, unverified_warnings, validate_task
+
+#: Blobs downloaded at once. A snapshot has a SQLite checkpoint and a few HNSW blobs; four
+#: covers them, and large S3 objects are further split into parallel ranged GETs by boto3.
+ITEM_CONCURRENCY = 4
+
+
+class Destination(BaseModel):
+    """The destination service (FORMAT.md's DestinationState).
+
+    Args:
+        wire_version: The protocol version the destination speaks, MAJOR.MINOR.
+        tombstone_floor: The destination's forget horizon; snapshots that would bring forgotten
+            memories back are refused. Empty when nothing was forgotten.
+        embedding_model: The model the destination serves. Empty: the snapshot's only model.
+    """
+
+    wire_version: str = Field(default="1.0", pattern=r"^\d{1,9}\.\d{1,9}$")
+    tombstone_floor: int | None = Field(default=None, ge=0, le=2**64 - 1)
+    embedding_model: str | None = None
+
+    def state(self) -> DestinationState:
+        return DestinationState(
+            wire_version=WireVersion.parse(self.wire_version),
+            tombstone_floor=self.tombstone_floor,
+            embedding_model=self.embedding_model or None,
+        )
+
+
+def _emit(event: str, tenant_id: int, snapshot_id: str, payload: dict) -> None:
+    emit_event(
+        event=event,
+        resource={"prefect.resource.id": f"memrestore.tenant.{tenant_id}", "memrestore.snapshot": snapshot_id},
+        payload=payload,
+    )
+
+
+def _results(futures) -> list:
+    """Wait for every future (none is left running), then raise the first failure, if any."""
+    wait(futures)
+    results = [f.result(raise_on_failure=False) for f in futures]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise failures[0]
+    return results
+
+
+def _roll_back_after(exc: BaseException, data_dir: str, tenant_id: int) -> None:
+    """Undo the unfinished restore; if even that fails, keep the marker and say what is left."""
+    try:
+        roll_back(Path(data_dir), tenant_id)
+    except Exception as undo_exc:  # noqa: BLE001 - reported together with the first failure
+        raise RollbackFailedError(Path(data_dir), exc, undo_exc) from exc
+
+
+@flow(
+    name="restore-snapshot",
+    flow_run_name="tenant-{tenant_id}-{snapshot}-{mode.value}",
+    persist_result=True,
+    result_serializer="json",
+    task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
+)
+def restore_snapshot(
+    backend: str,
+    tenant_id: int,
+    data_dir: str,
+    mode: RestoreMode,
+    snapshot: str = LATEST,
+    destination: Destination = Destination(),
+    require_checksums: bool = False,
+    dry_run: bool = False,
+    resume: bool = False,
+) -> dict:
+    """Restore one tenant's snapshot from a backup backend into a data dir.
+
+    Args:
+        backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
+        tenant_id: The tenant to restore.
+        data_dir: The destination service's data dir.
+        mode: new_cluster (empty data dir), single_tenant (this tenant only), or
+            wipe_and_restore (replace everything).
+        snapshot: A snapshot id, or "latest" for the tenant's newest.
+        destination: What the destination service is; checked against the snapshot.
+        require_checksums: Refuse a snapshot with any blob lacking a checksum.
+        dry_run: Fetch, validate and preflight; print the plan; write nothing.
+        resume: Continue an interrupted restore of the same snapshot.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    manifest = fetch_manifest_task(backend, tenant_id, snapshot)
+    plan = validate_task(manifest, destination.state(), backend, require_checksums)
+    for warning in plan.warnings:
+        logger.warning(warning)
+    plan = measure_plan_task(plan)
+    preflight_task(plan, data_dir, mode, dry_run)
+
+    if dry_run:
+        outcome = build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
+    else:
+        try:
+            staged: list[StagedItem] = _results(
+                stage_item_task.map(unmapped(backend), plan.items, unmapped(data_dir), unmapped(resume))
+            )
+            commit_task(data_dir, plan.tenant_id, mode)
+        except BaseException as exc:
+            _roll_back_after(exc, data_dir, plan.tenant_id)
+            _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id, {"reason": str(exc)})
+            raise
+        cleanup_task(data_dir)
+        outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started)
+        _emit(
+            "memrestore.restore.completed",
+            tenant_id,
+            plan.snapshot_id,
+            {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": data_dir},
+        )
+
+    publish_outcome_task(outcome)
+    return outcome.model_dump(mode="json")
+
+
+@flow(
+    name="verify-snapshot",
+    flow_run_name="verify-{snapshot}",
+    persist_result=True,
+    result_serializer="json",
+    task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
+)
+def verify_snapshot(backend: str, snapshot: str) -> dict:
+    """Download and hash every blob of a snapshot, writing nothing.
+
+    Args:
+        backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
+        snapshot: The snapshot id.
+    """
+    started = time.monotonic()
+    manifest = fetch_manifest_task(backend, None, snapshot)
+    items = plan_items(manifest)
+    plan = RestorePlan(
+        backend=backend,
+        tenant_id=manifest.tenant_id,
+        snapshot_id=manifest.snapshot_id,
+        created_at_unix_micros=manifest.created_at_unix_micros,
+        destination_state=DestinationState(),
+        items=items,
+        warnings=unverified_warnings(items, "can only be hashed, not verified"),
+    )
+    hashed = _results(hash_item_task.map(unmapped(backend), plan.items))
+    outcome = build_outcome("verified", plan, None, None, hashed, time.monotonic() - started)
+    publish_outcome_task(outcome)
+    return outcome.model_dump(mode="json")
+
+
+def outcome_of(result: dict) -> RestoreOutcome:
+    return RestoreOutcome.model_validate(result)

@@ -1,0 +1,136 @@
+"""Errors of the restore side. The whole tree memrestore raises::
+
+    RestoreError                                   backends.errors
+    ├── BadInputError                              backends.errors: input that can never work
+    │   ├── InvalidKeyError, InvalidSnapshotIdError, InvalidManifestError
+    │   └── SnapshotNotFoundError                  no such snapshot (or none for the tenant)
+    ├── BackendError                               backends.errors
+    │   ├── TransientBackendError                  retried with backoff
+    │   └── PermanentBackendError                  ObjectNotFoundError, AccessDeniedError
+    ├── RestoreRefusedError                        the destination or the plan says no; nothing written
+    │   ├── IncompatibleSnapshotError              wire version, forget floor, embedding model, checksums
+    │   ├── DataDirNotEmptyError                   new_cluster on a data dir with entries
+    │   ├── TenantPathOccupiedError                single_tenant on a tenant dir with entries
+    │   ├── UnsafeDestinationError                 a symlink or non-directory where a dir must be
+    │   ├── LeftoverAsideError                     old data set aside by a restore whose marker was removed
+    │   ├── InsufficientSpaceError                 the data dir's file system cannot hold the snapshot
+    │   └── RestoreInProgressError                 the marker exists
+    ├── ChecksumMismatchError                      a blob's blake3 differs from the manifest
+    ├── DestinationIOError                         writing the data dir failed (disk full, EIO)
+    └── RollbackFailedError                        a failed restore could not be undone; marker kept
+
+Every message says what was found and what to do next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backends.errors import BadInputError, RestoreError
+
+
+class SnapshotNotFoundError(BadInputError):
+    """The asked-for snapshot does not exist, or the tenant has none."""
+
+
+class RestoreRefusedError(RestoreError):
+    """A precondition failed; the data dir was not changed."""
+
+
+class IncompatibleSnapshotError(RestoreRefusedError):
+    """The snapshot cannot be restored into this destination (FORMAT.md's DestinationState rules)."""
+
+
+class DataDirNotEmptyError(RestoreRefusedError):
+    def __init__(self, path: Path, entries: list[str]) -> None:
+        self.path = path
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        super().__init__(
+            f"data dir {path} is not empty (found: {shown}); new_cluster restores only into an "
+            "empty or absent data dir. Use --mode single_tenant to add one tenant beside the "
+            "others, or --mode wipe_and_restore to replace everything, if that is what you mean."
+        )
+
+
+class TenantPathOccupiedError(RestoreRefusedError):
+    def __init__(self, tenant_id: int, path: Path) -> None:
+        self.tenant_id = tenant_id
+        self.path = path
+        super().__init__(
+            f"tenant {tenant_id} already has data in {path}; single_tenant will not overwrite "
+            "it. Move that directory away first, or use --mode wipe_and_restore to replace the "
+            "whole data dir, if that is what you mean."
+        )
+
+
+class UnsafeDestinationError(RestoreRefusedError):
+    def __init__(self, path: Path, found: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is {found}; memrestore only writes into real directories inside the data "
+            "dir and never through symlinks. Replace it with a plain directory (or remove it) "
+            "and run the restore again."
+        )
+
+
+class LeftoverAsideError(RestoreRefusedError):
+    def __init__(self, aside: Path) -> None:
+        self.path = aside
+        super().__init__(
+            f"{aside} holds data set aside by an interrupted wipe_and_restore whose marker was "
+            "removed: it may be the data dir's previous contents. Move what you need from it "
+            f"back into {aside.parent}, delete it, and run the restore again."
+        )
+
+
+class InsufficientSpaceError(RestoreRefusedError):
+    def __init__(self, path: Path, needed: int, free: int) -> None:
+        self.needed, self.free = needed, free
+        super().__init__(
+            f"the file system of {path} has {free / 2**20:.1f} MiB free but the snapshot needs "
+            f"{needed / 2**20:.1f} MiB staged beside the current data; free some space or "
+            "restore into a larger volume."
+        )
+
+
+class RestoreInProgressError(RestoreRefusedError):
+    def __init__(self, marker: Path, holder: str) -> None:
+        self.marker = marker
+        super().__init__(
+            f"a restore is in progress in this data dir: marker {marker} exists ({holder}). "
+            "If that restore is still running, wait for it. If it was interrupted, finish it "
+            "with `memrestore restore ... --resume` or undo it with `memrestore abort "
+            f"--data-dir {marker.parent}`; the service will not start while the marker exists."
+        )
+
+
+class ChecksumMismatchError(RestoreError):
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        self.key, self.expected, self.actual = key, expected, actual
+        super().__init__(
+            f"checksum mismatch for {key!r}: the manifest says blake3 {expected}, the backend's "
+            f"bytes hash to {actual}. The object is corrupt or was replaced after the snapshot; "
+            "nothing was written to the data dir. Restore an older snapshot."
+        )
+
+
+class DestinationIOError(RestoreError):
+    def __init__(self, action: str, path: Path, exc: OSError) -> None:
+        self.path = path
+        self.errno = exc.errno
+        super().__init__(
+            f"{action} {path} failed: {exc.strerror or exc}. The data dir's previous contents "
+            "are intact; fix the cause (free space, permissions, the disk) and run the restore "
+            "again."
+        )
+
+
+class RollbackFailedError(RestoreError):
+    def __init__(self, data_dir: Path, cause: BaseException, undo: BaseException) -> None:
+        self.path = data_dir
+        super().__init__(
+            f"the restore into {data_dir} failed ({cause}), and undoing it failed too ({undo}). "
+            "The marker is kept, so the service will not start on a half-restored data dir. "
+            f"Fix the cause, then run `memrestore abort --data-dir {data_dir}` to put the previous "
+            "contents back, or `memrestore restore ... --resume` to finish the restore."
+        )

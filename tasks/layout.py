@@ -1,0 +1,137 @@
+"""Where memrestore keeps its own bookkeeping inside a data dir, and the marker it holds.
+
+Everything of ours sits at the data dir's top level under a name starting with ``.restore``
+(FORMAT.md); every other entry belongs to the service::
+
+    .restore-in-progress    the marker (JSON: who holds it, which snapshot, which phase)
+    .restore-staging/       new data, downloaded and verified, in the final layout
+    .restore-aside/         (wipe_and_restore) the old entries, moved aside during the commit
+
+The service refuses to start while the marker exists; any marker blocks a new restore, whatever
+its content (the service itself may write a bare snapshot id into it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import os
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel
+
+OURS_PREFIX = ".restore"
+MARKER_NAME = ".restore-in-progress"
+STAGING_NAME = ".restore-staging"
+ASIDE_NAME = ".restore-aside"
+MARKER_TMP_NAME = ".restore-marker.tmp"
+
+
+class Phase(str, enum.Enum):
+    """Where a restore is: what an interrupted one left behind depends on it."""
+
+    STAGING = "staging"        # old data untouched; new data partly staged
+    COMMITTING = "committing"  # renames under way: resume finishes them, abort undoes them
+    CLEANUP = "cleanup"        # new data in place; only our leftovers remain to delete
+
+
+class MarkerInfo(BaseModel):
+    tool: str = "memrestore"
+    snapshot_id: str
+    tenant_id: int
+    mode: str
+    phase: Phase = Phase.STAGING
+    pid: int
+    host: str
+    started_at: str
+
+
+def marker_path(data_dir: Path) -> Path:
+    return data_dir / MARKER_NAME
+
+
+def staging_dir(data_dir: Path) -> Path:
+    return data_dir / STAGING_NAME
+
+
+def aside_dir(data_dir: Path) -> Path:
+    return data_dir / ASIDE_NAME
+
+
+def service_entries(data_dir: Path) -> list[str]:
+    """Names in the data dir that belong to the service (everything not ``.restore*``)."""
+    return sorted(name for name in os.listdir(data_dir) if not name.startswith(OURS_PREFIX))
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_marker(snapshot_id: str, tenant_id: int, mode: str) -> MarkerInfo:
+    return MarkerInfo(
+        snapshot_id=snapshot_id,
+        tenant_id=tenant_id,
+        mode=mode,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def create_marker(data_dir: Path, info: MarkerInfo) -> None:
+    """Create the marker atomically (O_EXCL): raises FileExistsError if any marker is there."""
+    path = marker_path(data_dir)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, info.model_dump_json().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(data_dir)
+
+
+def update_marker(data_dir: Path, info: MarkerInfo) -> None:
+    """Rewrite the marker in place atomically: it is present at every instant."""
+    tmp = data_dir / MARKER_TMP_NAME
+    with open(tmp, "wb") as f:
+        f.write(info.model_dump_json().encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, marker_path(data_dir))
+    fsync_dir(data_dir)
+
+
+def read_marker(data_dir: Path) -> MarkerInfo | None:
+    """The marker's content if it is ours; ``None`` if it is absent or was not written by us."""
+    try:
+        raw = marker_path(data_dir).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return MarkerInfo.model_validate_json(raw)
+    except ValueError:
+        return None
+
+
+def describe_marker(data_dir: Path) -> str:
+    """A short account of who holds the marker, for messages."""
+    info = read_marker(data_dir)
+    if info is not None:
+        return (
+            f"memrestore restore of snapshot {info.snapshot_id!r} (tenant {info.tenant_id}, "
+            f"{info.mode}) started {info.started_at} by pid {info.pid} on {info.host}, "
+            f"phase {info.phase.value}"
+        )
+    try:
+        raw = marker_path(data_dir).read_bytes()[:200]
+    except OSError:
+        return "unreadable"
+    text = raw.decode("utf-8", "replace").strip()
+    return f"not written by memrestore; it reads {text!r}" if text else "empty, not written by memrestore"

@@ -1,0 +1,125 @@
+"""Mode preflight: take the marker atomically, then check the mode's precondition.
+
+The marker is created with O_EXCL *before* the checks, so two restores started together on one
+data dir cannot both pass: exactly one creates the marker, the other is refused. A refusal
+after the marker was taken removes it again and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.errors import (
+    DataDirNotEmptyError,
+    DestinationIOError,
+    InsufficientSpaceError,
+    LeftoverAsideError,
+    RestoreInProgressError,
+    TenantPathOccupiedError,
+    UnsafeDestinationError,
+)
+from tasks.layout import (
+    aside_dir,
+    create_marker,
+    describe_marker,
+    fsync_dir,
+    marker_path,
+    new_marker,
+    service_entries,
+    staging_dir,
+)
+from tasks.plan import RestoreMode, RestorePlan
+
+#: Headroom kept free beyond the snapshot's bytes: directory blocks, the marker, and a margin so
+#: that the restore does not leave the service's own volume at zero bytes.
+SPACE_HEADROOM = 16 * 1024 * 1024
+
+
+def _check_is_plain_dir(path: Path, what: str) -> bool:
+    """True if ``path`` is a real directory, False if absent; refuses symlinks and files."""
+    if os.path.islink(path):
+        raise UnsafeDestinationError(path, f"a symlink (to {os.readlink(path)}), not the {what}")
+    if not os.path.lexists(path):
+        return False
+    if not os.path.isdir(path):
+        raise UnsafeDestinationError(path, f"a file, not the {what}")
+    return True
+
+
+def check_mode(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> None:
+    """Refuse if ``mode``'s precondition does not hold in ``data_dir`` (which exists)."""
+    if mode is RestoreMode.NEW_CLUSTER:
+        entries = service_entries(data_dir)
+        if entries:
+            raise DataDirNotEmptyError(data_dir, entries)
+    tenant = data_dir / plan.tenant_dir
+    if mode is RestoreMode.SINGLE_TENANT and _check_is_plain_dir(tenant, "tenant directory"):
+        if os.listdir(tenant):
+            raise TenantPathOccupiedError(plan.tenant_id, tenant)
+    # wipe_and_restore has no precondition: it replaces whatever is there.
+
+
+def check_space(plan: RestorePlan, data_dir: Path) -> None:
+    """Refuse if the data dir's file system cannot hold the staged snapshot beside the old data."""
+    needed = plan.total_bytes
+    if needed is None:
+        return
+    free = shutil.disk_usage(data_dir).free
+    if free < needed + SPACE_HEADROOM:
+        raise InsufficientSpaceError(data_dir, needed + SPACE_HEADROOM, free)
+
+
+def _check_leftovers(data_dir: Path) -> None:
+    """Deal with bookkeeping an interrupted restore left behind without its marker."""
+    aside = aside_dir(data_dir)
+    if os.path.lexists(aside) and (not os.path.isdir(aside) or os.listdir(aside)):
+        raise LeftoverAsideError(aside)
+    staged = staging_dir(data_dir)
+    if os.path.lexists(staged):
+        # Only downloaded copies of snapshot data live here: safe to drop.
+        if os.path.isdir(staged) and not os.path.islink(staged):
+            shutil.rmtree(staged)
+        else:
+            os.unlink(staged)
+
+
+def preflight(plan: RestorePlan, data_dir: Path, mode: RestoreMode, dry_run: bool = False) -> None:
+    """Check the mode and take the marker; with ``dry_run``, check only and write nothing."""
+    data_dir = Path(data_dir)
+    exists = _check_is_plain_dir(data_dir, "data dir")
+    marker = marker_path(data_dir)
+
+    if dry_run:
+        if os.path.lexists(marker):
+            raise RestoreInProgressError(marker, describe_marker(data_dir))
+        if exists:
+            check_mode(plan, data_dir, mode)
+            check_space(plan, data_dir)
+        return
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        create_marker(data_dir, new_marker(plan.snapshot_id, plan.tenant_id, mode.value))
+    except FileExistsError:
+        raise RestoreInProgressError(marker, describe_marker(data_dir)) from None
+    except OSError as exc:
+        raise DestinationIOError("taking the restore marker in", data_dir, exc) from exc
+    try:
+        check_mode(plan, data_dir, mode)
+        check_space(plan, data_dir)
+        _check_leftovers(data_dir)
+    except BaseException:
+        marker.unlink(missing_ok=True)
+        fsync_dir(data_dir)
+        raise
+
+
+@task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
+def preflight_task(plan: RestorePlan, data_dir: str, mode: RestoreMode, dry_run: bool = False) -> None:
+    """Take the marker and check the mode's precondition (never retried)."""
+    preflight(plan, Path(data_dir), mode, dry_run)

@@ -1,0 +1,159 @@
+"""Download-and-verify: stream one blob from the backend through blake3 into a staged file.
+
+Bytes go backend -> hasher -> file in chunks, so memory does not grow with blob size. The staged
+tree mirrors the final layout under ``<data_dir>/.restore-staging/``; a file is written as
+``<name>.part``, fsynced, checked, and only then renamed to ``<name>``. So a staged file without
+the suffix is always complete and verified (a resumed restore may keep it after re-hashing), and
+a blob whose hash differs from the manifest never gets past ``.part``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from backends import Backend, open_backend
+from tasks import progress
+from tasks.errors import ChecksumMismatchError, DestinationIOError
+from tasks.layout import fsync_dir, staging_dir
+from tasks.plan import PlanItem
+from tasks.retry import RETRY_OPTIONS
+
+PART_SUFFIX = ".part"
+#: Read size when re-hashing a staged file on resume.
+HASH_CHUNK = 1024 * 1024
+
+
+class StagedItem(BaseModel):
+    """A blob that is staged (or, for verify, hashed): its size, its actual digest, and whether
+    that digest was checked against the manifest."""
+
+    item: PlanItem
+    bytes: int
+    checksum: str
+    verified: bool
+    reused: bool = False
+
+
+class _HashingWriter:
+    """Feeds every chunk to blake3 and, if given, writes it fully to a file descriptor."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.hasher = blake3.blake3()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        if self.fd is not None:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        self.size += len(data)
+        return len(data)
+
+
+def _check(item: PlanItem, actual: str) -> bool:
+    if item.expected_checksum is None:
+        return False
+    if actual != item.expected_checksum:
+        raise ChecksumMismatchError(item.content_key, item.expected_checksum, actual)
+    return True
+
+
+def hash_item(backend: Backend, item: PlanItem) -> StagedItem:
+    """Download ``item`` and hash it, writing nothing (``memrestore verify``)."""
+    writer = _HashingWriter(None)
+    size = backend.download(item.content_key, writer, progress.advance)
+    actual = writer.hasher.hexdigest()
+    return StagedItem(item=item, bytes=size, checksum=actual, verified=_check(item, actual))
+
+
+def staged_path(data_dir: Path, item: PlanItem) -> Path:
+    return staging_dir(data_dir) / item.destination
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    hasher = blake3.blake3()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(HASH_CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return size, hasher.hexdigest()
+
+
+def reuse_staged(data_dir: Path, item: PlanItem) -> StagedItem | None:
+    """A staged file from an interrupted restore, if it is complete and still hashes right."""
+    final = staged_path(data_dir, item)
+    if item.expected_checksum is None or not final.is_file() or final.is_symlink():
+        return None
+    size, actual = _hash_file(final)
+    if actual != item.expected_checksum:
+        final.unlink()
+        return None
+    progress.advance(size)
+    return StagedItem(item=item, bytes=size, checksum=actual, verified=True, reused=True)
+
+
+def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False) -> StagedItem:
+    """Stream ``item`` into its staged file, verify it, and make it durable under its final name.
+
+    Raises ChecksumMismatchError (the ``.part`` file is removed), a BackendError, or
+    DestinationIOError (disk full, permissions). Nothing outside the staging tree is touched.
+    """
+    data_dir = Path(data_dir)
+    if resume and (kept := reuse_staged(data_dir, item)) is not None:
+        return kept
+    final = staged_path(data_dir, item)
+    part = final.with_name(final.name + PART_SUFFIX)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise DestinationIOError("creating", part, exc) from exc
+    received = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal received
+        received += n
+        progress.advance(n)
+
+    try:
+        try:
+            writer = _HashingWriter(fd)
+            size = backend.download(item.content_key, writer, on_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        actual = writer.hasher.hexdigest()
+        verified = _check(item, actual)
+        os.rename(part, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        progress.advance(-received)
+        raise DestinationIOError("writing", part, exc) from exc
+    except BaseException:
+        part.unlink(missing_ok=True)
+        progress.advance(-received)
+        raise
+    return StagedItem(item=item, bytes=size, checksum=actual, verified=verified)
+
+
+@task(name="download-and-verify", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
+def stage_item_task(backend_url: str, item: PlanItem, data_dir: str, resume: bool = False) -> StagedItem:
+    """Stage one blob; transient backend errors are retried with backoff, nothing else is."""
+    return stage_item(open_backend(backend_url), item, Path(data_dir), resume)
+
+
+@task(name="download-and-hash", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
+def hash_item_task(backend_url: str, item: PlanItem) -> StagedItem:
+    """Hash one blob without writing it; transient backend errors are retried."""
+    return hash_item(open_backend(backend_url), item)

@@ -1,0 +1,145 @@
+"""Validation: FORMAT.md's rules, a manifest against a destination, producing a RestorePlan.
+
+Pure: no I/O, so it is never retried; every refusal happens here, before a byte is written.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from backends.manifest import SnapshotManifest
+from tasks.errors import IncompatibleSnapshotError
+from tasks.plan import (
+    DestinationState,
+    ItemKind,
+    PlanItem,
+    RestorePlan,
+    hnsw_destination,
+    sqlite_destination,
+)
+
+
+def resolve_destination(manifest: SnapshotManifest, destination: DestinationState) -> DestinationState:
+    """Fill in the embedding model when the snapshot has exactly one and none was named."""
+    if destination.embedding_model is not None:
+        return destination
+    models = manifest.embedding_models
+    if len(models) == 1:
+        return destination.model_copy(update={"embedding_model": models[0]})
+    found = f"it holds {', '.join(repr(m) for m in models)}" if models else "it holds no HNSW index"
+    raise IncompatibleSnapshotError(
+        f"snapshot {manifest.snapshot_id!r}: name the embedding model the destination serves "
+        f"with --embedding-model ({found})."
+    )
+
+
+def plan_items(manifest: SnapshotManifest) -> list[PlanItem]:
+    """The blobs of a snapshot, SQLite checkpoint first, with their destinations."""
+    items = [
+        PlanItem(
+            kind=ItemKind.SQLITE_CHECKPOINT,
+            content_key=manifest.sqlite_checkpoint_key,
+            expected_checksum=manifest.sqlite_checkpoint_checksum,
+            destination=sqlite_destination(manifest.tenant_id),
+        )
+    ]
+    for entry in manifest.hnsw_snapshots:
+        items.append(
+            PlanItem(
+                kind=ItemKind.HNSW_SNAPSHOT,
+                embedding_model=entry.embedding_model,
+                content_key=entry.content_key,
+                expected_checksum=entry.checksum,
+                destination=hnsw_destination(manifest.tenant_id, entry.embedding_model),
+            )
+        )
+    return items
+
+
+def unverified_warnings(items: list[PlanItem], consequence: str = "will be restored unverified") -> list[str]:
+    return [
+        f"{item.label} ({item.content_key}) has no checksum in the manifest: it {consequence}"
+        for item in items
+        if item.expected_checksum is None
+    ]
+
+
+def validate(
+    manifest: SnapshotManifest,
+    destination: DestinationState,
+    backend_url: str,
+    require_checksums: bool = False,
+) -> RestorePlan:
+    """Check ``manifest`` against ``destination`` and return the plan, or refuse."""
+    sid = manifest.snapshot_id
+    destination = resolve_destination(manifest, destination)
+
+    have, want = manifest.wire_version, destination.wire_version
+    if have.major != want.major or have.minor > want.minor:
+        raise IncompatibleSnapshotError(
+            f"snapshot {sid!r} was written with wire version {have}, and the destination speaks "
+            f"{want}: a restore needs the same major version and a snapshot minor no newer than "
+            "the destination's. Upgrade the destination service (then pass --wire-version), or "
+            "restore a snapshot written by a compatible version."
+        )
+
+    floor = destination.tombstone_floor
+    if floor is not None and (manifest.forget_floor is None or manifest.forget_floor < floor):
+        found = "no forget_floor" if manifest.forget_floor is None else f"forget_floor {manifest.forget_floor}"
+        raise IncompatibleSnapshotError(
+            f"snapshot {sid!r} has {found}, but the destination has forgotten oplog positions "
+            f"up to {floor} on request: restoring it would bring forgotten memories back. "
+            f"Restore a snapshot taken after the forget (forget_floor >= {floor})."
+        )
+
+    if destination.embedding_model not in manifest.embedding_models:
+        raise IncompatibleSnapshotError(
+            f"snapshot {sid!r} has no HNSW index for embedding model "
+            f"{destination.embedding_model!r} (it has: "
+            f"{', '.join(repr(m) for m in manifest.embedding_models) or 'none'}); pass the model "
+            "the destination serves with --embedding-model, or restore a snapshot that has it."
+        )
+
+    items = plan_items(manifest)
+
+    by_destination: dict[str, PlanItem] = {}
+    for item in items:
+        other = by_destination.setdefault(item.destination, item)
+        if other is not item:
+            raise IncompatibleSnapshotError(
+                f"snapshot {sid!r}: {other.label} and {item.label} would both be written to "
+                f"{item.destination} (model names are made file-safe by replacing characters "
+                "outside A-Z a-z 0-9 . _ -), so one would overwrite the other. Rename one "
+                "embedding model in the service and take a new snapshot."
+            )
+
+    unverified = [item for item in items if item.expected_checksum is None]
+    if unverified and require_checksums:
+        raise IncompatibleSnapshotError(
+            f"snapshot {sid!r} has no checksum for {', '.join(i.label for i in unverified)}, and "
+            "--require-checksums is set: those bytes could not be verified. Restore a snapshot "
+            "with checksums, or drop --require-checksums to restore them unverified."
+        )
+    warnings = unverified_warnings(items)
+
+    return RestorePlan(
+        backend=backend_url,
+        tenant_id=manifest.tenant_id,
+        snapshot_id=sid,
+        created_at_unix_micros=manifest.created_at_unix_micros,
+        destination_state=destination,
+        items=items,
+        warnings=warnings,
+    )
+
+
+@task(name="validate", cache_policy=NO_CACHE, persist_result=False)
+def validate_task(
+    manifest: SnapshotManifest,
+    destination: DestinationState,
+    backend_url: str,
+    require_checksums: bool = False,
+) -> RestorePlan:
+    """Check the manifest against the destination; never retried (it is pure)."""
+    return validate(manifest, destination, backend_url, require_checksums)
