@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from backends import Backend, list_snapshots, open_backend, read_manifest
 from backends.errors import ObjectNotFoundError
 from backends.manifest import SnapshotManifest, check_snapshot_id
+from tasks import progress
 from tasks.errors import SnapshotNotFoundError
 from tasks.plan import RestorePlan
 from tasks.retry import RETRY_OPTIONS
@@ -68,7 +69,9 @@ def measure_plan(backend: Backend, plan: RestorePlan) -> RestorePlan:
     """The plan with each item's size from the backend: proves every object exists, before the
     data dir is touched, and sizes the space check and the progress bar."""
     items = [item.model_copy(update={"size": backend.object_size(item.content_key)}) for item in plan.items]
-    return plan.model_copy(update={"items": items})
+    measured = plan.model_copy(update={"items": items})
+    progress.expect(measured.total_bytes or 0)
+    return measured
 
 
 @task(name="measure-objects", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)

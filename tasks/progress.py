@@ -12,7 +12,19 @@ from typing import Callable
 Listener = Callable[[int], None]
 
 _listeners: list[Listener] = []
+_total_listeners: list[Listener] = []
 _lock = threading.Lock()
+
+
+def subscribe_total(listener: Listener) -> None:
+    """``listener(total_bytes)`` is called once the restore knows how many bytes it will fetch."""
+    with _lock:
+        _total_listeners.append(listener)
+
+
+def expect(total_bytes: int) -> None:
+    for listener in list(_total_listeners):
+        listener(total_bytes)
 
 
 def subscribe(listener: Listener) -> None:
@@ -22,8 +34,9 @@ def subscribe(listener: Listener) -> None:
 
 def unsubscribe(listener: Listener) -> None:
     with _lock:
-        if listener in _listeners:
-            _listeners.remove(listener)
+        for group in (_listeners, _total_listeners):
+            if listener in group:
+                group.remove(listener)
 
 
 def advance(nbytes: int) -> None:

@@ -1,0 +1,260 @@
+"""The ``memrestore`` command line: the same flows as the Prefect UI, from a terminal.
+
+Exit status: 0 success, 1 refused or failed (one message on stderr, no traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from backends import list_snapshots, open_backend
+from backends.errors import RestoreError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Restore agent-memory snapshots (SQLite + HNSW) from a local folder or S3.",
+    pretty_exceptions_enable=False,
+)
+# Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
+out = Console() if sys.stdout.isatty() else Console(width=200)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
+
+#: Prefect's defaults that the command line changes (an environment variable still wins).
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+class Mode(str, Enum):
+    new_cluster = "new_cluster"
+    single_tenant = "single_tenant"
+    wipe_and_restore = "wipe_and_restore"
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect logs every task to the console; the CLI prints its own summary instead."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors_as_messages(verbose: bool) -> Iterator[None]:
+    """A refusal or failure becomes one message on stderr and exit 1, never a traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RestoreError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; if a restore was running, its marker tells `--resume` or `abort` what to do")
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if verbose:
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (run again with --verbose for the traceback)")
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[None]:
+    """A byte progress bar on a terminal; nothing otherwise."""
+    if not enabled:
+        yield
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from tasks import progress
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err, transient=True) as bar:
+        job = bar.add_task("restoring", total=None)
+
+        def advance(n: int) -> None:
+            bar.advance(job, n)
+
+        def expect(total: int) -> None:
+            bar.update(job, total=total)
+
+        progress.subscribe(advance)
+        progress.subscribe_total(expect)
+        try:
+            yield
+        finally:
+            progress.unsubscribe(advance)
+            progress.unsubscribe(expect)
+
+
+def _when(micros: int) -> str:
+    return datetime.datetime.fromtimestamp(micros / 1e6, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _print_outcome(result: dict, as_json: bool) -> None:
+    from tasks.outcome import RestoreOutcome, human_summary
+
+    outcome = RestoreOutcome.model_validate(result)
+    for warning in outcome.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        out.print(human_summary(outcome), highlight=False, soft_wrap=True)
+
+
+BackendOpt = typer.Option(..., "--backend", help="file:///abs/path, a path, or s3://bucket[/prefix]")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs and tracebacks.")
+
+
+@app.command()
+def snapshots(
+    backend: str = BackendOpt,
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's snapshots."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """List the finished snapshots in a backend, oldest first per tenant."""
+    with _errors_as_messages(verbose):
+        listing = list_snapshots(open_backend(backend), tenant)
+    for sid, why in sorted(listing.unreadable.items()):
+        err.print(f"[yellow]warning:[/] skipped {sid}: {why}", highlight=False, soft_wrap=True)
+    rows = [
+        {
+            "tenant_id": m.tenant_id,
+            "snapshot_id": m.snapshot_id,
+            "created_at_unix_micros": m.created_at_unix_micros,
+            "created_at": _when(m.created_at_unix_micros),
+            "embedding_models": m.embedding_models,
+            "checksummed": m.sqlite_checkpoint_checksum is not None
+            and all(e.checksum is not None for e in m.hnsw_snapshots),
+            "label": m.label,
+        }
+        for m in listing.snapshots
+    ]
+    if as_json:
+        print(json.dumps({"snapshots": rows, "unreadable": listing.unreadable}, indent=2))
+        return
+    if not rows:
+        err.print("no finished snapshots found", highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table("tenant", "snapshot", "created (UTC)", "models", "checksums", "label", box=None)
+    for r in rows:
+        table.add_row(str(r["tenant_id"]), r["snapshot_id"], r["created_at"],
+                      ", ".join(r["embedding_models"]), "yes" if r["checksummed"] else "NO",
+                      r["label"] or "")
+    out.print(table)
+
+
+def _wire_version(value: str) -> str:
+    from backends.manifest import WireVersion
+
+    try:
+        return str(WireVersion.parse(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def restore(
+    backend: str = BackendOpt,
+    tenant: int = typer.Option(..., "--tenant", min=0, help="The tenant to restore."),
+    snapshot: str = typer.Option(..., "--snapshot", help="A snapshot id, or 'latest'."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="The destination service's data dir."),
+    mode: Mode = typer.Option(..., "--mode", help="What to do with what the data dir holds."),
+    embedding_model: Optional[str] = typer.Option(
+        None, "--embedding-model", help="The model the destination serves (default: the snapshot's only one)."),
+    wire_version: str = typer.Option(
+        "1.0", "--wire-version", callback=_wire_version, help="The destination's wire version, MAJOR.MINOR."),
+    tombstone_floor: Optional[int] = typer.Option(
+        None, "--tombstone-floor", min=0, help="The destination's forget horizon."),
+    require_checksums: bool = typer.Option(
+        False, "--require-checksums", help="Refuse a snapshot with any blob lacking a checksum."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; write nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted restore of this snapshot."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Restore a tenant's snapshot into a data dir, through the restore-snapshot flow."""
+    _quiet_prefect(verbose)
+    with _errors_as_messages(verbose):
+        from flows.restore import Destination, restore_snapshot
+        from tasks.plan import RestoreMode
+
+        with _progress_bar(err.is_terminal and not as_json and not dry_run):
+            result = restore_snapshot(
+                backend=backend,
+                tenant_id=tenant,
+                data_dir=str(data_dir.absolute()),
+                mode=RestoreMode(mode.value),
+                snapshot=snapshot,
+                destination=Destination(
+                    wire_version=wire_version,
+                    tombstone_floor=tombstone_floor,
+                    embedding_model=embedding_model,
+                ),
+                require_checksums=require_checksums,
+                dry_run=dry_run,
+                resume=resume,
+            )
+        _print_outcome(result, as_json)
+
+
+@app.command()
+def verify(
+    backend: str = BackendOpt,
+    snapshot: str = typer.Option(..., "--snapshot", help="The snapshot id."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Download and hash every blob of a snapshot, writing nothing."""
+    _quiet_prefect(verbose)
+    with _errors_as_messages(verbose):
+        from flows.restore import verify_snapshot
+
+        with _progress_bar(err.is_terminal and not as_json):
+            result = verify_snapshot(backend=backend, snapshot=snapshot)
+        _print_outcome(result, as_json)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path(".demo"), "--workdir", help="Where the demo's backend and data dir go."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Build sample snapshots in a local folder backend and restore one through the flow."""
+    _quiet_prefect(verbose)
+    with _errors_as_messages(verbose):
+        from flows.demo import run_demo
+
+        result = run_demo(workdir.absolute(), log=err.print)
+        _print_outcome(result, as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
