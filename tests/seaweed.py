@@ -51,6 +51,7 @@ _SERVICES = ("master", "volume", "filer", "s3")
 # ones before listening, but leaves them behind when killed.
 _GRPC_SOCKET = "/tmp/seaweedfs-{service}-grpc-{port}.sock"
 _MAX_UNIX_SOCKET_PATH = 100
+_START_ATTEMPTS = 3
 # One volume per bucket instead of weed's default of seven.
 _MASTER_TOML = "[master.volume_growth]\ncopy_1 = 1\n"
 
@@ -150,28 +151,21 @@ class SeaweedS3:
             raise SeaweedError("SeaweedS3.start() called twice")
         began = time.monotonic()
         self._write_config()
-        self.ports = dict(
-            zip(
-                [f"{s}{suffix}" for s in _SERVICES for suffix in ("", ".grpc")],
-                _free_ports(2 * len(_SERVICES)),
-            )
-        )
-        self._log = self.log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WEED_")}
-        self._process = subprocess.Popen(
-            self._command(),
-            cwd=self.base_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(),
-        )
-        try:
-            self._wait_ready(began + self.startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._launch()
+            try:
+                self._wait_ready(began + self.startup_timeout)
+            except SeaweedError:
+                self.stop()
+                # Another process may grab a picked port before weed binds it.
+                if attempt < _START_ATTEMPTS and self._port_clash(log_offset):
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            break
         self.startup_seconds = time.monotonic() - began
         return self
 
@@ -281,6 +275,26 @@ class SeaweedS3:
         }
         self.config_path.write_text(json.dumps(identities, indent=2) + "\n")
         (self.base_dir / "master.toml").write_text(_MASTER_TOML)
+
+    def _launch(self) -> None:
+        names = [f"{s}{suffix}" for s in _SERVICES for suffix in ("", ".grpc")]
+        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        self._log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEED_")}
+        self._process = subprocess.Popen(
+            self._command(),
+            cwd=self.base_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),
+        )
+
+    def _port_clash(self, log_offset: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            return b"address already in use" in log.read()
 
     def _command(self) -> list[str]:
         p = self.ports
