@@ -128,20 +128,23 @@ class S3Backend:
             raise self._fail(exc, key) from exc
 
     def list_snapshot_ids(self) -> list[str]:
+        # One listing of the whole root, keeping ``<id>/manifest.json`` keys: a folder without
+        # its manifest is an unfinished snapshot and is not listed.
         root = f"{self.prefix}/" if self.prefix else ""
         ids = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=root, Delimiter="/"):
-                for common in page.get("CommonPrefixes", []):
-                    name = common["Prefix"][len(root):].rstrip("/")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=root):
+                for obj in page.get("Contents", []):
+                    name, _, rest = obj["Key"][len(root):].partition("/")
+                    if rest != MANIFEST_NAME:
+                        continue
                     try:
                         ids.append(check_snapshot_id(name))
                     except InvalidSnapshotIdError:
                         continue  # not a snapshot folder
         except _S3_ERRORS as exc:
             raise self._fail(exc, "") from exc
-        # A folder without a manifest is an unfinished snapshot; read_manifest reports those.
         return sorted(ids)
 
     def object_size(self, key: str) -> int:
