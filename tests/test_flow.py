@@ -1,0 +1,138 @@
+"""The restore-snapshot flow end to end under a real Prefect API: states, artifacts, result."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.utilities.callables import parameter_schema
+
+from backends.sample import write_sample_snapshot
+from flows.restore import restore_snapshot, verify_snapshot
+from tasks.errors import ChecksumMismatchError
+from tasks.plan import RestoreMode
+from tests.conftest import tree
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _artifacts(flow_run_id):
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+
+    return asyncio.run(read())
+
+
+def _flow_run(flow_run_id):
+    async def read():
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            tasks = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+            )
+            result = await run.state.result(raise_on_failure=False) if run.state.is_completed() else None
+            return run, tasks, result
+
+    return asyncio.run(read())
+
+
+def test_flow_restores_and_publishes_table_summary_and_json_result(backend, snapshot, data_dir):
+    state = restore_snapshot(
+        backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.NEW_CLUSTER,
+        destination={"embedding_model": "minilm"}, return_state=True,
+    )
+    assert state.is_completed()
+    restored = tree(data_dir)
+    assert sorted(restored) == ["tenant_1/data.sqlite", "tenant_1/hnsw/e5-base.bin", "tenant_1/hnsw/minilm.bin"]
+    assert restored["tenant_1/data.sqlite"] == (backend.root / "snap-1/sqlite.db").read_bytes()
+
+    flow_run_id = state.state_details.flow_run_id
+    run, task_runs, persisted = _flow_run(flow_run_id)
+    # The outcome, read back from the API as the persisted JSON result of the run.
+    assert persisted["snapshot_id"] == "snap-1" and persisted["mode"] == "new_cluster"
+    assert persisted["total_bytes"] == sum(len(v) for v in restored.values())
+    assert [(i["kind"], i["verified"]) for i in persisted["items"]] == [
+        ("sqlite_checkpoint", True), ("hnsw:minilm", True), ("hnsw:e5-base", True)]
+    # One task run per step of the card, one download per item.
+    names = sorted(t.name.rsplit("-", 1)[0] for t in task_runs)
+    assert names == sorted(["fetch-manifest", "validate", "measure-objects", "preflight",
+                            "download-and-verify", "download-and-verify", "download-and-verify",
+                            "atomic-writes", "marker-cleanup", "outcome"])
+
+    artifacts = {a.key: a for a in _artifacts(flow_run_id) if a.key}
+    table = artifacts["restore-items-tenant-1"]
+    assert table.type == "table"
+    import json
+
+    rows = json.loads(table.data)
+    assert [r["destination"] for r in rows] == [str(data_dir / p) for p in (
+        "tenant_1/data.sqlite", "tenant_1/hnsw/minilm.bin", "tenant_1/hnsw/e5-base.bin")]
+    assert [r["bytes"] for r in rows] == [i["bytes"] for i in persisted["items"]]
+    summary = artifacts["restore-summary-tenant-1"]
+    assert summary.type == "markdown" and "snap-1" in summary.data and "verified: 3 of 3" in summary.data
+
+
+def test_flow_fails_on_checksum_mismatch_and_keeps_old_data(backend, snapshot, data_dir):
+    backend.put_object(snapshot.hnsw_snapshots[1].content_key, b"corrupted after backup")
+    (data_dir / "tenant_5").mkdir(parents=True)
+    (data_dir / "tenant_5" / "data.sqlite").write_bytes(b"old tenant 5")
+    state = restore_snapshot(
+        backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.WIPE_AND_RESTORE,
+        destination={"embedding_model": "minilm"}, return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(ChecksumMismatchError, match=snapshot.hnsw_snapshots[1].content_key):
+        state.result()
+    assert tree(data_dir) == {"tenant_5/data.sqlite": b"old tenant 5"}
+    _, task_runs, _ = _flow_run(state.state_details.flow_run_id)
+    downloads = [t for t in task_runs if t.name.startswith("download-and-verify")]
+    # A checksum mismatch is permanent: the failing download ran once, never retried.
+    assert sorted(t.run_count for t in downloads) == [1, 1, 1]
+    assert sum(t.state.is_failed() for t in downloads) == 1
+
+
+def test_dry_run_plans_and_writes_nothing(backend, snapshot, data_dir):
+    result = restore_snapshot(
+        backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.NEW_CLUSTER,
+        destination={"embedding_model": "minilm"}, dry_run=True,
+    )
+    assert result["status"] == "planned"
+    assert [i["bytes"] for i in result["items"]] == [
+        backend.object_size(k) for k in [snapshot.sqlite_checkpoint_key] + [e.content_key for e in snapshot.hnsw_snapshots]]
+    assert not data_dir.exists()
+
+
+def test_verify_flow_hashes_every_blob(backend, snapshot):
+    result = verify_snapshot(backend=backend.url, snapshot="snap-1")
+    assert result["status"] == "verified" and all(i["verified"] for i in result["items"])
+    backend.put_object(snapshot.sqlite_checkpoint_key, b"bit rot")
+    with pytest.raises(ChecksumMismatchError, match=snapshot.sqlite_checkpoint_key):
+        verify_snapshot(backend=backend.url, snapshot="snap-1")
+
+
+def test_latest_and_mode_through_the_flow(backend, data_dir):
+    write_sample_snapshot(backend, tenant_id=3, snapshot_id="new", created_at_unix_micros=2, models=(("m", 8),))
+    write_sample_snapshot(backend, tenant_id=3, snapshot_id="old", created_at_unix_micros=1, models=(("m", 8),))
+    (data_dir / "tenant_9").mkdir(parents=True)
+    (data_dir / "tenant_9" / "keep").write_bytes(b"keep")
+    result = restore_snapshot(backend=backend.url, tenant_id=3, data_dir=str(data_dir), mode=RestoreMode.SINGLE_TENANT)
+    assert result["snapshot_id"] == "new"
+    assert tree(data_dir)["tenant_9/keep"] == b"keep"
+    assert (data_dir / "tenant_3" / "hnsw" / "m.bin").read_bytes() == (backend.root / "new/hnsw-0.bin").read_bytes()
+
+
+def test_parameters_are_typed_for_the_ui_form():
+    schema = parameter_schema(restore_snapshot).model_dump()
+    props = schema["properties"]
+    assert set(props) >= {"backend", "tenant_id", "data_dir", "mode", "snapshot", "destination", "dry_run"}
+    mode_ref = props["mode"]["allOf"][0]["$ref"].rsplit("/", 1)[1] if "allOf" in props["mode"] else props["mode"]["$ref"].rsplit("/", 1)[1]
+    assert schema["definitions"][mode_ref]["enum"] == ["new_cluster", "single_tenant", "wipe_and_restore"]
+    dest_ref = (props["destination"].get("$ref") or props["destination"]["allOf"][0]["$ref"]).rsplit("/", 1)[1]
+    assert set(schema["definitions"][dest_ref]["properties"]) == {"wire_version", "tombstone_floor", "embedding_model"}
+    assert "description" in props["mode"] or "description" in schema["definitions"][mode_ref]
+    assert schema["required"] == ["backend", "tenant_id", "data_dir", "mode"]
