@@ -238,6 +238,34 @@ def verify(
 
 
 @app.command()
+def abort(
+    data_dir: Path = typer.Option(..., "--data-dir", help="The data dir holding an interrupted restore."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Roll back an interrupted restore: the previous contents stay or are put back."""
+    _quiet_prefect(verbose)
+    with _errors_as_messages(verbose):
+        from flows.restore import abort_restore
+        from tasks.errors import NothingToAbortError
+
+        try:
+            result = abort_restore(data_dir=str(data_dir.absolute()))
+        except NothingToAbortError as exc:
+            err.print(f"{exc}; nothing to do", highlight=False, soft_wrap=True)
+            return
+        if as_json:
+            print(json.dumps(result, indent=2))
+        else:
+            out.print(
+                f"rolled back the interrupted restore of snapshot {result['snapshot_id']} (tenant "
+                f"{result['tenant_id']}, {result['mode']}, phase {result['phase']}) in "
+                f"{result['data_dir']}: its previous contents are in place and the marker is gone",
+                highlight=False, soft_wrap=True,
+            )
+
+
+@app.command()
 def demo(
     workdir: Path = typer.Option(Path(".demo"), "--workdir", help="Where the demo's backend and data dir go."),
     as_json: bool = JsonOpt,

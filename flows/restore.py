@@ -12,13 +12,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from backends.manifest import WireVersion
-from tasks.commit import cleanup_task, commit_task, roll_back
+from tasks.commit import abort_task, cleanup_task, commit_task, roll_back
 from tasks.errors import RollbackFailedError
 from tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from tasks.plan import DestinationState, RestoreMode, RestorePlan
 from tasks.preflight import preflight_task
-from tasks.stage import StagedItem, hash_item_task, stage_item_task
+from tasks.layout import Phase, unlock_data_dir
+from tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
 from tasks.validate import plan_items, unverified_warnings, validate_task
 
 #: Blobs downloaded at once. A snapshot has a SQLite checkpoint and a few HNSW blobs; four
@@ -113,21 +114,26 @@ def restore_snapshot(
     for warning in plan.warnings:
         logger.warning(warning)
     plan = measure_plan_task(plan)
-    preflight_task(plan, data_dir, mode, dry_run)
+    phase = preflight_task(plan, data_dir, mode, dry_run, resume)
 
     if dry_run:
         outcome = build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
     else:
         try:
-            staged: list[StagedItem] = _results(
-                stage_item_task.map(unmapped(backend), plan.items, unmapped(data_dir), unmapped(resume))
-            )
-            commit_task(data_dir, plan.tenant_id, mode)
-        except BaseException as exc:
-            _roll_back_after(exc, data_dir, plan.tenant_id)
-            _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id, {"reason": str(exc)})
-            raise
-        cleanup_task(data_dir)
+            try:
+                if phase in (None, Phase.STAGING):  # a fresh restore, or one interrupted while staging
+                    staged: list[StagedItem] = _results(stage_item_task.map(
+                        unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None)))
+                else:  # interrupted mid-commit: everything was staged and verified already
+                    staged = _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
+                commit_task(data_dir, plan.tenant_id, mode)
+            except BaseException as exc:
+                _roll_back_after(exc, data_dir, plan.tenant_id)
+                _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id, {"reason": str(exc)})
+                raise
+            cleanup_task(data_dir)
+        finally:
+            unlock_data_dir(Path(data_dir))  # normally already released by the cleanup or the undo
         outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started)
         _emit(
             "memrestore.restore.completed",
@@ -170,6 +176,25 @@ def verify_snapshot(backend: str, snapshot: str) -> dict:
     outcome = build_outcome("verified", plan, None, None, hashed, time.monotonic() - started)
     publish_outcome_task(outcome)
     return outcome.model_dump(mode="json")
+
+
+@flow(name="abort-restore", flow_run_name="abort-restore")
+def abort_restore(data_dir: str) -> dict:
+    """Roll back an interrupted restore: its staged data goes, the previous contents stay (or are
+    put back, when it was interrupted mid-commit), the marker goes.
+
+    Args:
+        data_dir: The data dir holding the interrupted restore's marker.
+    """
+    info = abort_task(data_dir)
+    return {
+        "status": "aborted",
+        "data_dir": data_dir,
+        "tenant_id": info.tenant_id,
+        "snapshot_id": info.snapshot_id,
+        "mode": info.mode,
+        "phase": info.phase.value,
+    }
 
 
 def outcome_of(result: dict) -> RestoreOutcome:

@@ -1,10 +1,19 @@
-"""Atomic writes: move the verified, staged tenant into place, and (wipe) the old data aside.
+"""Atomic writes, marker cleanup, and undo: moving verified data in, and old data out.
 
 Every blob was fsynced and renamed to its final name inside ``.restore-staging/`` by the stage
-step; the commit is then a handful of renames on one file system, each made durable with an
-fsync of the directory. The marker records the phase, so that an interrupted commit can be
-finished (resume) or undone (abort) exactly. Both functions here are idempotent: running them
-again after a crash at any instant completes the same end state.
+step. The commit is then a few renames on one file system, each made durable by an fsync of the
+directory, and the marker records the phase. Until the marker is removed, the entries the
+commit replaced wait in ``.restore-aside/``, so an interrupted restore can be finished
+(``--resume``) or undone (``abort``) exactly, whatever instant it was interrupted at:
+
+    staging     old data untouched                  resume: stage what is missing, commit
+                                                    abort:  drop the staging
+    committing  entries moving into .restore-aside   resume: finish the renames
+                and the new tenant moving in         abort:  new tenant out, old entries back
+    cleanup     new data in place, old aside         resume: delete the old, drop the marker
+                                                    abort:  as for committing
+
+Each function here is idempotent: running it again after a crash completes the same end state.
 """
 
 from __future__ import annotations
@@ -17,17 +26,30 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import DestinationIOError, RestoreRefusedError, TenantPathOccupiedError
+from tasks.errors import (
+    DestinationIOError,
+    NothingToAbortError,
+    RestoreInProgressError,
+    RestoreRefusedError,
+    ResumeRefusedError,
+    TenantPathOccupiedError,
+)
+from tasks.failpoints import crash_point
 from tasks.layout import (
     MARKER_NAME,
     OURS_PREFIX,
+    MarkerInfo,
     Phase,
     aside_dir,
+    describe_marker,
     fsync_dir,
+    lock_data_dir,
     marker_path,
     read_marker,
     service_entries,
     staging_dir,
+    trash_dir,
+    unlock_data_dir,
     update_marker,
 )
 from tasks.plan import RestoreMode, tenant_dir_name
@@ -41,84 +63,148 @@ def _set_phase(data_dir: Path, phase: Phase) -> None:
             "another process is changing this data dir. Stop it, check the data dir, and run "
             "the restore again."
         )
-    update_marker(data_dir, info.model_copy(update={"phase": phase}))
+    if info.phase is not phase:
+        update_marker(data_dir, info.model_copy(update={"phase": phase}))
+        crash_point(f"phase-{phase.value}")
+
+
+def _is_real_dir(path: Path) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def commit_staged(data_dir: Path, tenant_id: int, mode: RestoreMode) -> None:
-    """Put the staged tenant at ``data_dir/tenant_<id>``; under wipe_and_restore, first move
-    every other service entry into ``.restore-aside/`` (deleted only once the new data is in)."""
+    """Put the staged tenant at ``data_dir/tenant_<id>``.
+
+    What it replaces goes to ``.restore-aside/`` first: under wipe_and_restore every service
+    entry, otherwise only the (empty) tenant dir, if there is one.
+    """
     data_dir = Path(data_dir)
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
     final = data_dir / tenant_dir_name(tenant_id)
+    aside = aside_dir(data_dir)
     try:
         _set_phase(data_dir, Phase.COMMITTING)
+        new_is_in = not os.path.lexists(staged)  # a resumed commit may have moved it already
         if mode is RestoreMode.WIPE_AND_RESTORE:
-            aside = aside_dir(data_dir)
+            leaving = service_entries(data_dir)
+        else:
+            leaving = [final.name] if os.path.lexists(final) else []
+        if new_is_in and final.name in leaving:
+            leaving.remove(final.name)
+        if leaving:
             aside.mkdir(exist_ok=True)
-            for name in service_entries(data_dir):
-                if name == final.name and not staged.exists():
-                    continue  # a resumed commit: this is already the new tenant
+            for name in leaving:
+                if mode is not RestoreMode.WIPE_AND_RESTORE and (not _is_real_dir(final) or os.listdir(final)):
+                    raise TenantPathOccupiedError(tenant_id, final)  # it changed since preflight
                 os.rename(data_dir / name, aside / name)
+                crash_point("moved-aside")
             fsync_dir(aside)
             fsync_dir(data_dir)
-        if staged.exists():
-            if os.path.islink(final):
-                raise TenantPathOccupiedError(tenant_id, final)
+        if not new_is_in:
             try:
-                os.rename(staged, final)  # onto an absent or empty directory: atomic
+                os.rename(staged, final)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                     raise TenantPathOccupiedError(tenant_id, final) from exc
                 raise
             fsync_dir(data_dir)
+            crash_point("tenant-moved-in")
         _set_phase(data_dir, Phase.CLEANUP)
     except OSError as exc:
         raise DestinationIOError("moving the restored data into", data_dir, exc) from exc
 
 
+def _remove(path: Path) -> None:
+    if _is_real_dir(path):
+        shutil.rmtree(path)  # removes symlinks inside, never follows them
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
 def remove_leftovers(data_dir: Path) -> None:
-    """Delete our bookkeeping (staging, aside, temp files), then the marker, last."""
+    """Finish: drop the staging, then the marker, then the old data (our lock is released).
+
+    The old entries are renamed to ``.restore-trash`` before the marker goes, and deleted
+    after: until the marker is gone an abort can still put them back, and once it is gone a
+    trash left by a crash is plainly a finished restore's garbage (the next preflight drops it).
+    """
     data_dir = Path(data_dir)
-    for name in sorted(os.listdir(data_dir)):
-        if not name.startswith(OURS_PREFIX) or name == MARKER_NAME:
-            continue
-        path = data_dir / name
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)  # removes symlinks inside, never follows them
-        else:
-            os.unlink(path)
-    fsync_dir(data_dir)
-    marker_path(data_dir).unlink(missing_ok=True)
-    fsync_dir(data_dir)
+    try:
+        for name in sorted(os.listdir(data_dir)):
+            if name.startswith(OURS_PREFIX) and name not in (MARKER_NAME, aside_dir(data_dir).name, trash_dir(data_dir).name):
+                _remove(data_dir / name)
+        if os.path.lexists(aside_dir(data_dir)):
+            if os.path.lexists(trash_dir(data_dir)):
+                _remove(trash_dir(data_dir))
+            os.rename(aside_dir(data_dir), trash_dir(data_dir))
+        fsync_dir(data_dir)
+        crash_point("cleanup-trashed")
+        marker_path(data_dir).unlink(missing_ok=True)
+        fsync_dir(data_dir)
+        crash_point("marker-removed")
+        _remove(trash_dir(data_dir))
+        fsync_dir(data_dir)
+    finally:
+        unlock_data_dir(data_dir)
 
 
 def roll_back(data_dir: Path, tenant_id: int) -> None:
     """Undo an unfinished restore: the data dir's previous contents come back exactly.
 
-    Before the commit, that is only dropping the staged data. Mid-commit, the new tenant dir
-    (if it was already moved in) goes back to staging and every entry set aside returns.
-    After the commit (phase ``cleanup``) there is nothing to undo: the new data is complete.
+    Before the commit that is only dropping the staged data. From the commit on, the new tenant
+    dir (if it was moved in) goes back to staging and every entry set aside returns.
     """
     data_dir = Path(data_dir)
     info = read_marker(data_dir)
-    if info is not None and info.phase is Phase.CLEANUP:
-        raise RestoreRefusedError(
-            f"the restore of snapshot {info.snapshot_id!r} in {data_dir} had already put the new "
-            "data in place (phase cleanup), so there is nothing to undo; finish it with "
-            "`memrestore restore ... --resume`."
-        )
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
     final = data_dir / tenant_dir_name(tenant_id)
-    aside = aside_dir(data_dir)
-    if info is not None and info.phase is Phase.COMMITTING:
-        if not staged.exists() and os.path.isdir(final) and not os.path.islink(final):
-            staged.parent.mkdir(exist_ok=True)
-            os.rename(final, staged)  # the new tenant, moved in before the interruption
-        if aside.is_dir():
-            for name in sorted(os.listdir(aside)):
-                os.rename(aside / name, data_dir / name)
+    try:
+        if info is not None and info.phase is not Phase.STAGING:
+            if not os.path.lexists(staged) and _is_real_dir(final):
+                staged.parent.mkdir(exist_ok=True)
+                os.rename(final, staged)  # the new tenant, moved in before the interruption
+            for holder in (trash_dir(data_dir), aside_dir(data_dir)):
+                if _is_real_dir(holder):
+                    for name in sorted(os.listdir(holder)):
+                        os.rename(holder / name, data_dir / name)
+            fsync_dir(data_dir)
+        for name in sorted(os.listdir(data_dir)):
+            if name.startswith(OURS_PREFIX) and name != MARKER_NAME:
+                _remove(data_dir / name)
         fsync_dir(data_dir)
-    remove_leftovers(data_dir)
+        marker_path(data_dir).unlink(missing_ok=True)
+        fsync_dir(data_dir)
+    finally:
+        unlock_data_dir(data_dir)
+
+
+def abort(data_dir: Path) -> MarkerInfo:
+    """Roll back the interrupted restore in ``data_dir``; returns what its marker said."""
+    data_dir = Path(data_dir)
+    marker = marker_path(data_dir)
+    if not os.path.lexists(marker):
+        raise NothingToAbortError(data_dir)
+    if not lock_data_dir(data_dir):
+        raise RestoreInProgressError(marker, describe_marker(data_dir) + "; its process is still running")
+    info = read_marker(data_dir)
+    if info is None:
+        unlock_data_dir(data_dir)
+        raise ResumeRefusedError(
+            f"cannot abort: marker {marker} was not written by memrestore "
+            f"({describe_marker(data_dir)}); the service or an operator put it there. Find out "
+            "why before removing it by hand; memrestore will not touch it."
+        )
+    try:
+        roll_back(data_dir, info.tenant_id)
+    except OSError as exc:
+        raise DestinationIOError("rolling back the restore in", data_dir, exc) from exc
+    return info
+
+
+@task(name="abort", cache_policy=NO_CACHE, persist_result=False)
+def abort_task(data_dir: str) -> MarkerInfo:
+    """Roll back the interrupted restore in the data dir (never retried)."""
+    return abort(Path(data_dir))
 
 
 @task(name="atomic-writes", cache_policy=NO_CACHE, persist_result=False)
@@ -129,7 +215,7 @@ def commit_task(data_dir: str, tenant_id: int, mode: RestoreMode) -> None:
 
 @task(name="marker-cleanup", cache_policy=NO_CACHE, persist_result=False)
 def cleanup_task(data_dir: str) -> None:
-    """Delete staging and set-aside data, then the marker."""
+    """Drop the staging, the marker, then the old data."""
     try:
         remove_leftovers(Path(data_dir))
     except OSError as exc:

@@ -14,8 +14,12 @@
     │   ├── UnsafeDestinationError                 a symlink or non-directory where a dir must be
     │   ├── LeftoverAsideError                     old data set aside by a restore whose marker was removed
     │   ├── InsufficientSpaceError                 the data dir's file system cannot hold the snapshot
-    │   └── RestoreInProgressError                 the marker exists
+    │   ├── RestoreInProgressError                 the marker exists (or its restore still runs)
+    │   ├── ResumeRefusedError                     --resume of a marker that is not this restore's
+    │   └── NothingToAbortError                    abort with no marker
     ├── ChecksumMismatchError                      a blob's blake3 differs from the manifest
+    ├── RestoredCopyCheckError                     a drill's restored copy fails a check (SQLite, tables, HNSW)
+    ├── ScratchDirError                            a drill's scratch dir cannot be used
     ├── DestinationIOError                         writing the data dir failed (disk full, EIO)
     └── RollbackFailedError                        a failed restore could not be undone; marker kept
 
@@ -104,6 +108,16 @@ class RestoreInProgressError(RestoreRefusedError):
         )
 
 
+class ResumeRefusedError(RestoreRefusedError):
+    """``--resume`` or ``abort`` found a marker it must not act on."""
+
+
+class NothingToAbortError(RestoreRefusedError):
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir
+        super().__init__(f"no restore to abort in {data_dir}: it holds no restore marker")
+
+
 class ChecksumMismatchError(RestoreError):
     def __init__(self, key: str, expected: str, actual: str) -> None:
         self.key, self.expected, self.actual = key, expected, actual
@@ -133,4 +147,20 @@ class RollbackFailedError(RestoreError):
             "The marker is kept, so the service will not start on a half-restored data dir. "
             f"Fix the cause, then run `memrestore abort --data-dir {data_dir}` to put the previous "
             "contents back, or `memrestore restore ... --resume` to finish the restore."
+        )
+
+
+class RestoredCopyCheckError(RestoreError):
+    """A drill's restored copy is not what the snapshot promised: the SQLite checkpoint fails
+    ``integrity_check`` or lacks a table the manifest names, or an HNSW file is missing or has a
+    size other than the backend's."""
+
+
+class ScratchDirError(RestoreError):
+    def __init__(self, path: Path, found: str) -> None:
+        self.path = path
+        super().__init__(
+            f"scratch dir {path} cannot be used: {found}. The drill restores each tenant into a "
+            "fresh directory inside it: pass --scratch-dir with a writable directory (created if "
+            "absent) on a volume with room for the largest tenant."
         )

@@ -11,10 +11,11 @@ from pathlib import Path
 from backends import Backend
 from tasks.commit import commit_staged, remove_leftovers, roll_back
 from tasks.fetch import measure_plan
+from tasks.layout import Phase
 from tasks.outcome import RestoreOutcome, build_outcome
 from tasks.plan import RestoreMode, RestorePlan
 from tasks.preflight import preflight
-from tasks.stage import stage_item
+from tasks.stage import recheck_item, stage_item
 
 
 def execute(
@@ -28,9 +29,12 @@ def execute(
     started = time.monotonic()
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan)
-    preflight(plan, data_dir, mode)
+    phase = preflight(plan, data_dir, mode, resume=resume)
     try:
-        staged = [stage_item(backend, item, data_dir, resume) for item in plan.items]
+        if phase in (None, Phase.STAGING):
+            staged = [stage_item(backend, item, data_dir, phase is not None) for item in plan.items]
+        else:
+            staged = [recheck_item(data_dir, item) for item in plan.items]
         commit_staged(data_dir, plan.tenant_id, mode)
     except BaseException:
         roll_back(data_dir, plan.tenant_id)

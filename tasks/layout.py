@@ -5,7 +5,13 @@ Everything of ours sits at the data dir's top level under a name starting with `
 
     .restore-in-progress    the marker (JSON: who holds it, which snapshot, which phase)
     .restore-staging/       new data, downloaded and verified, in the final layout
-    .restore-aside/         (wipe_and_restore) the old entries, moved aside during the commit
+    .restore-aside/         the entries the commit replaced (all of them under wipe_and_restore),
+                            kept until the restore is finished so that an abort can put them back
+    .restore-trash/         the same, once the restore is done: deleted right after the marker
+
+While a restore runs, its process also holds an exclusive ``flock`` on the data dir itself: the
+kernel drops it when the process dies, however it dies, so "is that restore still running?" has
+an exact answer and a resume or abort never takes over a live restore.
 
 The service refuses to start while the marker exists; any marker blocks a new restore, whatever
 its content (the service itself may write a bare snapshot id into it).
@@ -15,9 +21,11 @@ from __future__ import annotations
 
 import datetime
 import enum
-import json
+import fcntl
 import os
 import socket
+import threading
+import uuid
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -26,6 +34,7 @@ OURS_PREFIX = ".restore"
 MARKER_NAME = ".restore-in-progress"
 STAGING_NAME = ".restore-staging"
 ASIDE_NAME = ".restore-aside"
+TRASH_NAME = ".restore-trash"
 MARKER_TMP_NAME = ".restore-marker.tmp"
 
 
@@ -34,7 +43,7 @@ class Phase(str, enum.Enum):
 
     STAGING = "staging"        # old data untouched; new data partly staged
     COMMITTING = "committing"  # renames under way: resume finishes them, abort undoes them
-    CLEANUP = "cleanup"        # new data in place; only our leftovers remain to delete
+    CLEANUP = "cleanup"        # new data in place; old data still aside until the marker goes
 
 
 class MarkerInfo(BaseModel):
@@ -58,6 +67,10 @@ def staging_dir(data_dir: Path) -> Path:
 
 def aside_dir(data_dir: Path) -> Path:
     return data_dir / ASIDE_NAME
+
+
+def trash_dir(data_dir: Path) -> Path:
+    return data_dir / TRASH_NAME
 
 
 def service_entries(data_dir: Path) -> list[str]:
@@ -86,15 +99,50 @@ def new_marker(snapshot_id: str, tenant_id: int, mode: str) -> MarkerInfo:
 
 
 def create_marker(data_dir: Path, info: MarkerInfo) -> None:
-    """Create the marker atomically (O_EXCL): raises FileExistsError if any marker is there."""
-    path = marker_path(data_dir)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """Create the marker atomically, complete: raises FileExistsError if any marker is there.
+
+    The content is written to a temp file first and hard-linked into place: link(2) fails if
+    the name exists, like O_EXCL, and a marker never exists without its content (a crash
+    between create and write would otherwise leave an empty marker nobody can claim).
+    """
+    tmp = data_dir / f"{MARKER_NAME}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(info.model_dump_json().encode())
+        f.flush()
+        os.fsync(f.fileno())
     try:
-        os.write(fd, info.model_dump_json().encode())
-        os.fsync(fd)
+        os.link(tmp, marker_path(data_dir))
     finally:
-        os.close(fd)
+        os.unlink(tmp)
     fsync_dir(data_dir)
+
+
+_held: dict[str, int] = {}
+_held_lock = threading.Lock()
+
+
+def lock_data_dir(data_dir: Path) -> bool:
+    """Take this process's exclusive lock on ``data_dir``; False if another process holds it."""
+    key = os.path.realpath(data_dir)
+    with _held_lock:
+        if key in _held:
+            return False  # another restore in this same process (a drill's thread, say)
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        _held[key] = fd
+        return True
+
+
+def unlock_data_dir(data_dir: Path) -> None:
+    """Release the lock taken by :func:`lock_data_dir` (a no-op if not held)."""
+    with _held_lock:
+        fd = _held.pop(os.path.realpath(data_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor drops the flock
 
 
 def update_marker(data_dir: Path, info: MarkerInfo) -> None:

@@ -20,18 +20,25 @@ from tasks.errors import (
     InsufficientSpaceError,
     LeftoverAsideError,
     RestoreInProgressError,
+    ResumeRefusedError,
     TenantPathOccupiedError,
     UnsafeDestinationError,
 )
+from tasks.failpoints import crash_point
 from tasks.layout import (
+    MARKER_NAME,
+    OURS_PREFIX,
+    Phase,
     aside_dir,
     create_marker,
     describe_marker,
     fsync_dir,
+    lock_data_dir,
     marker_path,
     new_marker,
+    read_marker,
     service_entries,
-    staging_dir,
+    unlock_data_dir,
 )
 from tasks.plan import RestoreMode, RestorePlan
 
@@ -79,47 +86,97 @@ def _check_leftovers(data_dir: Path) -> None:
     aside = aside_dir(data_dir)
     if os.path.lexists(aside) and (not os.path.isdir(aside) or os.listdir(aside)):
         raise LeftoverAsideError(aside)
-    staged = staging_dir(data_dir)
-    if os.path.lexists(staged):
-        # Only downloaded copies of snapshot data live here: safe to drop.
-        if os.path.isdir(staged) and not os.path.islink(staged):
-            shutil.rmtree(staged)
-        else:
-            os.unlink(staged)
+    # Staged copies of snapshot data, a finished restore's trash, temp files: safe to drop.
+    for name in os.listdir(data_dir):
+        path = data_dir / name
+        if name.startswith(OURS_PREFIX) and name != MARKER_NAME and path != aside:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
 
 
-def preflight(plan: RestorePlan, data_dir: Path, mode: RestoreMode, dry_run: bool = False) -> None:
-    """Check the mode and take the marker; with ``dry_run``, check only and write nothing."""
+def _check_resumable(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> Phase:
+    """The phase to resume from, if the marker is ours and names this very restore."""
+    info = read_marker(data_dir)
+    marker = marker_path(data_dir)
+    if info is None:
+        raise ResumeRefusedError(
+            f"cannot resume: marker {marker} was not written by memrestore "
+            f"({describe_marker(data_dir)}); the service or an operator put it there. Find out "
+            "why before removing it by hand; memrestore will not touch it."
+        )
+    ours = (info.snapshot_id, info.tenant_id, info.mode)
+    asked = (plan.snapshot_id, plan.tenant_id, mode.value)
+    if ours != asked:
+        raise ResumeRefusedError(
+            f"cannot resume: the interrupted restore in {data_dir} is of snapshot "
+            f"{info.snapshot_id!r}, tenant {info.tenant_id}, mode {info.mode}, not snapshot "
+            f"{plan.snapshot_id!r}, tenant {plan.tenant_id}, mode {mode.value}. Resume it with "
+            f"those arguments, or undo it with `memrestore abort --data-dir {data_dir}` first."
+        )
+    return info.phase
+
+
+def preflight(
+    plan: RestorePlan,
+    data_dir: Path,
+    mode: RestoreMode,
+    dry_run: bool = False,
+    resume: bool = False,
+) -> Phase | None:
+    """Check the mode and take the lock and the marker; with ``dry_run``, check only, write nothing.
+
+    Returns the phase an interrupted restore of this same snapshot reached (``resume`` and a
+    marker of ours), or None for a fresh restore. On return (not dry run) this process holds
+    the data dir's lock; ``release`` gives it up.
+    """
     data_dir = Path(data_dir)
     exists = _check_is_plain_dir(data_dir, "data dir")
     marker = marker_path(data_dir)
 
     if dry_run:
-        if os.path.lexists(marker):
+        if os.path.lexists(marker) and not resume:
             raise RestoreInProgressError(marker, describe_marker(data_dir))
-        if exists:
+        if exists and not os.path.lexists(marker):
             check_mode(plan, data_dir, mode)
             check_space(plan, data_dir)
-        return
+        return None
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        create_marker(data_dir, new_marker(plan.snapshot_id, plan.tenant_id, mode.value))
-    except FileExistsError:
-        raise RestoreInProgressError(marker, describe_marker(data_dir)) from None
+        locked = lock_data_dir(data_dir)
     except OSError as exc:
-        raise DestinationIOError("taking the restore marker in", data_dir, exc) from exc
+        raise DestinationIOError("locking the data dir", data_dir, exc) from exc
+    if not locked:
+        raise RestoreInProgressError(marker, describe_marker(data_dir) + "; its process is still running")
     try:
-        check_mode(plan, data_dir, mode)
-        check_space(plan, data_dir)
-        _check_leftovers(data_dir)
+        if resume and os.path.lexists(marker):
+            return _check_resumable(plan, data_dir, mode)
+        try:
+            create_marker(data_dir, new_marker(plan.snapshot_id, plan.tenant_id, mode.value))
+            crash_point("marker-created")
+        except FileExistsError:
+            raise RestoreInProgressError(marker, describe_marker(data_dir)) from None
+        except OSError as exc:
+            raise DestinationIOError("taking the restore marker in", data_dir, exc) from exc
+        try:
+            check_mode(plan, data_dir, mode)
+            check_space(plan, data_dir)
+            _check_leftovers(data_dir)
+        except BaseException:
+            marker.unlink(missing_ok=True)
+            fsync_dir(data_dir)
+            raise
+        return None
     except BaseException:
-        marker.unlink(missing_ok=True)
-        fsync_dir(data_dir)
+        unlock_data_dir(data_dir)
         raise
 
 
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
-def preflight_task(plan: RestorePlan, data_dir: str, mode: RestoreMode, dry_run: bool = False) -> None:
-    """Take the marker and check the mode's precondition (never retried)."""
-    preflight(plan, Path(data_dir), mode, dry_run)
+def preflight_task(
+    plan: RestorePlan, data_dir: str, mode: RestoreMode, dry_run: bool = False, resume: bool = False
+) -> Phase | None:
+    """Take the lock and the marker, and check the mode's precondition (never retried)."""
+    return preflight(plan, Path(data_dir), mode, dry_run, resume)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from backends import Backend, open_backend
 from tasks import progress
 from tasks.errors import ChecksumMismatchError, DestinationIOError
+from tasks.failpoints import crash_point
 from tasks.layout import fsync_dir, staging_dir
 from tasks.plan import PlanItem
 from tasks.retry import RETRY_OPTIONS
@@ -56,6 +57,7 @@ class _HashingWriter:
                 written = os.write(self.fd, view)
                 view = view[written:]
         self.size += len(data)
+        crash_point("stage-chunk")
         return len(data)
 
 
@@ -102,6 +104,14 @@ def reuse_staged(data_dir: Path, item: PlanItem) -> StagedItem | None:
     return StagedItem(item=item, bytes=size, checksum=actual, verified=True, reused=True)
 
 
+def recheck_item(data_dir: Path, item: PlanItem) -> StagedItem:
+    """Hash an item already staged or already moved into place by an interrupted commit."""
+    staged = staged_path(Path(data_dir), item)
+    path = staged if staged.exists() else Path(data_dir) / item.destination
+    size, actual = _hash_file(path)
+    return StagedItem(item=item, bytes=size, checksum=actual, verified=_check(item, actual), reused=True)
+
+
 def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False) -> StagedItem:
     """Stream ``item`` into its staged file, verify it, and make it durable under its final name.
 
@@ -136,6 +146,7 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
         verified = _check(item, actual)
         os.rename(part, final)
         fsync_dir(final.parent)
+        crash_point("item-staged")
     except OSError as exc:
         part.unlink(missing_ok=True)
         progress.advance(-received)
@@ -151,6 +162,12 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
 def stage_item_task(backend_url: str, item: PlanItem, data_dir: str, resume: bool = False) -> StagedItem:
     """Stage one blob; transient backend errors are retried with backoff, nothing else is."""
     return stage_item(open_backend(backend_url), item, Path(data_dir), resume)
+
+
+@task(name="recheck-staged", cache_policy=NO_CACHE, persist_result=False)
+def recheck_item_task(item: PlanItem, data_dir: str) -> StagedItem:
+    """Re-hash an item an interrupted restore had already staged and verified."""
+    return recheck_item(Path(data_dir), item)
 
 
 @task(name="download-and-hash", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
