@@ -45,8 +45,9 @@ TRANSFER = TransferConfig(
 # boto3's constructor does not take this s3transfer setting, but the manager reads it.
 TRANSFER.max_in_memory_download_chunks = 64
 
-#: boto3's own retries (standard mode) absorb brief blips inside one request; what still fails
-#: is classified below and, if transient, retried by the task with backoff.
+#: boto3's own retries (standard mode; ``max_attempts`` counts retries, so 4 requests in all)
+#: absorb brief blips inside one request; what still fails is classified below and, if
+#: transient, retried by the task with backoff.
 CLIENT_CONFIG = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 3},
     max_pool_connections=32,

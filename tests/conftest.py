@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from backends import LocalBackend  # noqa: E402
 from backends.sample import write_sample_snapshot  # noqa: E402
+from tests.faultproxy import faultproxy  # noqa: E402,F401  (a fault proxy before SeaweedFS)
 from tests.seaweed import seaweedfs  # noqa: E402,F401  (session fixture)
 
 
