@@ -21,6 +21,20 @@ Each message says what was found and what to do about it.
 from __future__ import annotations
 
 
+#: How much of a value from the input a message quotes: enough to recognise it, never megabytes.
+QUOTE_LIMIT = 120
+
+
+def shown(value: object) -> str:
+    """``value`` quoted for a message: repr (control and bidi characters escaped), and cut
+    to :data:`QUOTE_LIMIT` characters with its length when longer."""
+    text = repr(value)
+    if len(text) <= QUOTE_LIMIT:
+        return text
+    length = f" ({len(value)} characters)" if isinstance(value, (str, bytes)) else ""
+    return f"{text[:QUOTE_LIMIT]}...{length}"
+
+
 class RestoreError(Exception):
     """Root of every error memrestore raises on purpose."""
 
@@ -36,7 +50,7 @@ class InvalidKeyError(BadInputError):
         self.key = key
         self.reason = reason
         super().__init__(
-            f"content key {key!r} is not a safe relative path ({reason}); the manifest is "
+            f"content key {shown(key)} is not a safe relative path ({reason}); the manifest is "
             "refused before anything is read or written. Check the snapshot's manifest.json: "
             "keys must be '/'-separated, relative, with no empty, '.' or '..' segment, "
             "backslash or NUL."
@@ -49,7 +63,7 @@ class InvalidSnapshotIdError(BadInputError):
     def __init__(self, snapshot_id: str) -> None:
         self.snapshot_id = snapshot_id
         super().__init__(
-            f"snapshot id {snapshot_id!r} is not valid: ids are 1 to 128 characters of "
+            f"snapshot id {shown(snapshot_id)} is not valid: ids are 1 to 128 characters of "
             "A-Z a-z 0-9 . _ - and neither '.' nor '..'. List the backend's snapshots with "
             "`memrestore snapshots --backend URL` and pass one of those ids."
         )

@@ -4,33 +4,47 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+import time
 from pathlib import Path
 
-from backends.base import MANIFEST_NAME, ProgressFn, Sink
+from backends.base import MANIFEST_NAME, ManifestRef, ProgressFn, Sink
 from backends.errors import (
     AccessDeniedError,
     InvalidKeyError,
+    InvalidManifestError,
     InvalidSnapshotIdError,
     ObjectNotFoundError,
+    PermanentBackendError,
     TransientBackendError,
 )
-from backends.manifest import check_content_key, check_snapshot_id
+from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
 
 #: Read size for streaming: large enough that syscalls and hashing calls are few, small enough
 #: that memory stays flat (a download holds one chunk at a time).
 READ_CHUNK = 1024 * 1024
 
+#: A file changed less than this long before a listing gets no version (see ``ManifestRef``):
+#: file times tick coarsely (a kernel tick of a few ms; a second on some file systems and NFS
+#: servers), so a rewrite within the same tick, of the same size, into a reused inode would
+#: carry the very same version. Past this window any later change moves ctime.
+RACY_WINDOW_SECONDS = 2.0
+
 # errno values that say the object is not there, or not for us, whatever we retry.
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR}
 _DENIED = {errno.EACCES, errno.EPERM}
+# ... and the ones that say the key can never name a readable file here.
+_NEVER = {errno.ENAMETOOLONG, errno.EISDIR, errno.ELOOP, errno.EINVAL, errno.ENXIO}
 
 
 class LocalBackend:
     """Snapshots under ``root``: ``root/<snapshot_id>/manifest.json`` and content objects."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, racy_window_seconds: float = RACY_WINDOW_SECONDS) -> None:
         self.root = Path(root).absolute()
         self.url = self.root.as_uri()
+        self.identity = self.url
+        self.racy_window_ns = int(racy_window_seconds * 1e9)
 
     def _path(self, key: str) -> Path:
         check_content_key(key)
@@ -56,16 +70,56 @@ class LocalBackend:
                 "to the backup folder",
                 key=key,
             )
+        if exc.errno in _NEVER:
+            return PermanentBackendError(
+                f"{key!r} cannot be read at {where}: {exc.strerror}; the snapshot is damaged, "
+                "restore another one",
+                key=key,
+            )
         return TransientBackendError(f"reading {key!r} at {where} failed: {exc}", key=key)
+
+    def _open_regular(self, key: str) -> tuple[int, int]:
+        """Open ``key`` for reading, refusing anything but a regular file; returns (fd, size).
+
+        O_NONBLOCK, so that a FIFO planted in the backup folder cannot hang the restore.
+        """
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise self._fail(exc, key) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PermanentBackendError(
+                    f"{key!r} at {path} is not a regular file; the snapshot is damaged, restore "
+                    "another one",
+                    key=key,
+                )
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
 
     def read_manifest_bytes(self, snapshot_id: str) -> bytes:
         key = f"{check_snapshot_id(snapshot_id)}/{MANIFEST_NAME}"
-        try:
-            return self._path(key).read_bytes()
-        except OSError as exc:
-            raise self._fail(exc, key) from exc
+        fd, size = self._open_regular(key)
+        with open(fd, "rb", closefd=True) as f:
+            if size > MAX_MANIFEST_BYTES:
+                raise InvalidManifestError(
+                    f"{self.root / key}", f"it is {size} bytes, above the {MAX_MANIFEST_BYTES} a manifest may have")
+            try:
+                return f.read(MAX_MANIFEST_BYTES + 1)
+            except OSError as exc:
+                raise self._fail(exc, key) from exc
 
     def list_snapshot_ids(self) -> list[str]:
+        return [ref.snapshot_id for ref in self.list_manifests()]
+
+    def list_manifests(self) -> list[ManifestRef]:
+        # The clock is read before any file is: a file changed after it is racy, whatever happens.
+        settled_before = time.time_ns() - self.racy_window_ns
         try:
             entries = sorted(os.scandir(self.root), key=lambda e: e.name)
         except OSError as exc:
@@ -74,30 +128,37 @@ class LocalBackend:
                     f"backend folder {self.root} does not exist; check the --backend path"
                 ) from exc
             raise self._fail(exc, ".") from exc
-        ids = []
+        refs = []
         for entry in entries:
             try:
                 check_snapshot_id(entry.name)
             except InvalidSnapshotIdError:
                 continue  # not a snapshot folder
-            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, MANIFEST_NAME)):
-                ids.append(entry.name)
-        return ids
+            if not entry.is_dir():
+                continue
+            try:
+                st = os.stat(os.path.join(entry.path, MANIFEST_NAME))  # follows links, as reads do
+            except OSError:
+                continue  # no manifest: an unfinished snapshot
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            changed = max(st.st_mtime_ns, st.st_ctime_ns)
+            version = (
+                f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+                if changed < settled_before else None
+            )
+            refs.append(ManifestRef(entry.name, version))
+        return refs
 
     def object_size(self, key: str) -> int:
-        try:
-            return self._path(key).stat().st_size
-        except OSError as exc:
-            raise self._fail(exc, key) from exc
+        fd, size = self._open_regular(key)
+        os.close(fd)
+        return size
 
     def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
-        path = self._path(key)
+        fd, _ = self._open_regular(key)
         total = 0
-        try:
-            f = open(path, "rb", buffering=0)
-        except OSError as exc:
-            raise self._fail(exc, key) from exc
-        with f:
+        with open(fd, "rb", buffering=0, closefd=True) as f:
             while True:
                 try:
                     chunk = f.read(READ_CHUNK)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError
+from backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError, shown
 
 #: The newest manifest version memrestore understands; a newer one is refused.
 CURRENT_MANIFEST_VERSION = 1
@@ -27,6 +27,9 @@ Checksum = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _SNAPSHOT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # S3's own limit on a key; a longer key cannot name a real object anywhere we read from.
 MAX_KEY_BYTES = 1024
+#: The largest manifest read. Real ones are a few KiB (one entry per embedding model); the bound
+#: keeps a hostile or corrupt one from costing gigabytes of memory to parse.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 def check_snapshot_id(snapshot_id: str) -> str:
@@ -154,7 +157,7 @@ class SnapshotManifest(_Model):
         try:
             return check_snapshot_id(v)
         except InvalidSnapshotIdError as exc:
-            raise ValueError(f"snapshot id {v!r} is outside A-Z a-z 0-9 . _ - (1-128 chars)") from exc
+            raise ValueError(f"snapshot id {shown(v)} is outside A-Z a-z 0-9 . _ - (1-128 chars)") from exc
 
     @field_validator("sqlite_checkpoint_key")
     @classmethod
@@ -182,16 +185,16 @@ class SnapshotManifest(_Model):
         for entry in self.hnsw_snapshots:
             if entry.source_log_watermark > w:
                 raise ValueError(
-                    f"HNSW snapshot {entry.embedding_model!r} has source_log_watermark "
+                    f"HNSW snapshot {shown(entry.embedding_model)} has source_log_watermark "
                     f"{entry.source_log_watermark}, above oplog_watermark {w}"
                 )
             if entry.embedding_model in seen:
-                raise ValueError(f"embedding model {entry.embedding_model!r} appears twice")
+                raise ValueError(f"embedding model {shown(entry.embedding_model)} appears twice")
             seen.add(entry.embedding_model)
         keys = [self.sqlite_checkpoint_key] + [e.content_key for e in self.hnsw_snapshots]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
-            raise ValueError(f"content key {duplicates[0]!r} is named by more than one item")
+            raise ValueError(f"content key {shown(duplicates[0])} is named by more than one item")
         return self
 
     @property
@@ -207,23 +210,51 @@ def _key_for_pydantic(v: str) -> str:
     try:
         return check_content_key(v)
     except InvalidKeyError as exc:
-        raise ValueError(f"content key {v!r} is not a safe relative path ({exc.reason})") from exc
+        raise ValueError(f"content key {shown(v)} is not a safe relative path ({exc.reason})") from exc
+
+
+class _DuplicateField(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """serde refuses a JSON object with a member twice; so do we (else the last one would win)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateField(f"field {shown(key)} appears twice in one object")
+        out[key] = value
+    return out
 
 
 def parse_manifest(raw: bytes | str, where: str) -> SnapshotManifest:
     """Parse manifest JSON; any problem becomes an :class:`InvalidManifestError` naming ``where``."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise InvalidManifestError(
+            where, f"it is {len(raw)} bytes, above the {MAX_MANIFEST_BYTES} a manifest may have")
     try:
-        return SnapshotManifest.model_validate_json(raw)
+        doc = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateField as exc:
+        raise InvalidManifestError(where, str(exc)) from None
+    except RecursionError:
+        raise InvalidManifestError(where, "it is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        raise InvalidManifestError(where, f"it is not valid JSON ({exc})") from None
+    try:
+        return SnapshotManifest.model_validate(doc)
     except pydantic.ValidationError as exc:
         raise InvalidManifestError(where, _describe(exc)) from None
-    except (ValueError, RecursionError) as exc:  # jiter refuses absurd nesting with these
-        raise InvalidManifestError(where, f"it is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidManifestError(where, "it is nested too deeply") from None
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False)[:3]:
-        loc = ".".join(str(part) for part in err["loc"]) or "top level"
+        loc = ".".join(
+            str(part) if isinstance(part, int) or (part.isidentifier() and len(part) <= 64) else shown(part)
+            for part in err["loc"]
+        ) or "top level"
         msg = err["msg"].removeprefix("Value error, ")
         problems.append(f"{loc}: {msg}")
     more = exc.error_count() - len(problems)

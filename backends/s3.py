@@ -9,6 +9,8 @@ number of in-memory chunks).
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import boto3
@@ -18,32 +20,42 @@ import botocore.exceptions
 import s3transfer.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from backends.base import MANIFEST_NAME, ProgressFn, Sink
+from backends.base import MANIFEST_NAME, ManifestRef, ProgressFn, Sink
 from backends.errors import (
     AccessDeniedError,
     BackendError,
+    InvalidManifestError,
     InvalidSnapshotIdError,
     ObjectNotFoundError,
     PermanentBackendError,
     TransientBackendError,
 )
-from backends.manifest import check_content_key, check_snapshot_id
+from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
 
 MiB = 1024 * 1024
 
-#: Transfer tuning. Parts of 8 MiB, 8 at a time, keep a loopback or LAN link busy; the in-memory
-#: bound (64 chunks of boto3's 256 KiB I/O size = 16 MiB) caps what is held while parts arrive out
-#: of order, so memory does not grow with object size.
+#: Transfer tuning, measured with ``python -m benchmarks`` (BENCHMARKS.md). A restore downloads
+#: its blobs ITEM_CONCURRENCY (4) at a time, each through its own transfer manager, and what one
+#: download holds in memory is bounded by its window of parts (in flight, or arrived ahead of the
+#: part the sink is waiting for) times the part size, plus its IO queue of 256 KiB chunks:
+#: 4 MiB x 4 + 16 x 256 KiB = 20 MiB a blob, 80 MiB for four, whatever the object sizes. (The
+#: window was 64 parts of 8 MiB: up to 512 MiB a blob, and restores of 2 GiB peaked at ~600 MiB.)
+#: Three ranged GETs a blob, twelve in all, already saturate a loopback SeaweedFS (one stream
+#: alone reaches ~300 MiB/s here); more streams only add memory and per-request CPU.
+PART_SIZE = 4 * MiB
+PARTS_IN_FLIGHT = 3
+PARTS_IN_MEMORY = 4
 TRANSFER = TransferConfig(
-    multipart_threshold=16 * MiB,
-    multipart_chunksize=8 * MiB,
-    max_concurrency=8,
-    max_io_queue=64,
+    multipart_threshold=2 * PART_SIZE,
+    multipart_chunksize=PART_SIZE,
+    max_concurrency=PARTS_IN_FLIGHT,
+    max_io_queue=16,
     use_threads=True,
     preferred_transfer_client="classic",
 )
-# boto3's constructor does not take this s3transfer setting, but the manager reads it.
-TRANSFER.max_in_memory_download_chunks = 64
+# boto3's constructor does not take this s3transfer setting, but the manager reads it: the
+# sliding window of parts a non-seekable download may hold (see above).
+TRANSFER.max_in_memory_download_chunks = PARTS_IN_MEMORY
 
 #: boto3's own retries (standard mode; ``max_attempts`` counts retries, so 4 requests in all)
 #: absorb brief blips inside one request; what still fails is classified below and, if
@@ -54,6 +66,33 @@ CLIENT_CONFIG = botocore.config.Config(
     connect_timeout=10,
     read_timeout=60,
 )
+
+#: The environment that decides which server and identity a default client talks to. Clients
+#: are shared per process for each distinct value of these (see :func:`shared_client`).
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
+)
+_clients: dict[tuple[str | None, ...], object] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client():
+    """The process's S3 client for the current AWS environment, created on first use.
+
+    A boto3 client is thread-safe, and creating one is costly: it parses the S3 service model
+    (about 0.4 s of CPU and 12 MiB here). A restore opens the backend in each of its tasks (the
+    manifest, the sizes, one download per blob), so sharing one client takes ~2 s of CPU and
+    ~60 MiB of peak memory off every S3 restore, and shares its connection pool.
+    """
+    key = tuple(os.environ.get(name) for name in _CLIENT_ENV)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = boto3.session.Session().client("s3", config=CLIENT_CONFIG)
+        return client
+
 
 #: What boto3 and its transfer manager raise for a failed request (after their own retries).
 _S3_ERRORS = (
@@ -78,7 +117,9 @@ class S3Backend:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.client = client or boto3.session.Session().client("s3", config=CLIENT_CONFIG)
+        self.client = client or shared_client()
+        # The same bucket at another endpoint is another store (for caches kept on this machine).
+        self.identity = f"{self.url} at {self.client.meta.endpoint_url}"
 
     def _key(self, key: str) -> str:
         check_content_key(key)
@@ -124,15 +165,25 @@ class S3Backend:
         key = f"{check_snapshot_id(snapshot_id)}/{MANIFEST_NAME}"
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read()
+            if int(response.get("ContentLength", 0)) > MAX_MANIFEST_BYTES:
+                response["Body"].close()
+                raise InvalidManifestError(
+                    f"{self.url}/{key}",
+                    f"it is {response['ContentLength']} bytes, above the {MAX_MANIFEST_BYTES} a manifest may have",
+                )
+            return response["Body"].read(MAX_MANIFEST_BYTES + 1)
         except _S3_ERRORS as exc:
             raise self._fail(exc, key) from exc
 
     def list_snapshot_ids(self) -> list[str]:
+        return [ref.snapshot_id for ref in self.list_manifests()]
+
+    def list_manifests(self) -> list[ManifestRef]:
         # One listing of the whole root, keeping ``<id>/manifest.json`` keys: a folder without
-        # its manifest is an unfinished snapshot and is not listed.
+        # its manifest is an unfinished snapshot and is not listed. Each key comes with its ETag,
+        # size and time at no extra cost: together they are the manifest's version.
         root = f"{self.prefix}/" if self.prefix else ""
-        ids = []
+        refs = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=root):
@@ -141,12 +192,13 @@ class S3Backend:
                     if rest != MANIFEST_NAME:
                         continue
                     try:
-                        ids.append(check_snapshot_id(name))
+                        check_snapshot_id(name)
                     except InvalidSnapshotIdError:
                         continue  # not a snapshot folder
+                    refs.append(ManifestRef(name, _version(obj)))
         except _S3_ERRORS as exc:
             raise self._fail(exc, "") from exc
-        return sorted(ids)
+        return sorted(refs, key=lambda ref: ref.snapshot_id)
 
     def object_size(self, key: str) -> int:
         try:
@@ -171,6 +223,16 @@ class S3Backend:
                 self.client.upload_file(str(source), self.bucket, self._key(key), Config=TRANSFER)
         except _S3_ERRORS as exc:
             raise self._fail(exc, key) from exc
+
+
+def _version(obj: dict) -> str | None:
+    """A listed object's version: ETag (a digest of the bytes on every S3 we know), size and
+    last-modified; None when the server gives no ETag, so nothing is cached on its word."""
+    etag = obj.get("ETag")
+    if not etag:
+        return None
+    modified = obj.get("LastModified")
+    return f"{etag}:{obj.get('Size')}:{modified.isoformat() if modified is not None else ''}"
 
 
 class _InOrderCountingWriter:

@@ -92,7 +92,11 @@ def commit_staged(data_dir: Path, tenant_id: int, mode: RestoreMode) -> None:
         if new_is_in and final.name in leaving:
             leaving.remove(final.name)
         if leaving:
-            aside.mkdir(exist_ok=True)
+            try:
+                os.mkdir(aside)
+            except FileExistsError:
+                if not _is_real_dir(aside):  # never move the service's data through a symlink
+                    raise DestinationIOError("setting old data aside in", aside, OSError(errno.ENOTDIR, "not a directory")) from None
             for name in leaving:
                 if mode is not RestoreMode.WIPE_AND_RESTORE and (not _is_real_dir(final) or os.listdir(final)):
                     raise TenantPathOccupiedError(tenant_id, final)  # it changed since preflight

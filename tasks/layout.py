@@ -24,11 +24,14 @@ import enum
 import fcntl
 import os
 import socket
+import stat
 import threading
 import uuid
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from backends.errors import shown
 
 OURS_PREFIX = ".restore"
 MARKER_NAME = ".restore-in-progress"
@@ -156,11 +159,38 @@ def update_marker(data_dir: Path, info: MarkerInfo) -> None:
     fsync_dir(data_dir)
 
 
+#: A marker of ours is a few hundred bytes; reading more would only serve a hostile one.
+MARKER_READ_LIMIT = 4096
+
+
+def _read_marker_file(data_dir: Path) -> bytes | str | None:
+    """The marker's first bytes; a string describing it when it is not a regular file; None
+    when absent. Never follows a symlink and never blocks (a FIFO planted as the marker)."""
+    path = marker_path(data_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if os.path.islink(path):
+            return f"a symlink to {os.readlink(path)!r}, not written by memrestore"
+        return f"unreadable ({exc.strerror}), not written by memrestore"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return f"{kind}, not written by memrestore"
+        return os.read(fd, MARKER_READ_LIMIT)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror}), not written by memrestore"
+    finally:
+        os.close(fd)
+
+
 def read_marker(data_dir: Path) -> MarkerInfo | None:
     """The marker's content if it is ours; ``None`` if it is absent or was not written by us."""
-    try:
-        raw = marker_path(data_dir).read_bytes()
-    except FileNotFoundError:
+    raw = _read_marker_file(data_dir)
+    if not isinstance(raw, bytes):
         return None
     try:
         return MarkerInfo.model_validate_json(raw)
@@ -170,16 +200,18 @@ def read_marker(data_dir: Path) -> MarkerInfo | None:
 
 def describe_marker(data_dir: Path) -> str:
     """A short account of who holds the marker, for messages."""
-    info = read_marker(data_dir)
-    if info is not None:
-        return (
-            f"memrestore restore of snapshot {info.snapshot_id!r} (tenant {info.tenant_id}, "
-            f"{info.mode}) started {info.started_at} by pid {info.pid} on {info.host}, "
-            f"phase {info.phase.value}"
-        )
+    raw = _read_marker_file(data_dir)
+    if raw is None:
+        return "gone by now"
+    if isinstance(raw, str):
+        return raw
     try:
-        raw = marker_path(data_dir).read_bytes()[:200]
-    except OSError:
-        return "unreadable"
-    text = raw.decode("utf-8", "replace").strip()
-    return f"not written by memrestore; it reads {text!r}" if text else "empty, not written by memrestore"
+        info = MarkerInfo.model_validate_json(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "replace").strip()
+        return f"not written by memrestore; it reads {shown(text)}" if text else "empty, not written by memrestore"
+    return (
+        f"memrestore restore of snapshot {info.snapshot_id!r} (tenant {info.tenant_id}, "
+        f"{info.mode}) started {info.started_at} by pid {info.pid} on {info.host}, "
+        f"phase {info.phase.value}"
+    )

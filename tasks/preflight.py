@@ -84,8 +84,8 @@ def check_space(plan: RestorePlan, data_dir: Path) -> None:
 def _check_leftovers(data_dir: Path) -> None:
     """Deal with bookkeeping an interrupted restore left behind without its marker."""
     aside = aside_dir(data_dir)
-    if os.path.lexists(aside) and (not os.path.isdir(aside) or os.listdir(aside)):
-        raise LeftoverAsideError(aside)
+    if os.path.isdir(aside) and not os.path.islink(aside) and os.listdir(aside):
+        raise LeftoverAsideError(aside)  # a real dir with entries: maybe the only copy of old data
     # Staged copies of snapshot data, a finished restore's trash, temp files: safe to drop.
     for name in os.listdir(data_dir):
         path = data_dir / name

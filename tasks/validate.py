@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from backends.errors import shown
 from backends.manifest import SnapshotManifest
 from tasks.errors import IncompatibleSnapshotError
 from tasks.plan import (
@@ -20,6 +21,10 @@ from tasks.plan import (
 )
 
 
+#: NAME_MAX on Linux file systems: a longer HNSW file name cannot exist in any data dir.
+MAX_FILE_NAME_BYTES = 255
+
+
 def resolve_destination(manifest: SnapshotManifest, destination: DestinationState) -> DestinationState:
     """Fill in the embedding model when the snapshot has exactly one and none was named."""
     if destination.embedding_model is not None:
@@ -27,7 +32,7 @@ def resolve_destination(manifest: SnapshotManifest, destination: DestinationStat
     models = manifest.embedding_models
     if len(models) == 1:
         return destination.model_copy(update={"embedding_model": models[0]})
-    found = f"it holds {', '.join(repr(m) for m in models)}" if models else "it holds no HNSW index"
+    found = f"it holds {', '.join(shown(m) for m in models)}" if models else "it holds no HNSW index"
     raise IncompatibleSnapshotError(
         f"snapshot {manifest.snapshot_id!r}: name the embedding model the destination serves "
         f"with --embedding-model ({found})."
@@ -96,19 +101,29 @@ def validate(
     if destination.embedding_model not in manifest.embedding_models:
         raise IncompatibleSnapshotError(
             f"snapshot {sid!r} has no HNSW index for embedding model "
-            f"{destination.embedding_model!r} (it has: "
-            f"{', '.join(repr(m) for m in manifest.embedding_models) or 'none'}); pass the model "
+            f"{shown(destination.embedding_model)} (it has: "
+            f"{', '.join(shown(m) for m in manifest.embedding_models) or 'none'}); pass the model "
             "the destination serves with --embedding-model, or restore a snapshot that has it."
         )
 
     items = plan_items(manifest)
+
+    for item in items:
+        name = item.destination.rsplit("/", 1)[1]
+        if len(name.encode()) > MAX_FILE_NAME_BYTES:
+            raise IncompatibleSnapshotError(
+                f"snapshot {sid!r}: embedding model {shown(item.embedding_model)} makes a file name too long: "
+                f"{len(name.encode())} bytes, above the {MAX_FILE_NAME_BYTES} a file system allows; the "
+                "destination service could not store it either. Rename the model in the service and "
+                "take a new snapshot."
+            )
 
     by_destination: dict[str, PlanItem] = {}
     for item in items:
         other = by_destination.setdefault(item.destination, item)
         if other is not item:
             raise IncompatibleSnapshotError(
-                f"snapshot {sid!r}: {other.label} and {item.label} would both be written to "
+                f"snapshot {sid!r}: {shown(other.label)} and {shown(item.label)} would both be written to "
                 f"{item.destination} (model names are made file-safe by replacing characters "
                 "outside A-Z a-z 0-9 . _ -), so one would overwrite the other. Rename one "
                 "embedding model in the service and take a new snapshot."

@@ -137,7 +137,7 @@ def test_unreadable_manifest_is_reported_not_fatal(store):
     store.put_object("broken/manifest.json", b"{ this is not json")
     listing = list_snapshots(store)
     assert [m.snapshot_id for m in listing.snapshots] == ["good"]
-    assert "broken" in listing.unreadable and "Invalid JSON" in listing.unreadable["broken"]
+    assert "broken" in listing.unreadable and "not valid JSON" in listing.unreadable["broken"]
 
 
 def test_manifest_in_the_wrong_folder_is_refused(store):

@@ -189,7 +189,7 @@ def test_good_snapshot_ids(sid):
 
 
 def test_not_json_and_deep_nesting_are_our_errors():
-    with pytest.raises(InvalidManifestError, match="Invalid JSON"):
+    with pytest.raises(InvalidManifestError, match="not valid JSON"):
         parse_manifest(b"{not json", "x")
     with pytest.raises(InvalidManifestError):
         parse_manifest(b"[" * 100_000 + b"]" * 100_000, "x")

@@ -1,0 +1,429 @@
+"""Restore drills: the checks on a restored copy, the walk back, the flow's report, artifacts and
+events under a real Prefect API, and ``memrestore drill`` as a subprocess, over a local folder and
+SeaweedFS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import blake3
+import pytest
+
+from backends import LocalBackend, list_snapshots, put_manifest
+from backends.manifest import SnapshotManifest
+from backends.sample import make_sqlite_checkpoint, write_sample_snapshot
+from tasks.drill import (
+    DRILL_FAILED_EVENT,
+    attempt_snapshot,
+    check_hnsw_files,
+    check_plain,
+    check_restored,
+    check_sqlite_integrity,
+    check_tables,
+    drill_candidates,
+    drill_plain,
+    drill_tenant,
+    hnsw_sizes,
+    restore_plain,
+    snapshot_age_seconds,
+    stale_reason,
+)
+from tasks.errors import RestoredCopyCheckError
+from tests.conftest import tree
+
+REPO = Path(__file__).resolve().parent.parent
+HOUR_MICROS = 3600 * 10**6
+#: The drill's clock in the plain tests: every age below is exact against it.
+NOW = 1_800_000_000.0
+NOW_MICROS = int(NOW * 10**6)
+#: The longest a CLI subprocess may take: Prefect's import, a few flow runs, on a loaded machine.
+CLI_TIMEOUT = 300
+#: How long the events written by a run may take to be readable through the API.
+EVENTS_WAIT_SECONDS = 60
+
+
+def _flip_byte(path: Path, offset: int = 100) -> None:
+    """Corrupt a stored object in place, keeping its size (bit rot, not truncation)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _with_ghost_table(backend: LocalBackend, manifest: SnapshotManifest) -> SnapshotManifest:
+    """Rewrite the manifest so that it names a table the checkpoint does not have."""
+    changed = manifest.model_copy(
+        update={"table_schema_versions": {**manifest.table_schema_versions, "ghost_table": 1}})
+    put_manifest(backend, changed)
+    return changed
+
+
+def write_fleet(backend: LocalBackend, now_micros: int) -> dict[str, SnapshotManifest]:
+    """Tenants that each show one outcome of a drill:
+
+    1  healthy: its latest restores and checks clean
+    2  latest corrupted after the backup (a flipped byte): the older t2-good is the last good
+    3  stale: restores clean, but is 30 h old
+    4  latest names a table its checkpoint lacks, and there is nothing older
+    """
+    small = (("minilm", 8),)
+    made = {
+        "t1-old": write_sample_snapshot(backend, tenant_id=1, snapshot_id="t1-old",
+                                        created_at_unix_micros=now_micros - 3 * HOUR_MICROS),
+        "t1-new": write_sample_snapshot(backend, tenant_id=1, snapshot_id="t1-new",
+                                        created_at_unix_micros=now_micros - HOUR_MICROS),
+        "t2-good": write_sample_snapshot(backend, tenant_id=2, snapshot_id="t2-good", models=small,
+                                         created_at_unix_micros=now_micros - 5 * HOUR_MICROS),
+        "t2-bad": write_sample_snapshot(backend, tenant_id=2, snapshot_id="t2-bad", models=small,
+                                        created_at_unix_micros=now_micros - 2 * HOUR_MICROS),
+        "t3-stale": write_sample_snapshot(backend, tenant_id=3, snapshot_id="t3-stale", models=small,
+                                          created_at_unix_micros=now_micros - 30 * HOUR_MICROS),
+    }
+    _flip_byte(backend.root / made["t2-bad"].hnsw_snapshots[0].content_key)
+    ghost = write_sample_snapshot(backend, tenant_id=4, snapshot_id="t4-ghost", models=small,
+                                  created_at_unix_micros=now_micros - HOUR_MICROS)
+    made["t4-ghost"] = _with_ghost_table(backend, ghost)
+    return made
+
+
+def _by_tenant(report: dict) -> dict[int, dict]:
+    return {t["tenant_id"]: t for t in report["tenants"]}
+
+
+# -- the checks, on real files ------------------------------------------------------------------
+
+
+def test_integrity_check_passes_a_sound_checkpoint_and_fails_a_damaged_one(tmp_path):
+    db = tmp_path / "data.sqlite"
+    make_sqlite_checkpoint(db, rows=50, target_bytes=512 * 1024)
+    check_sqlite_integrity(db)
+
+    truncated = tmp_path / "truncated.sqlite"
+    truncated.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    with pytest.raises(RestoredCopyCheckError, match="integrity_check of the restored checkpoint .*malformed"):
+        check_sqlite_integrity(truncated)
+
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database " * 1000)
+    with pytest.raises(RestoredCopyCheckError, match="file is not a database"):
+        check_sqlite_integrity(garbage)
+
+    with pytest.raises(RestoredCopyCheckError, match="missing"):
+        check_sqlite_integrity(tmp_path / "absent.sqlite")
+    # Read-only: the check changed nothing.
+    assert truncated.stat().st_size == db.stat().st_size // 2
+
+
+def test_every_table_the_manifest_names_must_exist(tmp_path):
+    db = tmp_path / "data.sqlite"
+    make_sqlite_checkpoint(db)
+    check_tables(db, ["memory_commit_log", "memories"])
+    with pytest.raises(RestoredCopyCheckError, match=r"lacks table\(s\) 'ghost_table'.*it has: memories, memory_commit_log"):
+        check_tables(db, ["memory_commit_log", "ghost_table"])
+
+
+def test_hnsw_files_must_have_the_size_the_backend_reports(backend, snapshot, data_dir):
+    restore_plain(backend)(snapshot, data_dir)
+    sizes = hnsw_sizes(backend, snapshot)
+    check_restored(data_dir, snapshot, sizes)
+
+    minilm = data_dir / "tenant_1" / "hnsw" / "minilm.bin"
+    with open(minilm, "ab") as f:
+        f.write(b"x")
+    expected = sizes[snapshot.hnsw_snapshots[0].content_key]
+    with pytest.raises(RestoredCopyCheckError, match=f"is {expected + 1} bytes, but the backend reports {expected} bytes"):
+        check_hnsw_files(data_dir, snapshot, sizes)
+    minilm.unlink()
+    with pytest.raises(RestoredCopyCheckError, match="model 'minilm' is missing"):
+        check_hnsw_files(data_dir, snapshot, sizes)
+
+
+def test_candidates_are_newest_first_and_the_age_rule(backend):
+    made = write_fleet(backend, NOW_MICROS)
+    listing = list_snapshots(backend)
+    assert [m.snapshot_id for m in drill_candidates(listing, 1)] == ["t1-new", "t1-old"]
+    assert drill_candidates(listing, 1)[0] == listing.latest(1)
+    assert drill_candidates(listing, 9) == []
+
+    assert snapshot_age_seconds(made["t3-stale"], NOW) == 30 * 3600
+    assert stale_reason(3, 30 * 3600, None) is None
+    assert stale_reason(3, 24 * 3600, 24) is None
+    assert stale_reason(3, 30 * 3600, 24) == (
+        "latest snapshot is 30.0 h old, above --max-age-hours 24: check that backups of tenant 3 are "
+        "still being taken.")
+
+
+# -- the walk back, with no Prefect ----------------------------------------------------------------
+
+
+def test_plain_drill_reports_each_tenant_and_leaves_scratch_empty(backend, tmp_path):
+    write_fleet(backend, NOW_MICROS)
+    scratch = tmp_path / "scratch"
+    report = drill_plain(backend, [1, 2, 3, 4, 9], max_age_hours=24, scratch_dir=scratch, now=NOW)
+    assert (report.ok, report.failed) == (1, 4)
+    t = {r.tenant_id: r for r in report.tenants}
+
+    assert t[1].status == "ok" and t[1].reason is None
+    assert (t[1].snapshot_id, t[1].last_good_snapshot_id) == ("t1-new", "t1-new")
+    assert t[1].snapshot_age_seconds == t[1].last_good_age_seconds == 3600
+    assert t[1].bytes == sum(f.stat().st_size for f in (backend.root / "t1-new").iterdir() if f.name != "manifest.json")
+    assert t[1].restore_seconds is not None
+
+    assert t[2].status == "failed" and t[2].snapshot_id == "t2-bad"
+    assert t[2].reason.startswith("checksum mismatch for 't2-bad/hnsw-0.bin'")
+    assert (t[2].last_good_snapshot_id, t[2].last_good_age_seconds) == ("t2-good", 5 * 3600)
+    assert t[2].snapshot_age_seconds == 2 * 3600 and t[2].bytes is None
+
+    assert t[3].status == "failed" and t[3].reason.startswith("latest snapshot is 30.0 h old, above --max-age-hours 24")
+    assert (t[3].last_good_snapshot_id, t[3].last_good_age_seconds) == ("t3-stale", 30 * 3600)
+
+    assert t[4].status == "failed" and "lacks table(s) 'ghost_table'" in t[4].reason
+    assert t[4].reason.endswith("no snapshot of tenant 4 restores cleanly (1 tried).")
+    assert t[4].last_good_snapshot_id is None and t[4].last_good_age_seconds is None
+
+    assert t[9].status == "failed" and t[9].snapshot_id is None
+    assert "holds no finished snapshot of tenant 9" in t[9].reason
+
+    assert list(scratch.iterdir()) == []
+    assert all(r.kept_copies == [] for r in report.tenants)
+
+
+def test_plain_drill_keeps_only_failed_copies_when_asked(backend, tmp_path):
+    write_fleet(backend, NOW_MICROS)
+    scratch = tmp_path / "scratch"
+    report = drill_plain(backend, [1, 3, 4], max_age_hours=24, scratch_dir=scratch, keep_failed=True, now=NOW)
+    t = {r.tenant_id: r for r in report.tenants}
+    assert t[1].kept_copies == []
+    kept = sorted(p.name.rsplit("-", 1)[0] for p in scratch.iterdir())
+    assert kept == ["tenant-3-t3-stale", "tenant-4-t4-ghost"]
+    # The kept copy is the restored data dir, ready to inspect.
+    ghost_copy = Path(t[4].kept_copies[0])
+    assert sorted(tree(ghost_copy)) == ["tenant_4/data.sqlite", "tenant_4/hnsw/minilm.bin"]
+
+
+def test_walk_back_stops_after_its_limit_and_says_so(backend, tmp_path):
+    for age in range(1, 5):
+        made = write_sample_snapshot(backend, tenant_id=5, snapshot_id=f"t5-{age}", models=(("m", 8),),
+                                     created_at_unix_micros=NOW_MICROS - age * HOUR_MICROS)
+        _flip_byte(backend.root / made.sqlite_checkpoint_key)
+    tried: list[str] = []
+    restore, check = restore_plain(backend), check_plain(backend)
+
+    def attempt(manifest):
+        tried.append(manifest.snapshot_id)
+        return attempt_snapshot(manifest, tmp_path, restore, check)
+
+    result = drill_tenant(5, drill_candidates(list_snapshots(backend), 5), attempt,
+                          backend_url=backend.url, now=NOW, walk_back=2)
+    assert tried == ["t5-1", "t5-2", "t5-3"]
+    assert result.status == "failed" and result.last_good_snapshot_id is None
+    assert result.reason.endswith(
+        "none of the 3 newest snapshots of tenant 5 restores cleanly (1 older ones were not tried).")
+    assert list(tmp_path.iterdir()) == [backend.root]
+
+
+# -- the flow, under a real Prefect API --------------------------------------------------------------
+
+
+def _read_back(flow_run_id):
+    """The run, its persisted result, its artifacts, its subflow runs (with their artifacts)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    async def read():
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            result = await run.state.result(raise_on_failure=False)
+            subflows = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            ids = [flow_run_id] + [s.id for s in subflows]
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+            return run, result, subflows, artifacts
+
+    return asyncio.run(read())
+
+
+def _drill_failed_events(flow_run_id, expected: int) -> list:
+    """The drill.failed events the run emitted, once ``expected`` of them are readable."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    event_filter = EventFilter(
+        event=EventNameFilter(name=[DRILL_FAILED_EVENT]),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+
+    async def read():
+        async with get_client() as client:
+            deadline = time.monotonic() + EVENTS_WAIT_SECONDS
+            while True:
+                # The server refuses a page above 50 (the client's default of 100 gets a 422).
+                events = (await client.read_events(filter=event_filter, limit=50)).events
+                if len(events) >= expected or time.monotonic() > deadline:
+                    return events
+                await asyncio.sleep(0.5)
+
+    return asyncio.run(read())
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_drill_flow_ends_failed_with_report_artifacts_events_and_subflows(backend, tmp_path):
+    from flows.drill import drill_report, restore_drill
+
+    write_fleet(backend, int(time.time() * 10**6))
+    scratch = tmp_path / "scratch"
+    state = restore_drill(backend=backend.url, tenants=[1, 2, 3, 9], max_age_hours=24,
+                          scratch_dir=str(scratch), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("3 of 4 tenants failed the restore drill (tenants 2, 3, 9)")
+    report = drill_report(state)
+    assert (report.ok, report.failed) == (1, 3)
+    t = {r.tenant_id: r for r in report.tenants}
+    assert [t[i].status for i in (1, 2, 3, 9)] == ["ok", "failed", "failed", "failed"]
+    assert t[2].reason.startswith("checksum mismatch for 't2-bad/hnsw-0.bin'")
+    assert t[2].last_good_snapshot_id == "t2-good"
+    assert 5 * 3600 <= t[2].last_good_age_seconds < 6 * 3600
+    assert "30.0 h old, above --max-age-hours 24" in t[3].reason
+    assert list(scratch.iterdir()) == []
+
+    run, persisted, subflows, artifacts = _read_back(state.state_details.flow_run_id)
+    # The report is the run's persisted JSON result, Failed or not.
+    assert run.state.is_failed() and persisted == report.model_dump(mode="json")
+
+    # One restore-snapshot run per snapshot tried, each with its own artifacts.
+    assert sorted((s.name, s.state.type.value) for s in subflows) == [
+        ("tenant-1-t1-new-new_cluster", "COMPLETED"),
+        ("tenant-2-t2-bad-new_cluster", "FAILED"),
+        ("tenant-2-t2-good-new_cluster", "COMPLETED"),
+        ("tenant-3-t3-stale-new_cluster", "COMPLETED"),
+    ]
+    by_run_and_key = {(a.flow_run_id, a.key): a for a in artifacts if a.key}
+    good = next(s for s in subflows if s.name == "tenant-2-t2-good-new_cluster")
+    assert (good.id, "restore-summary-tenant-2") in by_run_and_key
+
+    drill_run = state.state_details.flow_run_id
+    table = by_run_and_key[(drill_run, "drill-report")]
+    rows = json.loads(table.data)
+    assert [(r["tenant"], r["status"], r["snapshot"]) for r in rows] == [
+        (1, "ok", "t1-new"), (2, "failed", "t2-bad"), (3, "failed", "t3-stale"), (9, "failed", "-")]
+    assert rows[1]["last good"].startswith("t2-good (5.0 h)") and rows[0]["MB/s"] != "-"
+    assert set(rows[0]) == {"tenant", "status", "snapshot", "age", "RTO", "bytes", "MB/s", "last good", "reason"}
+    summary = by_run_and_key[(drill_run, "drill-summary")]
+    assert "3 of 4 tenants failed" in summary.data and "**tenant 2 failed**" in summary.data
+    progress = by_run_and_key[(drill_run, "drill-progress")]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+
+    events = _drill_failed_events(drill_run, expected=3)
+    assert sorted(e.resource.id for e in events) == [
+        "memrestore.tenant.2", "memrestore.tenant.3", "memrestore.tenant.9"]
+    tenant_2 = next(e for e in events if e.resource.id == "memrestore.tenant.2")
+    assert tenant_2.payload["last_good_snapshot_id"] == "t2-good"
+    assert tenant_2.payload["reason"] == t[2].reason
+
+
+def test_drill_parameters_are_typed_for_the_ui_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.drill import restore_drill
+
+    schema = parameter_schema(restore_drill).model_dump()
+    props = schema["properties"]
+    assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency"]
+    assert schema["required"] == ["backend"]
+    assert props["concurrency"]["minimum"] == 1 and props["concurrency"]["default"] == 4
+    assert all(props[p].get("description") for p in props)
+
+
+# -- the command line, as a subprocess --------------------------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        if env:
+            environment.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", "drill", *args], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_drill_json_exit_status_and_kept_copies(backend, tmp_path):
+    write_fleet(backend, int(time.time() * 10**6))
+    scratch = tmp_path / "scratch"
+    done = _cli("--backend", backend.url, "--tenant", "1", "--tenant", "2", "--tenant", "4", "--tenant", "9",
+                "--scratch-dir", str(scratch), "--keep-failed", "--json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["ok"], report["failed"]) == (1, 3)
+    t = _by_tenant(report)
+    assert set(t[1]) >= {"tenant_id", "snapshot_id", "status", "reason", "restore_seconds", "snapshot_age_seconds",
+                         "bytes", "last_good_snapshot_id", "last_good_age_seconds"}
+    assert [t[i]["status"] for i in (1, 2, 4, 9)] == ["ok", "failed", "failed", "failed"]
+    assert t[2]["reason"].startswith("checksum mismatch") and t[2]["last_good_snapshot_id"] == "t2-good"
+    assert "ghost_table" in t[4]["reason"] and t[4]["last_good_snapshot_id"] is None
+    assert t[9]["snapshot_id"] is None and "no finished snapshot of tenant 9" in t[9]["reason"]
+    # Only failed copies are kept: t2-bad's (empty: nothing passed its checksum) and t4-ghost's.
+    kept = sorted(p.name.rsplit("-", 1)[0] for p in scratch.iterdir())
+    assert kept == ["tenant-2-t2-bad", "tenant-4-t4-ghost"]
+    assert tree(Path(t[4]["kept_copies"][0]))["tenant_4/data.sqlite"] == (backend.root / "t4-ghost/sqlite.db").read_bytes()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_drill_healthy_tenant_prints_a_table_and_exits_0(backend, tmp_path):
+    write_fleet(backend, int(time.time() * 10**6))
+    scratch = tmp_path / "scratch"
+    done = _cli("--backend", backend.url, "--tenant", "1", "--max-age-hours", "24", "--scratch-dir", str(scratch))
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    assert header.split() == ["tenant", "status", "snapshot", "age", "RTO", "bytes", "MB/s", "last", "good"]
+    assert row.split()[:4] == ["1", "ok", "t1-new", "1.0"]
+    assert done.stdout.rstrip().endswith("1 ok, 0 failed")
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_drill_refuses_a_missing_backend_with_one_message(tmp_path):
+    done = _cli("--backend", str(tmp_path / "nowhere"))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: backend folder {tmp_path / 'nowhere'} does not exist; check the --backend path"]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_drill_over_seaweedfs(seaweedfs, tmp_path):
+    from backends.s3 import S3Backend
+
+    bucket = seaweedfs.create_bucket()
+    s3 = S3Backend(bucket, "nightly", client=seaweedfs.client())
+    now = int(time.time() * 10**6)
+    write_sample_snapshot(s3, tenant_id=1, snapshot_id="s3-t1-old", created_at_unix_micros=now - 2 * HOUR_MICROS)
+    write_sample_snapshot(s3, tenant_id=1, snapshot_id="s3-t1-new", created_at_unix_micros=now - HOUR_MICROS)
+    good = write_sample_snapshot(s3, tenant_id=2, snapshot_id="s3-t2-good", created_at_unix_micros=now - 3 * HOUR_MICROS)
+    bad = write_sample_snapshot(s3, tenant_id=2, snapshot_id="s3-t2-bad", created_at_unix_micros=now - HOUR_MICROS)
+    key = bad.hnsw_snapshots[0].content_key
+    body = bytearray(seaweedfs.client().get_object(Bucket=bucket, Key=f"nightly/{key}")["Body"].read())
+    body[100] ^= 0xFF
+    s3.put_object(key, bytes(body))
+
+    scratch = tmp_path / "scratch"
+    done = _cli("--backend", f"s3://{bucket}/nightly", "--scratch-dir", str(scratch), "--json", env=seaweedfs.env())
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    t = _by_tenant(report)
+    assert t[1]["status"] == "ok" and t[1]["snapshot_id"] == "s3-t1-new"
+    assert t[1]["bytes"] == sum(s3.object_size(k) for k in ["s3-t1-new/sqlite.db", "s3-t1-new/hnsw-0.bin", "s3-t1-new/hnsw-1.bin"])
+    assert t[2]["status"] == "failed" and t[2]["reason"].startswith(f"checksum mismatch for '{key}'")
+    assert t[2]["last_good_snapshot_id"] == good.snapshot_id
+    assert list(scratch.iterdir()) == []
