@@ -12,19 +12,26 @@ disk, say) are not backend errors: they propagate as they are, usually ``OSError
 
 from __future__ import annotations
 
-import concurrent.futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
-from backends.errors import BackendError, BadInputError, InvalidManifestError, ObjectNotFoundError
+from backends.errors import InvalidManifestError
 from backends.manifest import SnapshotManifest, check_snapshot_id, parse_manifest
 
 MANIFEST_NAME = "manifest.json"
 
-#: How many manifests are read at once when listing: manifests are small, so the time goes in
-#: round trips, and 16 keeps a remote store busy without opening more connections than boto3's pool.
-LIST_CONCURRENCY = 16
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """A finished snapshot as a listing of the backend sees it, before its manifest is read."""
+
+    snapshot_id: str
+    #: An opaque tag that changes whenever the manifest object is rewritten (S3: ETag, size and
+    #: last-modified; a folder: inode, size, mtime and ctime), so a manifest read at one version
+    #: can be reused while the version holds. None when the backend cannot vouch for it right now
+    #: (a file changed too recently for its timestamps to tell a rewrite apart): read it, keep nothing.
+    version: str | None
 
 
 class Sink(Protocol):
@@ -41,6 +48,9 @@ class Backend(Protocol):
     """A store of snapshots. Implementations: :class:`LocalBackend`, :class:`S3Backend`."""
 
     url: str
+    #: Names the store itself for caches kept on this machine: the URL, and for S3 the endpoint
+    #: too (``s3://backups`` on AWS and on a local MinIO are two different stores).
+    identity: str
 
     def read_manifest_bytes(self, snapshot_id: str) -> bytes:
         """The raw bytes of ``<snapshot_id>/manifest.json``."""
@@ -48,6 +58,11 @@ class Backend(Protocol):
 
     def list_snapshot_ids(self) -> list[str]:
         """Ids of the root's folders that hold a manifest (finished snapshots), sorted."""
+        ...
+
+    def list_manifests(self) -> list[ManifestRef]:
+        """The finished snapshots as :meth:`list_snapshot_ids` finds them, sorted by id, each with
+        its manifest's version: what the listing already returns for free (no manifest is read)."""
         ...
 
     def object_size(self, key: str) -> int:
@@ -72,8 +87,14 @@ def manifest_key(snapshot_id: str) -> str:
 
 def read_manifest(backend: Backend, snapshot_id: str) -> SnapshotManifest:
     """Fetch and parse a snapshot's manifest, checking it describes the folder it came from."""
+    return parse_manifest_of(backend, snapshot_id, backend.read_manifest_bytes(snapshot_id))
+
+
+def parse_manifest_of(backend: Backend, snapshot_id: str, raw: bytes) -> SnapshotManifest:
+    """Parse the bytes of ``<snapshot_id>/manifest.json`` as :func:`read_manifest` does, wherever
+    they were read from (the backend, or a cache of it)."""
     where = f"{backend.url.rstrip('/')}/{manifest_key(snapshot_id)}"
-    manifest = parse_manifest(backend.read_manifest_bytes(snapshot_id), where)
+    manifest = parse_manifest(raw, where)
     if manifest.snapshot_id != snapshot_id:
         raise InvalidManifestError(
             where,
@@ -85,49 +106,3 @@ def read_manifest(backend: Backend, snapshot_id: str) -> SnapshotManifest:
 def put_manifest(backend: Backend, manifest: SnapshotManifest) -> None:
     """Write a manifest where FORMAT.md puts it. Write it after the content objects."""
     backend.put_object(manifest_key(manifest.snapshot_id), manifest.to_json())
-
-
-@dataclass
-class SnapshotListing:
-    """Every finished snapshot found, and the ones whose manifest could not be read (with why)."""
-
-    snapshots: list[SnapshotManifest] = field(default_factory=list)
-    unreadable: dict[str, str] = field(default_factory=dict)
-
-    def for_tenant(self, tenant_id: int) -> list[SnapshotManifest]:
-        return [m for m in self.snapshots if m.tenant_id == tenant_id]
-
-    def latest(self, tenant_id: int) -> SnapshotManifest | None:
-        """The tenant's newest snapshot by ``created_at_unix_micros`` (never by object mtime).
-
-        Ties (two snapshots in the same microsecond) go to the greater snapshot id, so the
-        choice is the same on every run and every backend.
-        """
-        mine = self.for_tenant(tenant_id)
-        return max(mine, key=lambda m: (m.created_at_unix_micros, m.snapshot_id), default=None)
-
-
-def list_snapshots(backend: Backend, tenant_id: int | None = None) -> SnapshotListing:
-    """Read every finished snapshot's manifest (concurrently), optionally for one tenant only.
-
-    A manifest that cannot be read or parsed does not stop the listing: it is reported in
-    ``unreadable`` with the reason, so that one bad snapshot never hides the good ones. A backend
-    failure that is not about one manifest (the root is unreachable) still raises.
-    """
-    listing = SnapshotListing()
-    ids = backend.list_snapshot_ids()
-    with concurrent.futures.ThreadPoolExecutor(LIST_CONCURRENCY) as pool:
-        futures = {pool.submit(read_manifest, backend, sid): sid for sid in ids}
-        for future in concurrent.futures.as_completed(futures):
-            sid = futures[future]
-            try:
-                manifest = future.result()
-            except (BadInputError, ObjectNotFoundError) as exc:
-                listing.unreadable[sid] = str(exc)
-                continue
-            except BackendError:
-                raise
-            if tenant_id is None or manifest.tenant_id == tenant_id:
-                listing.snapshots.append(manifest)
-    listing.snapshots.sort(key=lambda m: (m.tenant_id, m.created_at_unix_micros, m.snapshot_id))
-    return listing
