@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -22,4 +22,7 @@ test: setup system-deps
 	$(BIN)/python -m pytest
 
 system-deps:
-	@bash .ci/system-deps
+	@bash .ci/system-deps chromium rclone b3sum time
+
+bench: setup system-deps
+	$(BIN)/python -m benchmarks

@@ -120,7 +120,7 @@ def _print_outcome(result: dict, as_json: bool) -> None:
         out.print(human_summary(outcome), highlight=False, soft_wrap=True)
 
 
-BackendOpt = typer.Option(..., "--backend", help="file:///abs/path, a path, or s3://bucket[/prefix]")
+BackendOpt = typer.Option(..., "--backend", help="file:///abs/path, a path, or s3://bucket\\[/prefix]")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs and tracebacks.")
 
@@ -278,6 +278,112 @@ def demo(
 
         result = run_demo(workdir.absolute(), log=err.print)
         _print_outcome(result, as_json)
+
+
+def _cron(value: str) -> str:
+    from prefect.schedules import Cron
+
+    try:
+        Cron(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+@app.command()
+def serve(
+    drill_cron: str = typer.Option(
+        "0 3 * * *", "--drill-cron", callback=_cron, help="When the nightly drill runs: cron, in UTC."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="The drill's backend (and the on-demand form's default); no drill without it."),
+    tenant: Optional[list[int]] = typer.Option(
+        None, "--tenant", min=0, help="Drill only this tenant (repeatable); default: every tenant."),
+    max_age_hours: Optional[float] = typer.Option(
+        None, "--max-age-hours", min=0, help="A drilled tenant fails when its latest snapshot is older."),
+    scratch_dir: Optional[Path] = typer.Option(
+        None, "--scratch-dir", help="Where the drill restores (default: a temp dir)."),
+    keep_failed: bool = typer.Option(
+        False, "--keep-failed", help="Keep a failed tenant's scratch copy for inspection."),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
+    _quiet_prefect(verbose)
+    with _errors_as_messages(verbose):
+        from flows.serve import serve as serve_deployments
+
+        serve_deployments(
+            backend=backend,
+            drill_cron=drill_cron,
+            tenants=tenant or None,
+            max_age_hours=max_age_hours,
+            scratch_dir=str(scratch_dir.absolute()) if scratch_dir else None,
+            keep_failed=keep_failed,
+            log=lambda line: err.print(line, highlight=False, soft_wrap=True),
+        )
+
+
+def _print_drill(report, as_json: bool) -> None:
+    """The drill report: JSON on stdout, or a table and each failed tenant's reason."""
+    from rich.table import Table
+
+    from tasks.drill import table_rows
+
+    for sid, why in sorted(report.unreadable.items()):
+        err.print(f"[yellow]warning:[/] skipped {sid}: {why}", highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
+        return
+    table = Table("tenant", "status", "snapshot", "age", "RTO", "bytes", "MB/s", "last good", box=None)
+    for row in table_rows(report):
+        status = "ok" if row["status"] == "ok" else "[bold red]FAILED[/]"
+        table.add_row(str(row["tenant"]), status, row["snapshot"], row["age"], row["RTO"], str(row["bytes"]),
+                      row["MB/s"], row["last good"])
+    out.print(table)
+    for r in report.failures:
+        out.print(f"tenant {r.tenant_id}: {r.reason}", highlight=False, soft_wrap=True)
+        for path in r.kept_copies:
+            out.print(f"  kept for inspection: {path}", highlight=False, soft_wrap=True)
+    out.print(f"{report.ok} ok, {report.failed} failed", highlight=False)
+
+
+@app.command()
+def drill(
+    backend: str = BackendOpt,
+    tenant: Optional[list[int]] = typer.Option(
+        None, "--tenant", min=0, help="Drill this tenant (repeatable); default: every tenant in the backend."),
+    max_age_hours: Optional[float] = typer.Option(
+        None, "--max-age-hours", min=0, help="A tenant fails when its latest snapshot is older than this."),
+    scratch_dir: Optional[Path] = typer.Option(
+        None, "--scratch-dir", help="Where copies are restored, checked and deleted (default: a new temp dir)."),
+    keep_failed: bool = typer.Option(
+        False, "--keep-failed", help="Keep a failed tenant's restored copy in the scratch dir for inspection."),
+    concurrency: Optional[int] = typer.Option(
+        None, "--concurrency", min=1, help="Tenants drilled at once (default: the flow's, 4)."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Restore each tenant's latest snapshot into scratch, check it, report. Exit 1 if any tenant failed."""
+    _quiet_prefect(verbose)
+    from tasks.drill import MAX_DRILL_CONCURRENCY
+
+    if concurrency is not None and concurrency > MAX_DRILL_CONCURRENCY:
+        raise typer.BadParameter(f"at most {MAX_DRILL_CONCURRENCY} tenants at once", param_hint="--concurrency")
+    with _errors_as_messages(verbose):
+        from flows.drill import drill_report, restore_drill
+
+        optional = {"concurrency": concurrency} if concurrency is not None else {}
+        state = restore_drill(
+            backend=backend,
+            tenants=tenant or None,
+            max_age_hours=max_age_hours,
+            scratch_dir=str(scratch_dir.absolute()) if scratch_dir else None,
+            keep_failed=keep_failed,
+            return_state=True,
+            **optional,
+        )
+        report = drill_report(state)
+    _print_drill(report, as_json)
+    raise typer.Exit(1 if report.failed else 0)
 
 
 def main() -> None:

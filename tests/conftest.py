@@ -14,11 +14,15 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The manifest cache of the session (and of the CLI it runs) is its own, never the user's.
+os.environ["MEMRESTORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="memrestore-cache-")
+os.environ.pop("MEMRESTORE_NO_CACHE", None)
 
 from backends import LocalBackend  # noqa: E402
 from backends.sample import write_sample_snapshot  # noqa: E402
 from tests.faultproxy import faultproxy  # noqa: E402,F401  (a fault proxy before SeaweedFS)
 from tests.seaweed import seaweedfs  # noqa: E402,F401  (session fixture)
+from tests.prefect_server import prefect_server  # noqa: E402,F401  (session fixture)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,264 @@
+"""The two deployments, served by one long-lived process: ``memrestore serve``.
+
+    restore-snapshot/on-demand   no schedule; run from the Prefect UI (a typed form) or
+                                 `prefect deployment run 'restore-snapshot/on-demand' -p ...`
+    restore-drill/nightly        a cron schedule (default 03:00 UTC) with the drill's parameters
+
+They are served to the Prefect API in ``PREFECT_API_URL``. When that is unset, ``serve`` starts a
+local Prefect server (``prefect server start`` on loopback, with its UI and its scheduler) for as
+long as it runs: Prefect's in-process ephemeral API has no scheduler, so a nightly schedule there
+would never fire.
+
+Stopping ``serve`` leaves the nightly schedule active (``pause_on_shutdown=False``): runs keep being
+scheduled and wait, Late, for the next ``serve`` or a worker, where Prefect's default would pause
+the schedule and drills would silently stop. ``prefect.yaml`` at the repo root declares the same two
+deployments for a process work pool (``prefect deploy --all``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from backends.errors import RestoreError
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+ON_DEMAND = "on-demand"
+NIGHTLY = "nightly"
+DEFAULT_DRILL_CRON = "0 3 * * *"
+DRILL_TIMEZONE = "UTC"
+#: The nightly schedule's slug: a restarted ``serve`` updates this schedule instead of adding one.
+DRILL_SCHEDULE_SLUG = "nightly-drill"
+TAGS = ["memrestore"]
+
+#: A local server's cold start is 12-15 s on a 2-core machine with a fresh database; leave room
+#: for a loaded machine before giving up.
+SERVER_STARTUP_SECONDS = 90
+SERVER_POLL_SECONDS = 0.5
+#: How long a local server gets to exit on SIGTERM before it is killed.
+SERVER_STOP_SECONDS = 15
+
+
+class ServeError(RestoreError):
+    """``serve`` could not start: no Prefect API to serve to."""
+
+
+def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:
+    """``restore-snapshot/on-demand``: no schedule; ``backend``, when given, prefills the form."""
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.restore import restore_snapshot
+
+    return restore_snapshot.to_deployment(
+        name=ON_DEMAND,
+        parameters={"backend": backend} if backend else {},
+        tags=TAGS,
+        description="Restore one tenant's snapshot into a data dir. Run -> Custom run fills the form.",
+        # A module path, not a file path: the run loads the installed package from any directory.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def drill_parameters(
+    backend: str,
+    tenants: list[int] | None = None,
+    max_age_hours: float | None = None,
+    scratch_dir: str | None = None,
+    keep_failed: bool = False,
+) -> dict:
+    """The nightly drill's parameters; what is not given keeps the flow's default."""
+    params: dict = {"backend": backend}
+    if tenants:
+        params["tenants"] = list(tenants)
+    if max_age_hours is not None:
+        params["max_age_hours"] = max_age_hours
+    if scratch_dir is not None:
+        params["scratch_dir"] = scratch_dir
+    if keep_failed:
+        params["keep_failed"] = True
+    return params
+
+
+def nightly_deployment(
+    backend: str,
+    cron: str = DEFAULT_DRILL_CRON,
+    tenants: list[int] | None = None,
+    max_age_hours: float | None = None,
+    scratch_dir: str | None = None,
+    keep_failed: bool = False,
+) -> RunnerDeployment:
+    """``restore-drill/nightly``: the drill of ``backend`` on ``cron`` (UTC)."""
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.drill import restore_drill
+
+    return restore_drill.to_deployment(
+        name=NIGHTLY,
+        schedules=[Cron(cron, timezone=DRILL_TIMEZONE, slug=DRILL_SCHEDULE_SLUG)],
+        parameters=drill_parameters(backend, tenants, max_age_hours, scratch_dir, keep_failed),
+        tags=TAGS,
+        description="Restore every tenant's latest snapshot into scratch, check it, report, clean up.",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@contextmanager
+def local_prefect_server(log: Callable[[str], None]) -> Iterator[str]:
+    """``prefect server start`` on loopback for the block's duration; yields its API URL.
+
+    The port is Prefect's ``PREFECT_SERVER_API_PORT`` (4200 by default); the database is
+    ``$PREFECT_HOME/prefect.db``, so deployments and run history outlive the server. Its output goes
+    to ``$PREFECT_HOME/memrestore-server.log``.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    host, port = "127.0.0.1", settings.server.api.port
+    api_url = f"http://{host}:{port}/api"
+    if _port_taken(host, port):
+        raise ServeError(
+            f"PREFECT_API_URL is unset and port {port} on {host} is taken, so no local Prefect server "
+            f"can start there. If a Prefect server already runs on it, serve to it with "
+            f"PREFECT_API_URL={api_url}; otherwise pick another port with PREFECT_SERVER_API_PORT."
+        )
+    home = Path(settings.home)
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "memrestore-server.log"
+    prefect_cli = Path(sys.executable).with_name("prefect")
+    command = [str(prefect_cli), "server", "start", "--host", host, "--port", str(port)]
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+        # The UI takes its API URL from these settings, not from --host/--port.
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    with open(log_path, "ab") as server_log:
+        server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        log(f"starting a local Prefect server on {host}:{port} (log: {log_path})")
+        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+        while not _healthy(api_url):
+            if server.poll() is not None:
+                raise ServeError(
+                    f"the local Prefect server exited with status {server.returncode} before it was "
+                    f"ready; see {log_path}, or start one yourself and set PREFECT_API_URL."
+                )
+            if time.monotonic() > deadline:
+                raise ServeError(
+                    f"the local Prefect server was not healthy on {api_url}/health after "
+                    f"{SERVER_STARTUP_SECONDS} s; see {log_path}."
+                )
+            time.sleep(SERVER_POLL_SECONDS)
+        yield api_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=SERVER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _check_reachable(api_url: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        raise ServeError(
+            f"no Prefect API answers at PREFECT_API_URL={api_url} ({type(failure).__name__}: "
+            f"{failure}). Start one (`prefect server start`), fix the URL, or unset it and serve "
+            "starts a local server."
+        )
+
+
+@contextmanager
+def prefect_api(log: Callable[[str], None]) -> Iterator[str]:
+    """The API in ``PREFECT_API_URL``, or a local server started for the block's duration."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        _check_reachable(configured)
+        yield configured
+        return
+    with local_prefect_server(log) as api_url:
+        # The environment too: the runner starts each flow run as a subprocess.
+        os.environ["PREFECT_API_URL"] = api_url
+        try:
+            with temporary_settings({PREFECT_API_URL: api_url}):
+                yield api_url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def serve(
+    backend: str | None = None,
+    drill_cron: str = DEFAULT_DRILL_CRON,
+    tenants: list[int] | None = None,
+    max_age_hours: float | None = None,
+    scratch_dir: str | None = None,
+    keep_failed: bool = False,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Serve ``restore-snapshot/on-demand`` and, when ``backend`` is given, ``restore-drill/nightly``
+    until interrupted (SIGINT or SIGTERM). The drill needs a backend: without one only the on-demand
+    deployment is served (and a nightly schedule served earlier is left as it is)."""
+    import prefect
+    from prefect.settings import PREFECT_UI_URL
+
+    if threading.current_thread() is threading.main_thread():
+        # Until the runner installs its own SIGTERM handler, SIGTERM unwinds this function (so a
+        # local server is stopped) instead of ending the process on the spot.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with prefect_api(log):
+        deployments = [on_demand_deployment(backend)]
+        if backend:
+            deployments.append(nightly_deployment(
+                backend, drill_cron, tenants, max_age_hours, scratch_dir, keep_failed))
+        for d in deployments:
+            when = f"cron {drill_cron!r} ({DRILL_TIMEZONE})" if d.schedules else "on demand"
+            log(f"serving {d.flow_name}/{d.name}: {when}")
+        if not backend:
+            log("no --backend: the nightly drill is not served (it needs a backend to drill)")
+        if PREFECT_UI_URL.value():
+            log(f"Prefect UI: {PREFECT_UI_URL.value()}/deployments")
+        log("Ctrl-C (or SIGTERM) stops serving" + ("; the nightly schedule stays active" if backend else ""))
+        prefect.serve(*deployments, pause_on_shutdown=False, print_starting_message=False)

@@ -1,0 +1,181 @@
+"""A real ``prefect server start`` (API, UI, scheduler) and ``memrestore serve`` against it.
+
+The session's ``prefect_api`` fixture is Prefect's test harness: an API with no UI and no
+scheduler. Deployments, schedules and the UI need the real server, so ``prefect_server`` starts one
+per session on a free loopback port, with its own ``PREFECT_HOME``::
+
+    # conftest.py
+    from tests.prefect_server import prefect_server  # noqa: F401
+
+    def test_something(prefect_server):
+        with serving(prefect_server, "--backend", url) as serve:
+            with prefect_server.client() as client:
+                client.read_deployment_by_name("restore-snapshot/on-demand")
+
+Every process is stopped by its PID when its fixture or block ends.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+#: Cold start is 12-15 s here with a fresh database; a loaded CI machine gets room.
+SERVER_STARTUP_SECONDS = 120
+#: From `memrestore serve` starting to its runner's first poll of the API.
+SERVE_READY_SECONDS = 120
+STOP_SECONDS = 30
+POLL_SECONDS = 0.25
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = STOP_SECONDS) -> int:
+    """Signal one process we started, by its PID; kill it if it outlives ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = POLL_SECONDS):
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    url: str  # http://127.0.0.1:PORT, the UI's root
+    home: Path
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a process that talks to this server."""
+        return {**os.environ, "PREFECT_API_URL": self.api_url, **extra}
+
+    @contextmanager
+    def client(self):
+        """A sync Prefect client on this server (whatever API the rest of the session uses)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            with get_client(sync_client=True) as client:
+                yield client
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free loopback port for the session."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The UI asks /ui-settings for its API URL, built from these settings, not from the
+        # command line's --host/--port: without them the browser would call port 4200.
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+    })
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+    server = PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
+    try:
+        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+        while not healthy(server.api_url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server start did not become healthy on {server.api_url}:\n{tail(log)}")
+            time.sleep(POLL_SECONDS)
+        yield server
+    finally:
+        stop(proc)
+
+
+def _polled_since(client, name: str, since: datetime.datetime) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        deployment = client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return False
+    return deployment.last_polled is not None and deployment.last_polled > since
+
+
+@contextmanager
+def serving(server: PrefectServer, *args: str, log: Path, expect: tuple[str, ...] = (
+        "restore-snapshot/on-demand",), stop_signal: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
+    """``memrestore serve *args`` against ``server``, yielded once its runner has polled the API for
+    every deployment in ``expect``; stopped with ``stop_signal`` by its PID at the end."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", *args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # A runner polls every 10 s by default; every second keeps the tests short.
+            env=server.env(PREFECT_RUNNER_POLL_FREQUENCY="1"),
+        )
+    try:
+        with server.client() as client:
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    pytest.fail(f"memrestore serve exited with {proc.returncode}:\n{tail(log)}")
+                return all(_polled_since(client, name, started) for name in expect)
+
+            wait_until(ready, SERVE_READY_SECONDS, f"memrestore serve to poll for {expect}")
+        yield proc
+    finally:
+        stop(proc, stop_signal)

@@ -1,0 +1,255 @@
+"""The deployments on real Prefect servers: `memrestore serve`, prefect.yaml, the drill automation."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+
+from backends import LocalBackend
+from backends.sample import write_sample_snapshot
+from tests.conftest import tree
+from tests.prefect_server import (
+    PrefectServer,
+    free_port,
+    healthy,
+    serving,
+    stop,
+    tail,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+ON_DEMAND = "restore-snapshot/on-demand"
+NIGHTLY = "restore-drill/nightly"
+#: How long the server's scheduler gets to create the nightly runs (its fast loop runs every 5 s).
+SCHEDULER_SECONDS = 120
+RUN_SECONDS = 180
+#: How long the server's automation gets to send its notification.
+NOTIFY_SECONDS = 120
+
+
+def _scheduled_runs(client, deployment_id):
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+    )
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "minute", "hour"),
+    [(signal.SIGINT, 17, 4), (signal.SIGTERM, 43, 2)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_nightly_schedule_stays_active_after_serve_stops(prefect_server: PrefectServer, tmp_path, stop_signal, minute, hour):
+    backend = LocalBackend(tmp_path / "backend")
+    write_sample_snapshot(backend, tenant_id=1, snapshot_id="snap-1")
+    cron = f"{minute} {hour} * * *"
+    log = tmp_path / "serve.log"
+    with serving(
+        prefect_server, "--backend", backend.url, "--drill-cron", cron, "--tenant", "1", "--tenant", "3",
+        "--max-age-hours", "26", "--scratch-dir", str(tmp_path / "scratch"),
+        log=log, expect=(ON_DEMAND, NIGHTLY), stop_signal=stop_signal,
+    ) as serve:
+        assert stop(serve, stop_signal) == 0, tail(log)
+
+    with prefect_server.client() as client:
+        nightly = client.read_deployment_by_name(NIGHTLY)
+        on_demand = client.read_deployment_by_name(ON_DEMAND)
+        # Prefect's default would have paused the deployment (and deleted its scheduled runs).
+        assert nightly.paused is False
+        [schedule] = nightly.schedules
+        assert schedule.active is True
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (cron, "UTC")
+        assert nightly.parameters == {
+            "backend": backend.url, "tenants": [1, 3], "max_age_hours": 26.0,
+            "scratch_dir": str(tmp_path / "scratch"),
+        }
+        assert nightly.entrypoint == "flows.drill.restore_drill"
+        assert on_demand.schedules == [] and on_demand.parameters == {"backend": backend.url}
+        assert on_demand.entrypoint == "flows.restore.restore_snapshot"
+        # Every parameter of the on-demand restore is typed, so the UI renders a form.
+        props = on_demand.parameter_openapi_schema["properties"]
+        assert {"backend", "tenant_id", "data_dir", "mode", "snapshot", "destination"} <= set(props)
+        assert all("type" in p or "allOf" in p or "anyOf" in p or "$ref" in p for p in props.values())
+
+        # With serve stopped, the server keeps scheduling drills at the cron's time.
+        runs = wait_until(
+            lambda: [r for r in _scheduled_runs(client, nightly.id)
+                     if (r.expected_start_time.hour, r.expected_start_time.minute) == (hour, minute)],
+            SCHEDULER_SECONDS, f"scheduled runs of {NIGHTLY} at {hour:02}:{minute:02} UTC",
+        )
+    assert all(r.expected_start_time.utcoffset().total_seconds() == 0 for r in runs)
+    assert "serving restore-drill/nightly" in log.read_text()
+
+
+def test_serve_without_an_api_url_starts_a_local_server_and_stops_it(tmp_path):
+    backend = LocalBackend(tmp_path / "backend")
+    write_sample_snapshot(backend, tenant_id=1, snapshot_id="snap-1")
+    port = free_port()
+    home = tmp_path / "home"
+    local = PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=home / "memrestore-server.log")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--backend", backend.url],
+                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        def ready():
+            if serve.poll() is not None:
+                pytest.fail(f"memrestore serve exited with {serve.returncode}:\n{tail(log)}")
+            if not healthy(local.api_url):
+                return None
+            with local.client() as client:
+                names = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
+            return names if {ON_DEMAND, NIGHTLY} <= set(names) and names[NIGHTLY].last_polled else None
+
+        deployments = wait_until(ready, 180, "the local server and both deployments")
+        assert deployments[NIGHTLY].schedules[0].schedule.cron == "0 3 * * *"
+        # The UI in that server calls this same API (not Prefect's default port).
+        with urllib.request.urlopen(f"{local.url}/ui-settings", timeout=10) as response:
+            assert json.load(response)["api_url"] == local.api_url
+    finally:
+        code = stop(serve, signal.SIGINT)
+    assert code == 0, tail(log)
+    assert not healthy(local.api_url), "the local Prefect server outlived serve"
+    assert f"starting a local Prefect server on 127.0.0.1:{port}" in log.read_text()
+    assert (home / "prefect.db").exists()
+
+
+def test_serve_refuses_a_bad_cron_and_an_unreachable_api():
+    def serve(*args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", "serve", *args], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, **env})
+
+    proc = serve("--drill-cron", "61 3 * * *")
+    assert proc.returncode == 2 and "Invalid cron string" in proc.stderr
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    proc = serve(PREFECT_API_URL=dead, PREFECT_CLIENT_MAX_RETRIES="0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: no Prefect API answers at PREFECT_API_URL={dead}")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_prefect_yaml_deploys_both_to_a_process_pool_and_a_worker_runs_them(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    backend = LocalBackend(tmp_path / "backend")
+    write_sample_snapshot(backend, tenant_id=5, snapshot_id="snap-5", models=(("minilm", 384),))
+    prefect = str(Path(sys.executable).with_name("prefect"))
+
+    def cli(*args: str, cwd: Path = REPO, **env: str) -> None:
+        proc = subprocess.run([prefect, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **env})
+        assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+
+    cli("work-pool", "create", "memrestore", "--type", "process", "--overwrite")
+    cli("--no-prompt", "deploy", "--all", MEMRESTORE_BACKEND=backend.url)
+
+    with get_client(sync_client=True) as client:
+        on_demand = client.read_deployment_by_name(ON_DEMAND)
+        nightly = client.read_deployment_by_name(NIGHTLY)
+        assert (on_demand.work_pool_name, nightly.work_pool_name) == ("memrestore", "memrestore")
+        assert on_demand.schedules == [] and on_demand.entrypoint == "flows.restore.restore_snapshot"
+        assert nightly.entrypoint == "flows.drill.restore_drill"
+        [schedule] = nightly.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 3 * * *", "UTC", True)
+        assert nightly.parameters == {"backend": backend.url} and nightly.paused is False
+
+        data_dir = tmp_path / "data"
+        run = client.create_flow_run_from_deployment(on_demand.id, parameters={
+            "backend": backend.url, "tenant_id": 5, "data_dir": str(data_dir), "mode": "new_cluster"})
+        # A worker started elsewhere: the module entrypoint loads from the installed package.
+        cli("worker", "start", "--pool", "memrestore", "--run-once", cwd=tmp_path)
+        final = wait_until(lambda: (r := client.read_flow_run(run.id)).state.is_final() and r,
+                           RUN_SECONDS, "the worker's flow run to finish")
+    assert final.state.is_completed(), final.state
+    assert tree(data_dir) == {
+        "tenant_5/data.sqlite": (backend.root / "snap-5/sqlite.db").read_bytes(),
+        "tenant_5/hnsw/minilm.bin": (backend.root / "snap-5/hnsw-0.bin").read_bytes(),
+    }
+
+
+class _Receiver(http.server.ThreadingHTTPServer):
+    """A webhook endpoint on loopback that keeps every JSON body it is sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:  # noqa: N805
+                length = int(handler.headers.get("content-length", 0))
+                self.bodies.append(json.loads(handler.rfile.read(length)))
+                handler.send_response(200)
+                handler.end_headers()
+
+            def log_message(handler, *args) -> None:  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failed_drill_notifies_through_the_automation(tmp_path):
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from flows.alerts import drill_failed_automation
+    from flows.drill import restore_drill
+
+    receiver = _Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    tenant = 4000 + uuid.uuid4().int % 1000  # ours alone among the session's drill events
+    block_name = f"pager-{uuid.uuid4().hex[:8]}"
+    automation = block_id = None
+    try:
+        block_id = CustomWebhookNotificationBlock(
+            name="memrestore pager", url=f"http://127.0.0.1:{receiver.server_port}/hook",
+            json_data={"text": "{{subject}}\n{{body}}"},
+        ).save(block_name)
+        automation = drill_failed_automation(block_id, name=f"drill failed {block_name}").create()
+        assert Automation.read(id=automation.id).trigger.expect == {"memrestore.drill.failed"}
+
+        # A real drill of a stale tenant: its snapshot is two days old, the limit one hour.
+        backend = LocalBackend(tmp_path / "backend")
+        two_days_ago = int((time.time() - 2 * 86400) * 1e6)
+        write_sample_snapshot(backend, tenant_id=tenant, snapshot_id="stale", created_at_unix_micros=two_days_ago)
+        state = restore_drill(backend=backend.url, tenants=[tenant], max_age_hours=1.0,
+                              scratch_dir=str(tmp_path / "scratch"), return_state=True)
+        assert state.is_failed()
+
+        [body] = wait_until(
+            lambda: [b for b in receiver.bodies if f"tenant {tenant}" in b["text"]],
+            NOTIFY_SECONDS, f"the notification for tenant {tenant}",
+        )
+        text = body["text"]
+        assert text.startswith(f"memrestore: tenant {tenant} failed its restore drill")
+        assert "latest snapshot: stale" in text and f"backend: {backend.url}" in text
+    finally:
+        if automation is not None:
+            automation.delete()
+        if block_id is not None:
+            CustomWebhookNotificationBlock.delete(block_name)
+        receiver.shutdown()
+        thread.join()
+        receiver.server_close()

@@ -1,0 +1,147 @@
+"""The on-demand restore from the Prefect UI, in a real browser.
+
+A real ``prefect server start`` (the ``prefect_server`` fixture), ``memrestore serve`` against it,
+and Debian's Chromium driven through Playwright as an operator would click: Deployments ->
+on-demand -> Run -> Custom run -> the form -> Submit -> the run's page until it shows Completed.
+Then the restored files on disk and the outcome artifacts through the API.
+
+On failure a screenshot and the page's HTML are left in the test's tmp dir (the failure message
+gives the path). ``playwright install`` cannot download browsers here: the test uses
+``/usr/bin/chromium`` from Debian's ``chromium`` package, which ``make test`` installs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from backends import LocalBackend
+from backends.sample import write_sample_snapshot
+from tests.conftest import tree
+from tests.prefect_server import PrefectServer, serving
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Without the background-networking flags Chromium keeps reaching for Google's hosts, which this
+#: offline machine refuses; headless as root needs --no-sandbox.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+#: One UI step (a page, a click's effect). The UI is a single-page app on loopback; a loaded
+#: 2-core machine can still take many seconds to render the first page.
+STEP_MS = 60_000
+#: From Submit to the run page showing a final state: the runner's poll, a flow-run subprocess
+#: starting Prefect, the restore itself, and the UI's own refresh interval.
+RUN_SECONDS = 240
+#: How often the run page is reloaded while waiting, in case the UI's polling stalls.
+RELOAD_MS = 30_000
+
+FINAL_STATE = re.compile(r"^(Completed|Failed|Crashed|Cancelled)$")
+ON_DEMAND = "restore-snapshot/on-demand"
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path):
+    """A fresh Chromium page; on a failing test, its screenshot and HTML go to ``tmp_path``."""
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make system-deps` or "
+                    "`apt-get install -y chromium`); `playwright install` cannot download browsers here")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python playwright package is missing: pip install -e '.[test]'")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(STEP_MS)
+            page.set_default_navigation_timeout(STEP_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def _run_page_final_state(page) -> str:
+    """Wait on the flow run's page until its state badge shows a final state; return it."""
+    badge = page.get_by_text(FINAL_STATE).first
+    deadline = time.monotonic() + RUN_SECONDS
+    while True:
+        try:
+            badge.wait_for(state="visible", timeout=RELOAD_MS)
+            return badge.inner_text()
+        except Exception:  # playwright's TimeoutError: reload in case the UI stopped polling
+            if time.monotonic() > deadline:
+                raise
+            page.reload()
+
+
+def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, browser_page, tmp_path):
+    page = browser_page
+    backend = LocalBackend(tmp_path / "backend")
+    # Two snapshots: the form asks for the older one by id, so "latest" would restore the wrong bytes.
+    one_model = (("minilm", 384),)
+    write_sample_snapshot(backend, tenant_id=7, snapshot_id="snap-old", created_at_unix_micros=1_700_000_000_000_000,
+                          models=one_model)
+    write_sample_snapshot(backend, tenant_id=7, snapshot_id="snap-new", created_at_unix_micros=1_700_000_100_000_000,
+                          models=one_model)
+    data_dir = tmp_path / "data"
+
+    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)):
+        try:
+            page.goto(f"{prefect_server.url}/v2/deployments")
+            page.get_by_role("link", name="on-demand", exact=True).first.click()
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Custom run").click()
+
+            # The form: one field per parameter, labelled with its name; serve's --backend prefilled.
+            backend_field = page.get_by_label("backend", exact=True)
+            backend_field.wait_for()
+            assert backend_field.input_value() == backend.url
+            page.get_by_label("tenant_id", exact=True).fill("7")
+            page.get_by_label("data_dir", exact=True).fill(str(data_dir))
+            page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
+            page.get_by_role("button", name="Select mode").click()
+            page.get_by_role("option", name="new_cluster", exact=True).click()
+            page.get_by_role("button", name="Submit", exact=True).click()
+
+            # The toast links to the new run; its page refreshes its state as the run goes.
+            page.get_by_role("button", name="View run").click()
+            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+            state = _run_page_final_state(page)
+            assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
+
+            # The run's artifacts, as the UI lists them.
+            page.get_by_role("tab", name="Artifacts").click()
+            page.get_by_role("heading", name="restore-summary-tenant-7").wait_for()
+            page.get_by_role("heading", name="restore-items-tenant-7").wait_for()
+        except BaseException:
+            shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
+            page.screenshot(path=str(shot), full_page=True)
+            html.write_text(page.content())
+            print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
+            raise
+
+    # The restored files: byte for byte the older snapshot's objects.
+    assert tree(data_dir) == {
+        "tenant_7/data.sqlite": (backend.root / "snap-old/sqlite.db").read_bytes(),
+        "tenant_7/hnsw/minilm.bin": (backend.root / "snap-old/hnsw-0.bin").read_bytes(),
+    }
+    # The run and its outcome artifacts, read back through the API.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with prefect_server.client() as client:
+        run = client.read_flow_run(flow_run_id)
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.key}
+    assert run.state.is_completed()
+    assert run.name == "tenant-7-snap-old-new_cluster"
+    assert run.parameters["mode"] == "new_cluster" and run.parameters["tenant_id"] == 7
+    summary = artifacts["restore-summary-tenant-7"]
+    assert summary.type == "markdown" and "snap-old" in summary.data and "verified: 2 of 2" in summary.data
+    assert artifacts["restore-items-tenant-7"].type == "table"
