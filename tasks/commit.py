@@ -43,6 +43,7 @@ from tasks.layout import (
     aside_dir,
     describe_marker,
     fsync_dir,
+    is_temp_name,
     lock_data_dir,
     marker_path,
     read_marker,
@@ -163,7 +164,7 @@ def roll_back(data_dir: Path, tenant_id: int) -> None:
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
     final = data_dir / tenant_dir_name(tenant_id)
     try:
-        if info is not None and info.phase is not Phase.STAGING:
+        if info is not None and info.phase in (Phase.COMMITTING, Phase.CLEANUP):
             if not os.path.lexists(staged) and _is_real_dir(final):
                 staged.parent.mkdir(exist_ok=True)
                 os.rename(final, staged)  # the new tenant, moved in before the interruption
@@ -172,9 +173,13 @@ def roll_back(data_dir: Path, tenant_id: int) -> None:
                     for name in sorted(os.listdir(holder)):
                         os.rename(holder / name, data_dir / name)
             fsync_dir(data_dir)
-        for name in sorted(os.listdir(data_dir)):
-            if name.startswith(OURS_PREFIX) and name != MARKER_NAME:
-                _remove(data_dir / name)
+            ours = [n for n in os.listdir(data_dir) if n.startswith(OURS_PREFIX) and n != MARKER_NAME]
+        else:
+            # Nothing was moved yet: drop only what this restore made. An aside dir here is
+            # not ours (preflight refuses to start beside one holding data): never touch it.
+            ours = [n for n in os.listdir(data_dir) if n == staging_dir(data_dir).name or is_temp_name(n)]
+        for name in sorted(ours):
+            _remove(data_dir / name)
         fsync_dir(data_dir)
         marker_path(data_dir).unlink(missing_ok=True)
         fsync_dir(data_dir)
@@ -187,6 +192,13 @@ def abort(data_dir: Path) -> MarkerInfo:
     data_dir = Path(data_dir)
     marker = marker_path(data_dir)
     if not os.path.lexists(marker):
+        if _is_real_dir(data_dir) and lock_data_dir(data_dir):  # no restore running: sweep a finished one's leftovers
+            try:
+                for name in os.listdir(data_dir):
+                    if name == trash_dir(data_dir).name or is_temp_name(name):
+                        _remove(data_dir / name)
+            finally:
+                unlock_data_dir(data_dir)
         raise NothingToAbortError(data_dir)
     if not lock_data_dir(data_dir):
         raise RestoreInProgressError(marker, describe_marker(data_dir) + "; its process is still running")

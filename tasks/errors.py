@@ -98,10 +98,16 @@ class InsufficientSpaceError(RestoreRefusedError):
 
 
 class RestoreInProgressError(RestoreRefusedError):
-    def __init__(self, marker: Path, holder: str) -> None:
+    def __init__(self, marker: Path, holder: str, locked: bool = False) -> None:
         self.marker = marker
+        found = (
+            f"another memrestore process holds the lock on {marker.parent} and is about to "
+            f"write its marker {marker} ({holder})"
+            if locked
+            else f"marker {marker} exists ({holder})"
+        )
         super().__init__(
-            f"a restore is in progress in this data dir: marker {marker} exists ({holder}). "
+            f"a restore is in progress in this data dir: {found}. "
             "If that restore is still running, wait for it. If it was interrupted, finish it "
             "with `memrestore restore ... --resume` or undo it with `memrestore abort "
             f"--data-dir {marker.parent}`; the service will not start while the marker exists."

@@ -44,6 +44,7 @@ MARKER_TMP_NAME = ".restore-marker.tmp"
 class Phase(str, enum.Enum):
     """Where a restore is: what an interrupted one left behind depends on it."""
 
+    PREFLIGHT = "preflight"    # marker taken; the mode's checks have not passed yet
     STAGING = "staging"        # old data untouched; new data partly staged
     COMMITTING = "committing"  # renames under way: resume finishes them, abort undoes them
     CLEANUP = "cleanup"        # new data in place; old data still aside until the marker goes
@@ -54,7 +55,7 @@ class MarkerInfo(BaseModel):
     snapshot_id: str
     tenant_id: int
     mode: str
-    phase: Phase = Phase.STAGING
+    phase: Phase = Phase.PREFLIGHT
     pid: int
     host: str
     started_at: str
@@ -70,6 +71,11 @@ def staging_dir(data_dir: Path) -> Path:
 
 def aside_dir(data_dir: Path) -> Path:
     return data_dir / ASIDE_NAME
+
+
+def is_temp_name(name: str) -> bool:
+    """Our temp files (marker writes): always safe to delete when no restore holds the lock."""
+    return name.startswith(OURS_PREFIX) and name.endswith(".tmp")
 
 
 def trash_dir(data_dir: Path) -> Path:
@@ -109,14 +115,14 @@ def create_marker(data_dir: Path, info: MarkerInfo) -> None:
     between create and write would otherwise leave an empty marker nobody can claim).
     """
     tmp = data_dir / f"{MARKER_NAME}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(info.model_dump_json().encode())
-        f.flush()
-        os.fsync(f.fileno())
     try:
+        with open(tmp, "wb") as f:
+            f.write(info.model_dump_json().encode())
+            f.flush()
+            os.fsync(f.fileno())
         os.link(tmp, marker_path(data_dir))
     finally:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     fsync_dir(data_dir)
 
 

@@ -39,6 +39,7 @@ from tasks.layout import (
     read_marker,
     service_entries,
     unlock_data_dir,
+    update_marker,
 )
 from tasks.plan import RestoreMode, RestorePlan
 
@@ -97,7 +98,8 @@ def _check_leftovers(data_dir: Path) -> None:
 
 
 def _check_resumable(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> Phase:
-    """The phase to resume from, if the marker is ours and names this very restore."""
+    """The phase to resume from, if the marker is ours and names this very restore; the marker
+    then names this process as its holder."""
     info = read_marker(data_dir)
     marker = marker_path(data_dir)
     if info is None:
@@ -115,7 +117,24 @@ def _check_resumable(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> Ph
             f"{plan.snapshot_id!r}, tenant {plan.tenant_id}, mode {mode.value}. Resume it with "
             f"those arguments, or undo it with `memrestore abort --data-dir {data_dir}` first."
         )
+    me = new_marker(plan.snapshot_id, plan.tenant_id, mode.value)
+    update_marker(data_dir, info.model_copy(update={"pid": me.pid, "host": me.host}))
     return info.phase
+
+
+def _checks_under_marker(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> None:
+    """The mode's checks, with our marker held; the marker goes if they refuse."""
+    try:
+        check_mode(plan, data_dir, mode)
+        check_space(plan, data_dir)
+        _check_leftovers(data_dir)
+        info = read_marker(data_dir)
+        if info is not None:
+            update_marker(data_dir, info.model_copy(update={"phase": Phase.STAGING}))
+    except BaseException:
+        marker_path(data_dir).unlink(missing_ok=True)
+        fsync_dir(data_dir)
+        raise
 
 
 def preflight(
@@ -128,8 +147,8 @@ def preflight(
     """Check the mode and take the lock and the marker; with ``dry_run``, check only, write nothing.
 
     Returns the phase an interrupted restore of this same snapshot reached (``resume`` and a
-    marker of ours), or None for a fresh restore. On return (not dry run) this process holds
-    the data dir's lock; ``release`` gives it up.
+    marker of ours): staging, committing or cleanup; or None for a fresh restore. On return
+    (not dry run) this process holds the data dir's lock; the cleanup or the undo releases it.
     """
     data_dir = Path(data_dir)
     exists = _check_is_plain_dir(data_dir, "data dir")
@@ -149,10 +168,17 @@ def preflight(
     except OSError as exc:
         raise DestinationIOError("locking the data dir", data_dir, exc) from exc
     if not locked:
-        raise RestoreInProgressError(marker, describe_marker(data_dir) + "; its process is still running")
+        if os.path.lexists(marker):
+            raise RestoreInProgressError(marker, describe_marker(data_dir) + "; its process is still running")
+        raise RestoreInProgressError(marker, "starting, or just finishing", locked=True)
     try:
         if resume and os.path.lexists(marker):
-            return _check_resumable(plan, data_dir, mode)
+            phase = _check_resumable(plan, data_dir, mode)
+            if phase is not Phase.PREFLIGHT:
+                return phase
+            # Interrupted before its checks passed: nothing was staged; check as a fresh restore.
+            _checks_under_marker(plan, data_dir, mode)
+            return None
         try:
             create_marker(data_dir, new_marker(plan.snapshot_id, plan.tenant_id, mode.value))
             crash_point("marker-created")
@@ -160,14 +186,7 @@ def preflight(
             raise RestoreInProgressError(marker, describe_marker(data_dir)) from None
         except OSError as exc:
             raise DestinationIOError("taking the restore marker in", data_dir, exc) from exc
-        try:
-            check_mode(plan, data_dir, mode)
-            check_space(plan, data_dir)
-            _check_leftovers(data_dir)
-        except BaseException:
-            marker.unlink(missing_ok=True)
-            fsync_dir(data_dir)
-            raise
+        _checks_under_marker(plan, data_dir, mode)
         return None
     except BaseException:
         unlock_data_dir(data_dir)
