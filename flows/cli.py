@@ -343,6 +343,9 @@ def _print_drill(report, as_json: bool) -> None:
         out.print(f"tenant {r.tenant_id}: {r.reason}", highlight=False, soft_wrap=True)
         for path in r.kept_copies:
             out.print(f"  kept for inspection: {path}", highlight=False, soft_wrap=True)
+    for r in report.tenants:
+        for lost in r.lost_runs:
+            out.print(f"tenant {r.tenant_id}: a run of its drill was lost, {lost}", highlight=False, soft_wrap=True)
     out.print(f"{report.ok} ok, {report.failed} failed", highlight=False)
 
 
@@ -359,6 +362,13 @@ def drill(
         False, "--keep-failed", help="Keep a failed tenant's restored copy in the scratch dir for inspection."),
     concurrency: Optional[int] = typer.Option(
         None, "--concurrency", min=1, help="Tenants drilled at once (default: the flow's, 4)."),
+    via_deployment: Optional[str] = typer.Option(
+        None, "--via-deployment", metavar="NAME",
+        help="Drill each tenant as a run of deployment NAME (prefect.yaml's: drill-tenant/fleet) on its "
+             "work pool's workers, as many at once as its concurrency limit allows (docs/fleet.md)."),
+    child_timeout: Optional[float] = typer.Option(
+        None, "--child-timeout", min=1, metavar="SECONDS",
+        help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -368,10 +378,19 @@ def drill(
 
     if concurrency is not None and concurrency > MAX_DRILL_CONCURRENCY:
         raise typer.BadParameter(f"at most {MAX_DRILL_CONCURRENCY} tenants at once", param_hint="--concurrency")
+    if via_deployment and concurrency is not None:
+        raise typer.BadParameter("with --via-deployment, the deployment's concurrency limit bounds the "
+                                 "tenants drilled at once (prefect.yaml)", param_hint="--concurrency")
+    if child_timeout is not None and not via_deployment:
+        raise typer.BadParameter("only with --via-deployment", param_hint="--child-timeout")
     with _errors_as_messages(verbose):
         from flows.drill import drill_report, restore_drill
 
         optional = {"concurrency": concurrency} if concurrency is not None else {}
+        if via_deployment:
+            optional["via_deployment"] = via_deployment
+        if child_timeout is not None:
+            optional["child_timeout_seconds"] = child_timeout
         state = restore_drill(
             backend=backend,
             tenants=tenant or None,

@@ -3,17 +3,22 @@ measured and deleted, with a report for people (artifacts), for machines (the pe
 result) and for pagers (a ``memrestore.drill.failed`` event per failed tenant).
 
 Each tenant is one ``drill-tenant`` task run; each snapshot it restores is a ``restore-snapshot``
-subflow run under it, with that restore's own artifacts. The run ends Failed when any tenant
-failed, and still carries the report: it returns a Failed state whose data is the report, so the
-report is the run's persisted result either way. Read it with :func:`drill_report` on the state
-(``restore_drill(..., return_state=True)``); a plain call of a failed drill raises instead.
+subflow run under it, with that restore's own artifacts. With ``via_deployment``, each tenant is
+instead one run of the ``drill-tenant`` flow (:func:`drill_tenant_flow`, deployed as
+``drill-tenant/fleet``) on a work pool's workers, its restores subflows there (``flows/fleet.py``).
+
+The run ends Failed when any tenant failed, and still carries the report: it returns a Failed
+state whose data is the report, so the report is the run's persisted result either way. Read it
+with :func:`drill_report` on the state (``restore_drill(..., return_state=True)``); a plain call
+of a failed drill raises instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, TypeVar
+from typing import Annotated, Any, Callable, Iterator, Sequence, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -21,17 +26,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed
-from prefect.states import Failed
+from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from backends import SnapshotListing
 from backends.manifest import SnapshotManifest
+from flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, fan_out
 from flows.restore import Destination, outcome_of, restore_snapshot
 from tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DRILL_FAILED_EVENT,
     MAX_DRILL_CONCURRENCY,
     DrillReport,
+    ManifestsById,
     TenantDrillResult,
     attempt_snapshot,
     build_report,
@@ -42,11 +50,13 @@ from tasks.drill import (
     drill_destination,
     drill_tenant,
     list_snapshots_task,
+    no_snapshot_result,
     open_scratch_root,
     publish_report_task,
     tenants_to_drill,
 )
 from tasks.errors import SnapshotNotFoundError
+from tasks.fetch import fetch_manifest_task
 from tasks.outcome import RestoreOutcome
 from tasks.plan import RestoreMode
 
@@ -67,7 +77,20 @@ def drill_tenant_task(
     unreadable: int,
 ) -> TenantDrillResult:
     """Drill one tenant: each snapshot tried is a restore-snapshot subflow, then a check task."""
+    return _drill_with_subflows(backend, tenant_id, candidates, Path(scratch_root), now, max_age_hours,
+                                keep_failed, unreadable)
 
+
+def _drill_with_subflows(
+    backend: str,
+    tenant_id: int,
+    candidates: Sequence[SnapshotManifest],
+    scratch_root: Path,
+    now: float,
+    max_age_hours: float | None,
+    keep_failed: bool,
+    unreadable: int,
+) -> TenantDrillResult:
     def restore(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
         destination = drill_destination(manifest)
         state = restore_snapshot(
@@ -89,13 +112,80 @@ def drill_tenant_task(
     return drill_tenant(
         tenant_id,
         candidates,
-        lambda manifest: attempt_snapshot(manifest, Path(scratch_root), restore, check),
+        lambda manifest: attempt_snapshot(manifest, scratch_root, restore, check),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
         keep_failed=keep_failed,
         unreadable=unreadable,
     )
+
+
+@flow(
+    name="drill-tenant",
+    flow_run_name="drill-tenant-{tenant_id}",
+    persist_result=True,
+    result_serializer="json",
+)
+def drill_tenant_flow(
+    backend: str,
+    tenant_id: TenantId,
+    snapshots: list[str],
+    drilled_at: float | None = None,
+    max_age_hours: Annotated[float, Field(ge=0)] | None = None,
+    scratch_dir: str | None = None,
+    keep_failed: bool = False,
+) -> dict | State:
+    """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
+    snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
+    is the tenant's line of the drill report; the run's message says whether the tenant passed.
+
+    Args:
+        backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
+        tenant_id: The tenant to drill.
+        snapshots: The tenant's snapshot ids to try, newest first: the latest, then the ones to
+            walk back to. The drill that fans out sends them from its listing.
+        drilled_at: The drill's clock (Unix seconds) that snapshot ages are measured at. Empty: now.
+        max_age_hours: The tenant fails when its latest snapshot is older than this. Empty: no limit.
+        scratch_dir: Where the copy is restored (and deleted), on this run's machine. Empty: a new
+            temp dir.
+        keep_failed: Keep a failed copy in the scratch dir for inspection.
+    """
+    now = time.time() if drilled_at is None else drilled_at
+    root, created = open_scratch_root(scratch_dir)
+    try:
+        candidates = ManifestsById(snapshots, lambda sid: fetch_manifest_task(backend, tenant_id, sid))
+        result = _drill_with_subflows(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0)
+    finally:
+        close_scratch_root(root, created)
+    # Completed either way, the verdict in the result (a failed restore is its own Failed subflow
+    # run): a deployment run that returns a Failed state holding a dict ends with Prefect's engine
+    # raising TypeError ("Unexpected result for failed state") in the worker's process.
+    verdict = "passed" if result.status == "ok" else f"failed: {result.reason}"
+    return Completed(message=f"tenant {tenant_id} {verdict}", data=result.model_dump(mode="json"))
+
+
+def _fleet_outcomes(
+    deployment: str,
+    listing: SnapshotListing,
+    chosen: list[int],
+    child_parameters: dict,
+    child_timeout_seconds: float,
+    log: Callable[[str], None],
+) -> Iterator[tuple[int, TenantDrillResult]]:
+    """A fleet drill's outcomes: tenants with nothing to restore at once, the others from one run
+    each of ``deployment``. Raises FleetError now, before any run, if the deployment is missing."""
+    nothing: list[tuple[int, TenantDrillResult]] = []
+    parameters: dict[int, dict] = {}
+    for tenant_id in chosen:
+        snapshots = [m.snapshot_id for m in drill_candidates(listing, tenant_id)]
+        if snapshots:
+            parameters[tenant_id] = {**child_parameters, "tenant_id": tenant_id, "snapshots": snapshots}
+        else:
+            nothing.append((tenant_id, no_snapshot_result(tenant_id, child_parameters["backend"],
+                                                          len(listing.unreadable))))
+    runs = fan_out(deployment, parameters, child_timeout_seconds=child_timeout_seconds, log=log)
+    return itertools.chain(nothing, runs)
 
 
 def _bounded(submit: Callable[[T], PrefectFuture], items: list[T], limit: int) -> Iterator[tuple[T, Any]]:
@@ -136,6 +226,8 @@ def restore_drill(
     scratch_dir: str | None = None,
     keep_failed: bool = False,
     concurrency: Annotated[int, Field(ge=1, le=MAX_DRILL_CONCURRENCY)] = DEFAULT_DRILL_CONCURRENCY,
+    via_deployment: str | None = None,
+    child_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_CHILD_TIMEOUT_SECONDS,
 ) -> dict | State:
     """Prove that every tenant's backups restore: restore each latest snapshot into scratch,
     check it, measure it, delete it; walk back to older snapshots when the latest fails.
@@ -146,7 +238,12 @@ def restore_drill(
         max_age_hours: A tenant fails when its latest snapshot is older than this. Empty: no limit.
         scratch_dir: Where the copies are restored (and deleted). Empty: a new temp dir.
         keep_failed: Keep a failed tenant's restored copy in the scratch dir for inspection.
-        concurrency: How many tenants are drilled at once.
+        concurrency: How many tenants are drilled at once (here; not with via_deployment).
+        via_deployment: Fan out: drill each tenant as a run of this deployment (drill-tenant/fleet)
+            on its work pool's workers, as many at once as its concurrency limit allows, and
+            restore on their disks. Empty: drill here.
+        child_timeout_seconds: With via_deployment: how long a tenant's run may take once a worker
+            has it before it is given up as lost (and run once more).
     """
     logger = get_run_logger()
     drilled_at = time.time()
@@ -161,19 +258,30 @@ def restore_drill(
             "the backend URL and its contents with `memrestore snapshots --backend URL`."
         )
 
-    root, created = open_scratch_root(scratch_dir)
+    if via_deployment:  # the children restore on the workers' disks: no scratch dir here
+        root, created = None, False
+        outcomes: Iterator[tuple[int, Any]] = _fleet_outcomes(
+            via_deployment, listing, chosen,
+            {"backend": backend, "drilled_at": drilled_at, "max_age_hours": max_age_hours,
+             "scratch_dir": scratch_dir, "keep_failed": keep_failed},
+            child_timeout_seconds, logger.warning,
+        )
+    else:
+        root, created = open_scratch_root(scratch_dir)
+
+        def submit(tenant_id: int) -> PrefectFuture:
+            return drill_tenant_task.submit(
+                backend, tenant_id, drill_candidates(listing, tenant_id), str(root), drilled_at,
+                max_age_hours, keep_failed, len(listing.unreadable),
+            )
+
+        outcomes = _bounded(submit, chosen, concurrency)
     progress = create_progress_artifact(
         0.0, key="drill-progress", description=f"0 of {len(chosen)} tenants drilled")
     results: dict[int, TenantDrillResult] = {}
 
-    def submit(tenant_id: int) -> PrefectFuture:
-        return drill_tenant_task.submit(
-            backend, tenant_id, drill_candidates(listing, tenant_id), str(root), drilled_at,
-            max_age_hours, keep_failed, len(listing.unreadable),
-        )
-
     try:
-        for tenant_id, outcome in _bounded(submit, chosen, concurrency):
+        for tenant_id, outcome in outcomes:
             result = outcome if isinstance(outcome, TenantDrillResult) else crashed_result(tenant_id, outcome)
             results[tenant_id] = result
             if result.status == "failed":
@@ -183,7 +291,8 @@ def restore_drill(
                 progress, 100.0 * len(results) / len(chosen),
                 description=f"{len(results)} of {len(chosen)} tenants drilled")
     finally:
-        close_scratch_root(root, created)
+        if root is not None:
+            close_scratch_root(root, created)
 
     report = build_report([results[t] for t in chosen], listing.unreadable)
     publish_report_task(report, backend, drilled_at, max_age_hours)

@@ -24,7 +24,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping, Sequence, overload
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -163,6 +163,33 @@ def drill_candidates(listing: SnapshotListing, tenant_id: int) -> list[SnapshotM
     )
 
 
+class ManifestsById(Sequence[SnapshotManifest]):
+    """A tenant's snapshots to try, newest first, given by id: each manifest is read when the drill
+    first needs it, and once. A healthy tenant's drill reads only its latest; a slice is another
+    such sequence sharing what was read. A fleet drill sends its children ids, not manifests."""
+
+    def __init__(self, snapshot_ids: Sequence[str], read: Callable[[str], SnapshotManifest],
+                 _read_already: dict[str, SnapshotManifest] | None = None) -> None:
+        self._ids = list(snapshot_ids)
+        self._read = read
+        self._manifests = {} if _read_already is None else _read_already
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> SnapshotManifest: ...
+    @overload
+    def __getitem__(self, index: slice) -> ManifestsById: ...
+    def __getitem__(self, index: int | slice) -> SnapshotManifest | ManifestsById:
+        if isinstance(index, slice):
+            return ManifestsById(self._ids[index], self._read, self._manifests)
+        snapshot_id = self._ids[index]
+        if snapshot_id not in self._manifests:
+            self._manifests[snapshot_id] = self._read(snapshot_id)
+        return self._manifests[snapshot_id]
+
+
 def tenants_to_drill(listing: SnapshotListing, tenants: Iterable[int] | None) -> list[int]:
     """The named tenants (each once, in the order given), or every tenant with a snapshot."""
     if tenants is not None:
@@ -212,7 +239,9 @@ class TenantDrillResult(BaseModel):
     latest itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
-    kept with ``keep_failed``.
+    kept with ``keep_failed``. ``lost_runs`` (fleet drills only, ``flows/fleet.py``) name the runs of
+    this tenant's drill that were lost before one finished (their worker died, or they outlived
+    the child timeout), each with its worker and what became of it: the line is the retry's.
     """
 
     tenant_id: int
@@ -225,6 +254,7 @@ class TenantDrillResult(BaseModel):
     last_good_snapshot_id: str | None = None
     last_good_age_seconds: float | None = None
     kept_copies: list[str] = []
+    lost_runs: list[str] = []
 
     @property
     def mb_per_second(self) -> float | None:
@@ -370,7 +400,7 @@ def attempt_snapshot(manifest: SnapshotManifest, scratch_root: Path, restore: Re
 
 def drill_tenant(
     tenant_id: int,
-    candidates: list[SnapshotManifest],
+    candidates: Sequence[SnapshotManifest],
     attempt: AttemptFn,
     *,
     backend_url: str,
@@ -537,6 +567,10 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         )
         lines.append(f"- **tenant {r.tenant_id} failed** ({good}): {r.reason}")
         lines += [f"  - kept for inspection: `{path}`" for path in r.kept_copies]
+    for r in report.tenants:
+        if r.lost_runs:
+            lines.append(f"- tenant {r.tenant_id}: {len(r.lost_runs)} run(s) of its drill were lost on the way:")
+            lines += [f"  - {lost}" for lost in r.lost_runs]
     for sid, why in sorted(report.unreadable.items()):
         lines.append(f"- warning: snapshot `{sid}` was skipped, its manifest is unreadable: {why}")
     return "\n".join(lines) + "\n"

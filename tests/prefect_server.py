@@ -126,6 +126,9 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
         # command line's --host/--port: without them the browser would call port 4200.
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
+        # A run refused a slot of its deployment's concurrency limit is offered again after this
+        # many seconds (Prefect's default 30): the fleet drill tests fill their limit on purpose.
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
     })
     log = home / "server.log"
     with open(log, "wb") as out:

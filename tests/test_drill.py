@@ -227,6 +227,41 @@ def test_walk_back_stops_after_its_limit_and_says_so(backend, tmp_path):
     assert list(tmp_path.iterdir()) == [backend.root]
 
 
+def test_a_drill_given_snapshot_ids_reads_only_the_manifests_it_tries(backend, tmp_path):
+    """A fleet drill's child gets its tenant's snapshot ids, newest first, and reads a manifest
+    only when the walk back reaches it."""
+    from backends import read_manifest
+    from tasks.drill import ManifestsById
+
+    write_fleet(backend, NOW_MICROS)
+    for age in (10, 20):
+        write_sample_snapshot(backend, tenant_id=1, snapshot_id=f"t1-older-{age}", models=(("m", 8),),
+                              created_at_unix_micros=NOW_MICROS - age * HOUR_MICROS)
+    restore, check = restore_plain(backend), check_plain(backend)
+    listing = list_snapshots(backend)
+
+    def drill(tenant_id: int) -> tuple[object, list[str]]:
+        read: list[str] = []
+
+        def read_one(snapshot_id: str) -> SnapshotManifest:
+            read.append(snapshot_id)
+            return read_manifest(backend, snapshot_id)
+
+        ids = [m.snapshot_id for m in drill_candidates(listing, tenant_id)]
+        result = drill_tenant(tenant_id, ManifestsById(ids, read_one),
+                              lambda m: attempt_snapshot(m, tmp_path, restore, check),
+                              backend_url=backend.url, now=NOW)
+        return result, read
+
+    healthy, read = drill(1)
+    assert healthy.status == "ok" and healthy.snapshot_id == "t1-new" and read == ["t1-new"]
+    walked, read = drill(2)
+    assert walked.last_good_snapshot_id == "t2-good" and read == ["t2-bad", "t2-good"]
+    assert walked.model_dump() == drill_tenant(
+        2, drill_candidates(listing, 2), lambda m: attempt_snapshot(m, tmp_path, restore, check),
+        backend_url=backend.url, now=NOW).model_dump()
+
+
 # -- the flow, under a real Prefect API --------------------------------------------------------------
 
 
@@ -339,7 +374,8 @@ def test_drill_parameters_are_typed_for_the_ui_form():
 
     schema = parameter_schema(restore_drill).model_dump()
     props = schema["properties"]
-    assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency"]
+    assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency",
+                           "via_deployment", "child_timeout_seconds"]
     assert schema["required"] == ["backend"]
     assert props["concurrency"]["minimum"] == 1 and props["concurrency"]["default"] == 4
     assert all(props[p].get("description") for p in props)

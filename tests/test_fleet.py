@@ -1,0 +1,396 @@
+"""Fleet drills on a real Prefect server: a process work pool, two workers started here (each its
+own process, name and PREFECT_HOME), the ``drill-tenant/fleet`` deployment deployed from
+prefect.yaml, and drills that fan out to it; then one worker killed with SIGKILL, with its
+flow-run processes, in the middle of a drill.
+
+Every process started here is stopped by its PID when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from uuid import UUID
+
+import pytest
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+)
+
+from backends import LocalBackend
+from backends.sample import write_sample_snapshot
+from flows.fleet import FLEET_DEPLOYMENT, lost_run_automation, worker_of
+from tests.prefect_server import VENV_BIN, PrefectServer, stop, tail, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+HOUR_MICROS = 3600 * 10**6
+#: The deployment's concurrency limit here: the workers' room added up, so that each worker is sure
+#: of a share (fleet-a may hold two slots, never the third) rather than racing for freed slots.
+CONCURRENCY_LIMIT = 3
+WORKERS = {"fleet-a": 2, "fleet-b": 1}  # name -> the worker's own --limit
+VICTIM = "fleet-b"  # one run at a time: killed, it takes exactly one run with it
+#: Flow runs send a heartbeat this often (Prefect's minimum), and the automation marks a run
+#: Crashed when none came for LOST_AFTER_SECONDS.
+HEARTBEAT_SECONDS = 30
+LOST_AFTER_SECONDS = 45
+#: The drill's child timeout here: far above a child's real run (seconds), so that it never fires
+#: on a live run, and above the automation's delay (its window, up to one more window until the
+#: server's next proactive evaluation, and its event lag: 47 to 116 s seen here on a loaded
+#: machine), so that it is Prefect's zombie handling that catches the killed run.
+CHILD_TIMEOUT_SECONDS = 300
+WORKER_READY_SECONDS = 120
+CLI_SECONDS = 480
+TENANTS = [1, 2, 3, 4, 5, 6]
+
+
+def _prefect(server: PrefectServer, *args: str, **env: str) -> None:
+    proc = subprocess.run([str(VENV_BIN / "prefect"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=server.env(**env))
+    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children, their children, ...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in children.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), so that a PID reused later is not taken for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    def freeze(self) -> list[int]:
+        """SIGSTOP the worker and everything under it, as a hung machine: nothing of it moves (and
+        no PID of it can be reused until it is killed or continued)."""
+        frozen = [self.proc.pid]
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        while new := [p for p in _descendants(self.proc.pid) if p not in frozen]:
+            _signal_all(new, signal.SIGSTOP)
+            frozen += new
+        return frozen
+
+    def stop(self) -> None:
+        """SIGTERM the worker (SIGKILL if it lingers), then SIGKILL any flow-run process of it that
+        outlived it, each checked to be the same process before the signal."""
+        under = {pid: _started(pid) for pid in _descendants(self.proc.pid)}
+        stop(self.proc)
+        _signal_all([pid for pid, started in under.items() if started is not None and _started(pid) == started],
+                    signal.SIGKILL)
+
+
+@dataclass
+class Fleet:
+    server: PrefectServer
+    pool: str
+    deployment_id: UUID
+    workers: dict[str, Worker]
+
+
+def _start_worker(server: PrefectServer, pool: str, name: str, limit: int, home: Path) -> Worker:
+    log = home.with_suffix(".log")
+    env = server.env(
+        PREFECT_HOME=str(home),
+        PREFECT_WORKER_QUERY_SECONDS="1",  # Prefect's default polls every 10 s
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
+    )
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+             "--name", name, "--limit", str(limit)],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+    return Worker(name=name, proc=proc, log=log)
+
+
+@pytest.fixture(scope="module")
+def fleet(prefect_server: PrefectServer, tmp_path_factory) -> Iterator[Fleet]:
+    """A process pool of its own, drill-tenant/fleet deployed to it from prefect.yaml with a
+    concurrency limit, the lost-run automation for its runs, and two workers polling it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    homes = tmp_path_factory.mktemp("fleet")
+    pool = f"fleet-{uuid.uuid4().hex[:8]}"
+    _prefect(prefect_server, "work-pool", "create", pool, "--type", "process")
+    _prefect(prefect_server, "--no-prompt", "deploy", "--name", "fleet", "--pool", pool,
+             "--concurrency-limit", str(CONCURRENCY_LIMIT), MEMRESTORE_BACKEND=str(homes / "unused"))
+    workers: dict[str, Worker] = {}
+    automation = None
+    try:
+        with prefect_server.client() as client:
+            deployment = client.read_deployment_by_name(FLEET_DEPLOYMENT)
+        with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+            automation = lost_run_automation(LOST_AFTER_SECONDS, deployment_id=deployment.id,
+                                             name=f"lost runs of {pool}").create()
+        for name, limit in WORKERS.items():
+            workers[name] = _start_worker(prefect_server, pool, name, limit, homes / name)
+        with prefect_server.client() as client:
+            def online() -> bool:
+                for w in workers.values():
+                    if w.proc.poll() is not None:
+                        pytest.fail(f"worker {w.name} exited with {w.proc.returncode}:\n{tail(w.log)}")
+                return {w.name for w in client.read_workers_for_work_pool(pool)
+                        if w.status.value == "ONLINE"} == set(workers)
+
+            wait_until(online, WORKER_READY_SECONDS, f"both workers to poll pool {pool}")
+        yield Fleet(server=prefect_server, pool=pool, deployment_id=deployment.id, workers=workers)
+    finally:
+        for w in workers.values():
+            w.stop()
+        if automation is not None:
+            with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+                automation.delete()
+
+
+def _write_tenants(root: Path) -> LocalBackend:
+    """Six tenants, each a small snapshot; tenant 2's latest is corrupted and its older one good."""
+    backend = LocalBackend(root)
+    now = int(time.time() * 10**6)
+    small = (("minilm", 8),)
+    for tenant in TENANTS:
+        write_sample_snapshot(backend, tenant_id=tenant, snapshot_id=f"t{tenant}-good", models=small,
+                              created_at_unix_micros=now - 3 * HOUR_MICROS)
+    bad = write_sample_snapshot(backend, tenant_id=2, snapshot_id="t2-bad", models=small,
+                                created_at_unix_micros=now - HOUR_MICROS)
+    path = backend.root / bad.hnsw_snapshots[0].content_key
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return backend
+
+
+def _children(client, fleet: Fleet, backend: LocalBackend) -> list:
+    """The runs of drill-tenant/fleet that drilled ``backend``."""
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[fleet.deployment_id])), limit=200)
+    return [r for r in runs if r.parameters.get("backend") == backend.url]
+
+
+def _most_at_once(runs) -> int:
+    """The most runs that were Running together, from their start and end times."""
+    edges = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs],
+                   key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def _drill(fleet: Fleet, backend: LocalBackend, scratch: Path, log_dir: Path, *args: str) -> subprocess.Popen:
+    """``memrestore drill --via-deployment drill-tenant/fleet --json`` against the fleet's server,
+    in a process of its own (a drill run in this process would leave Prefect's event client of
+    the whole test session pointed at this server). Its JSON goes to ``log_dir/drill.json``."""
+    with open(log_dir / "drill.json", "wb") as stdout, open(log_dir / "drill.log", "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "drill", "--backend", backend.url, "--scratch-dir", str(scratch),
+             "--via-deployment", FLEET_DEPLOYMENT, "--child-timeout", str(CHILD_TIMEOUT_SECONDS), "--json", *args],
+            cwd=REPO, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=fleet.server.env())
+
+
+def test_a_fleet_drill_runs_on_both_workers_and_reports_every_tenant(fleet: Fleet, tmp_path):
+    backend = _write_tenants(tmp_path / "backend")
+    scratch = tmp_path / "scratch"
+    drill = _drill(fleet, backend, scratch, tmp_path, *(a for i in [*TENANTS, 9] for a in ("--tenant", str(i))))
+    try:
+        code = drill.wait(timeout=CLI_SECONDS)
+    finally:
+        stop(drill)
+    assert code == 1, tail(tmp_path / "drill.log")
+    report = json.loads((tmp_path / "drill.json").read_text())
+    t = {r["tenant_id"]: r for r in report["tenants"]}
+    assert [r["tenant_id"] for r in report["tenants"]] == [*TENANTS, 9]
+    assert (report["ok"], report["failed"]) == (5, 2)
+    assert all(t[i]["status"] == "ok" and t[i]["snapshot_id"] == f"t{i}-good" for i in (1, 3, 4, 5, 6))
+    assert all(t[i]["bytes"] and t[i]["restore_seconds"] for i in (1, 3, 4, 5, 6))
+    # A finding made on a worker crosses over whole: the checksum failure, the walk back.
+    assert t[2]["status"] == "failed" and t[2]["reason"].startswith("checksum mismatch for 't2-bad/hnsw-0.bin'")
+    assert (t[2]["snapshot_id"], t[2]["last_good_snapshot_id"]) == ("t2-bad", "t2-good")
+    # A tenant with nothing to restore is failed by the parent: no run is sent for it.
+    assert t[9]["status"] == "failed" and "holds no finished snapshot of tenant 9" in t[9]["reason"]
+    assert all(r["lost_runs"] == [] for r in report["tenants"])
+    # The workers restored into the scratch dir (this machine's) and deleted every copy.
+    assert list(scratch.iterdir()) == []
+
+    with fleet.server.client() as client:
+        children = _children(client, fleet, backend)
+        by_tenant = {c.parameters["tenant_id"]: c for c in children}
+        assert sorted(by_tenant) == TENANTS and len(children) == len(TENANTS)
+        # Each worker ran some of them (each labels the runs it takes with its name).
+        assert {worker_of(c) for c in children} == set(WORKERS), [(c.name, worker_of(c)) for c in children]
+        assert {c.work_pool_name for c in children} == {fleet.pool}
+        assert all(c.state.is_completed() for c in children)
+        assert by_tenant[2].state.message.startswith("tenant 2 failed: checksum mismatch")
+        assert by_tenant[1].state.message == "tenant 1 passed"
+        # The report's lines are the children's persisted results.
+        assert all(c.state.result() == t[i] for i, c in by_tenant.items())
+        # They are subflows of one restore-drill run, which ended Failed with the report as result.
+        [parent_id] = {client.read_task_run(c.parent_task_run_id).flow_run_id for c in children}
+        parent = client.read_flow_run(parent_id)
+        assert client.read_flow(parent.flow_id).name == "restore-drill"
+        assert parent.state.is_failed() and parent.state.message.startswith(
+            "2 of 7 tenants failed the restore drill (tenants 2, 9)")
+        assert parent.state.result(raise_on_failure=False) == report
+        # Prefect's bound: the deployment's concurrency limit, never more children running at once.
+        limit = client.read_deployment(fleet.deployment_id).global_concurrency_limit
+        assert limit is not None and limit.limit == CONCURRENCY_LIMIT
+        assert _most_at_once(children) <= CONCURRENCY_LIMIT
+        # Each snapshot tried is a restore-snapshot run under its tenant's run, on the same worker.
+        restores = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[by_tenant[2].id])))
+        assert sorted((r.name, r.state.type.value) for r in restores) == [
+            ("tenant-2-t2-bad-new_cluster", "FAILED"), ("tenant-2-t2-good-new_cluster", "COMPLETED")]
+
+
+def _heartbeat_seen(client, run_id: UUID) -> bool:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    events = client.read_events(filter=EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"])), limit=10)
+    return bool(events.events)
+
+
+def _kill_mid_run(client, fleet: Fleet, backend: LocalBackend, drill: subprocess.Popen, log: Path) -> set[UUID]:
+    """Wait until the victim worker runs one of the drill's children and that run has sent a
+    heartbeat; then SIGKILL the worker and all its processes. Returns the runs it held."""
+    victim = fleet.workers[VICTIM]
+    deadline = time.monotonic() + CLI_SECONDS
+    while time.monotonic() < deadline:
+        if drill.poll() is not None:
+            pytest.fail(f"the drill ended before worker {VICTIM} ran any of it:\n{tail(log)}")
+        running = [r for r in _children(client, fleet, backend) if worker_of(r) == VICTIM and r.state.is_running()]
+        if not running:
+            time.sleep(0.2)
+            continue
+        frozen = victim.freeze()  # the run cannot finish while we look for its heartbeat
+        if _wait_until_or_none(lambda: _heartbeat_seen(client, running[0].id), 10):
+            _signal_all(frozen, signal.SIGKILL)
+            victim.proc.wait(timeout=30)
+            held = {r.id for r in _children(client, fleet, backend)
+                    if worker_of(r) == VICTIM and not r.state.is_final()}
+            assert running[0].id in held
+            return held
+        _signal_all(frozen, signal.SIGCONT)  # frozen before its first heartbeat went out: go on
+    pytest.fail(f"worker {VICTIM} never ran a child of the drill long enough to be killed mid-run")
+
+
+def _wait_until_or_none(condition, timeout: float, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll)
+    return None
+
+
+def test_a_worker_killed_mid_drill_leaves_no_tenant_missing(fleet: Fleet, tmp_path):
+    backend = _write_tenants(tmp_path / "backend")
+    scratch = tmp_path / "scratch"
+    log = tmp_path / "drill.log"
+    out = tmp_path / "drill.json"
+    drill = _drill(fleet, backend, scratch, tmp_path)
+    try:
+        with fleet.server.client() as client:
+            lost = _kill_mid_run(client, fleet, backend, drill, log)
+            code = drill.wait(timeout=CLI_SECONDS)
+            children = {c.id: c for c in _children(client, fleet, backend)}
+    finally:
+        stop(drill)
+    assert code == 1, tail(log)  # tenant 2's corrupted latest, as ever; nothing else
+    report = json.loads(out.read_text())
+    t = {r["tenant_id"]: r for r in report["tenants"]}
+    assert sorted(t) == TENANTS and (report["ok"], report["failed"]) == (5, 1)
+    assert t[2]["reason"].startswith("checksum mismatch") and t[2]["last_good_snapshot_id"] == "t2-good"
+
+    # The killed worker's run is Crashed (its heartbeats stopped), and its tenant was drilled again
+    # on the worker left: the tenant's line is the retry's, and names the run that was lost.
+    for run_id in lost:
+        run = children[run_id]
+        tenant = run.parameters["tenant_id"]
+        assert run.state.is_crashed(), run.state
+        # Prefect's zombie automation marked it so: the child timeout is far off.
+        assert run.state.message.startswith(f"no heartbeat for {LOST_AFTER_SECONDS} s"), run.state.message
+        [line] = t[tenant]["lost_runs"]
+        assert str(run_id) in line and f"on worker {VICTIM} crashed" in line
+        retries = [c for c in children.values() if c.parameters["tenant_id"] == tenant and c.id != run_id]
+        assert [worker_of(c) for c in retries] == ["fleet-a"] and retries[0].state.is_final()
+    assert all(not t[i]["lost_runs"] for i in TENANTS if i not in {children[r].parameters["tenant_id"] for r in lost})
+    # Every tenant's outcome came from a run that finished.
+    assert all(c.state.is_final() for c in children.values())
+    # The dead worker's copy stays where it was killed (on a dead machine, with its disk); the
+    # worker left deleted all of its own.
+    left = {p.name.split("-")[1] for p in scratch.iterdir()}
+    assert left <= {str(children[r].parameters["tenant_id"]) for r in lost}
+
+
+def test_runs_no_worker_takes_are_given_up_and_a_missing_deployment_is_refused(fleet: Fleet, tmp_path):
+    """The fan-out alone, on a pool nobody polls: once none of its runs is on a worker and nothing
+    has moved for the child timeout, it cancels the runs and fails their tenants, naming the pool.
+    A deployment that does not exist is refused before any run is made."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.fleet import FleetError, fan_out
+
+    idle = f"idle-{uuid.uuid4().hex[:8]}"
+    _prefect(fleet.server, "work-pool", "create", idle, "--type", "process")
+    with fleet.server.client() as client:
+        flow_id = client.create_flow_from_name("drill-tenant")
+        client.create_deployment(flow_id=flow_id, name=idle, work_pool_name=idle,
+                                 entrypoint="flows.drill.drill_tenant_flow")
+    parameters = {t: {"backend": "file:///nowhere", "tenant_id": t, "snapshots": [f"t{t}"]} for t in (1, 2)}
+    seen: list[str] = []
+    with temporary_settings({PREFECT_API_URL: fleet.server.api_url}):
+        with pytest.raises(FleetError, match=f"deployment 'drill-tenant/nowhere' not found on the Prefect "
+                                             f"API at {fleet.server.api_url}; a fleet drill needs it"):
+            fan_out("drill-tenant/nowhere", parameters)
+        outcomes = dict(fan_out(f"drill-tenant/{idle}", parameters, child_timeout_seconds=3,
+                                poll_seconds=0.5, log=seen.append))
+    assert sorted(outcomes) == [1, 2]
+    for tenant, result in outcomes.items():
+        assert (result.status, result.snapshot_id) == ("failed", f"t{tenant}")
+        assert result.reason.startswith(f"the drill of tenant {tenant} has no outcome: run drill-tenant-{tenant} (")
+        assert "(no worker took it) was cancelled" in result.reason
+        assert f"no worker of pool {idle!r} took this run in 3 s" in result.reason
+    assert seen == [f"2 runs of drill-tenant/{idle} created for workers of pool {idle!r}"]
+    with fleet.server.client() as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[idle])))
+    assert len(runs) == 2 and all(r.state.is_cancelled() for r in runs)
