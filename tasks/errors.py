@@ -21,7 +21,8 @@
     ├── RestoredCopyCheckError                     a drill's restored copy fails a check (SQLite, tables, HNSW)
     ├── ScratchDirError                            a drill's scratch dir cannot be used
     ├── DestinationIOError                         writing the data dir failed (disk full, EIO)
-    └── RollbackFailedError                        a failed restore could not be undone; marker kept
+    ├── RollbackFailedError                        a failed restore could not be undone; marker kept
+    └── ServeError                                 flows.serve: the Prefect API for `serve` is unusable
 
 Every message says what was found and what to do next.
 """
