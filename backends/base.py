@@ -22,7 +22,7 @@ from backends.manifest import SnapshotManifest, check_snapshot_id, parse_manifes
 MANIFEST_NAME = "manifest.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRef:
     """A finished snapshot as a listing of the backend sees it, before its manifest is read."""
 

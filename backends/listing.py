@@ -34,17 +34,17 @@ from backends.manifest_cache import CachedManifest, ManifestCache, ManifestCache
 log = logging.getLogger(__name__)
 
 #: How many manifests are read at once when the cache does not hold them. On S3 a read is a
-#: round trip of a few ms spent waiting, so threads overlap them; 32 is where SeaweedFS on
-#: loopback stopped getting faster (BENCHMARKS.md, "Listing at scale"), and stays within
-#: boto3's pool of 32 connections. On a folder a read is a few µs of system calls and the parse
-#: holds the GIL, so threads neither help nor hurt much.
+#: round trip spent mostly waiting, so threads overlap them; on a folder a read is system calls
+#: that release the GIL, then a parse that holds it. Measured (BENCHMARKS.md, "Listing at scale",
+#: 1 to 64 threads on 2 cores): 1 to 8 threads slower, 16 and 32 alike, 64 slower again; 32 keeps
+#: a remote store with longer round trips busier, within boto3's pool of 32 connections.
 LIST_CONCURRENCY = 32
 #: Manifests read are written to the cache in batches of this many (one transaction each), so
 #: a first run over 300,000 snapshots does not hold all their bytes until the end.
 CACHE_BATCH = 5_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SnapshotEntry:
     """One snapshot of a listing: what picking the latest needs, without the whole manifest."""
 
@@ -123,7 +123,12 @@ class SnapshotListing:
         """The tenant's snapshots, oldest first."""
         return self._manifests(self._tenants().get(tenant_id, []))
 
+    def entries_for(self, tenant_id: int) -> list[SnapshotEntry]:
+        """The tenant's snapshots as entries, oldest first (no manifest is produced for this)."""
+        return list(self._tenants().get(tenant_id, []))
+
     def latest_entry(self, tenant_id: int) -> SnapshotEntry | None:
+        """The entry of :meth:`latest`."""
         mine = self._tenants().get(tenant_id)
         return max(mine, key=_newness) if mine else None
 
@@ -264,9 +269,8 @@ def list_snapshots(
             to_read.append(ref)
 
     writer = _CacheWriter(backend.identity, store)
-    loaded, unreadable = _read_manifests(backend, to_read, concurrency, writer)
-    versions = {ref.snapshot_id: ref.version for ref in to_read}
-    entries += [SnapshotEntry.of(m, versions[sid]) for sid, m in loaded.items()]
+    read, loaded, unreadable = _read_manifests(backend, to_read, concurrency, writer)
+    entries += read
     # Rows of snapshots gone, now unreadable, or of an older version are dropped.
     writer.finish(forget=known.keys() - {e.snapshot_id for e in entries if e.version is not None})
 
@@ -286,16 +290,18 @@ class _CacheWriter:
         self._batch: list[CachedManifest] = []
         self._lock = threading.Lock()
 
-    def add(self, ref: ManifestRef, manifest: SnapshotManifest, raw: bytes) -> None:
+    def add(self, ref: ManifestRef, manifest: SnapshotManifest, raw: bytes) -> bool:
+        """Keep ``manifest`` for the cache; False when it will not be kept there."""
         if self.cache is None or ref.version is None:
-            return
+            return False
         row = CachedManifest(ref.snapshot_id, ref.version, manifest.tenant_id, manifest.created_at_unix_micros, raw)
         with self._lock:
             self._batch.append(row)
             if len(self._batch) < CACHE_BATCH:
-                return
+                return True
             batch, self._batch = self._batch, []
         self._write(keep=batch)
+        return True
 
     def finish(self, forget: Iterable[str]) -> None:
         with self._lock:
@@ -315,12 +321,15 @@ class _CacheWriter:
 
 def _read_manifests(
     backend: Backend, refs: list[ManifestRef], concurrency: int, writer: _CacheWriter
-) -> tuple[dict[str, SnapshotManifest], dict[str, str]]:
-    """Read and parse ``refs``' manifests, ``concurrency`` at a time.
+) -> tuple[list[SnapshotEntry], dict[str, SnapshotManifest], dict[str, str]]:
+    """Read and parse ``refs``' manifests, ``concurrency`` at a time: their entries, the parsed
+    manifests the cache will not hold (the rest are parsed again from it when asked for, so that
+    a first run over 300,000 snapshots does not hold them all in memory), and the unreadable.
 
     The bytes read are at least as new as the version listed before them, so keeping them under
     that version can only make a later run read them again, never reuse older bytes.
     """
+    entries: list[SnapshotEntry] = []
     loaded: dict[str, SnapshotManifest] = {}
     unreadable: dict[str, str] = {}
     failures: list[BaseException] = []
@@ -342,15 +351,16 @@ def _read_manifests(
             except BaseException as exc:  # a backend failure that is not about this manifest
                 failures.append(exc)
                 return
-            loaded[ref.snapshot_id] = manifest
-            writer.add(ref, manifest, raw)
+            entries.append(SnapshotEntry.of(manifest, ref.version))
+            if not writer.add(ref, manifest, raw):
+                loaded[ref.snapshot_id] = manifest
 
     threads = [threading.Thread(target=worker, name=f"list-snapshots-{i}", daemon=True)
-               for i in range(max(1, min(concurrency, len(refs))))]
+               for i in range(min(concurrency, len(refs)))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if failures:
         raise failures[0]
-    return loaded, dict(sorted(unreadable.items()))  # the same order whichever read ended first
+    return entries, loaded, dict(sorted(unreadable.items()))  # the same order whichever read ended first

@@ -137,7 +137,7 @@ class LocalBackend:
             if not entry.is_dir():
                 continue
             try:
-                st = os.stat(os.path.join(entry.path, MANIFEST_NAME))  # follows links, as reads do
+                st = os.stat(f"{entry.path}/{MANIFEST_NAME}")  # follows links, as reads do
             except OSError:
                 continue  # no manifest: an unfinished snapshot
             if not stat.S_ISREG(st.st_mode):

@@ -77,7 +77,15 @@ _TABLES = (
 def _parser_fingerprint() -> str:
     """Changes whenever the manifest parser's source does: rows parsed by another parser are
     not reused (a stricter parser may refuse what an older one accepted)."""
-    source = Path(backends.manifest.__file__).read_bytes()
+    try:
+        source = Path(backends.manifest.__file__).read_bytes()
+    except OSError:  # no source file (a zipped install): the installed version says as much
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            source = f"memrestore {version('memrestore')}".encode()
+        except PackageNotFoundError:
+            source = b"unknown"
     return f"{backends.manifest.CURRENT_MANIFEST_VERSION}:{blake3.blake3(source).hexdigest()[:32]}"
 
 
@@ -91,7 +99,7 @@ class ManifestCacheError(Exception):
     """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedSummary:
     """What a listing needs of a cached manifest to pick the latest, at the version it was read."""
 
@@ -100,7 +108,7 @@ class CachedSummary:
     created_at_unix_micros: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedManifest:
     """A manifest read from a backend at ``version``: its bytes, and its summary."""
 

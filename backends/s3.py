@@ -34,28 +34,47 @@ from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snaps
 
 MiB = 1024 * 1024
 
-#: Transfer tuning, measured with ``python -m benchmarks`` (BENCHMARKS.md). A restore downloads
-#: its blobs ITEM_CONCURRENCY (4) at a time, each through its own transfer manager, and what one
-#: download holds in memory is bounded by its window of parts (in flight, or arrived ahead of the
-#: part the sink is waiting for) times the part size, plus its IO queue of 256 KiB chunks:
-#: 4 MiB x 4 + 16 x 256 KiB = 20 MiB a blob, 80 MiB for four, whatever the object sizes. (The
-#: window was 64 parts of 8 MiB: up to 512 MiB a blob, and restores of 2 GiB peaked at ~600 MiB.)
-#: Three ranged GETs a blob, twelve in all, already saturate a loopback SeaweedFS (one stream
-#: alone reaches ~300 MiB/s here); more streams only add memory and per-request CPU.
+#: Transfer tuning, measured with ``python -m benchmarks`` (BENCHMARKS.md).
+#:
+#: A restore already downloads its blobs ITEM_CONCURRENCY (4) at a time, so an object up to
+#: SINGLE_GET_MAX is fetched with one streaming GET: boto3 then hands each chunk straight to the
+#: sink from the request's own thread. Ranged GETs of the same 2 GiB snapshot cost 3 s of CPU
+#: against 0.6 s (every 256 KiB chunk goes through an IO queue and every part is a request of its
+#: own) and fetched it no faster: four streams saturate a loopback SeaweedFS, and on a 2-core
+#: machine that also runs the server, CPU is what runs out first. Above SINGLE_GET_MAX one stream
+#: would leave a restore waiting on a single object, so it is split into ranged GETs.
+#:
+#: What a ranged download holds in memory is bounded by its window of parts (in flight, or
+#: arrived ahead of the part the sink is waiting for) times the part size, plus its IO queue:
+#: 4 x 4 MiB + 4 x 1 MiB = 20 MiB an object, whatever its size. (The window was 64 parts of
+#: 8 MiB: up to 512 MiB an object, and S3 restores of 2 GiB peaked at ~600 MiB.)
+SINGLE_GET_MAX = 1024 * MiB
 PART_SIZE = 4 * MiB
 PARTS_IN_FLIGHT = 3
 PARTS_IN_MEMORY = 4
 TRANSFER = TransferConfig(
-    multipart_threshold=2 * PART_SIZE,
+    multipart_threshold=SINGLE_GET_MAX + 1,
     multipart_chunksize=PART_SIZE,
     max_concurrency=PARTS_IN_FLIGHT,
-    max_io_queue=16,
+    max_io_queue=4,
+    # Reads of 1 MiB rather than boto3's 256 KiB: a third less CPU in Python for the same bytes.
+    io_chunksize=1 * MiB,
     use_threads=True,
     preferred_transfer_client="classic",
 )
 # boto3's constructor does not take this s3transfer setting, but the manager reads it: the
 # sliding window of parts a non-seekable download may hold (see above).
 TRANSFER.max_in_memory_download_chunks = PARTS_IN_MEMORY
+
+#: Uploads (writing snapshots: the demo, the tests, the benchmark) keep multipart parts of 8 MiB,
+#: 8 at a time: they are not on a restore's path.
+UPLOAD_TRANSFER = TransferConfig(
+    multipart_threshold=16 * MiB,
+    multipart_chunksize=8 * MiB,
+    max_concurrency=8,
+    use_threads=True,
+    preferred_transfer_client="classic",
+)
 
 #: boto3's own retries (standard mode; ``max_attempts`` counts retries, so 4 requests in all)
 #: absorb brief blips inside one request; what still fails is classified below and, if
@@ -93,6 +112,10 @@ def shared_client():
             client = _clients[key] = boto3.session.Session().client("s3", config=CLIENT_CONFIG)
         return client
 
+
+#: Reads of a manifest whose body breaks or ends short, as boto3's transfer manager allows a
+#: download (its ``num_download_attempts``).
+MANIFEST_READ_ATTEMPTS = 5
 
 #: What boto3 and its transfer manager raise for a failed request (after their own retries).
 _S3_ERRORS = (
@@ -163,17 +186,29 @@ class S3Backend:
 
     def read_manifest_bytes(self, snapshot_id: str) -> bytes:
         key = f"{check_snapshot_id(snapshot_id)}/{MANIFEST_NAME}"
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            if int(response.get("ContentLength", 0)) > MAX_MANIFEST_BYTES:
-                response["Body"].close()
-                raise InvalidManifestError(
-                    f"{self.url}/{key}",
-                    f"it is {response['ContentLength']} bytes, above the {MAX_MANIFEST_BYTES} a manifest may have",
-                )
-            return response["Body"].read(MAX_MANIFEST_BYTES + 1)
-        except _S3_ERRORS as exc:
-            raise self._fail(exc, key) from exc
+        # botocore retries a failed request, but not a body that breaks or ends short once the
+        # response has begun (boto3's transfer manager does that for downloads): so here.
+        for attempt in range(1, MANIFEST_READ_ATTEMPTS + 1):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                length = int(response.get("ContentLength", 0))
+                if length > MAX_MANIFEST_BYTES:
+                    response["Body"].close()
+                    raise InvalidManifestError(
+                        f"{self.url}/{key}",
+                        f"it is {response['ContentLength']} bytes, above the {MAX_MANIFEST_BYTES} a manifest may have",
+                    )
+                data = response["Body"].read(MAX_MANIFEST_BYTES + 1)
+            except _S3_ERRORS as exc:
+                failure = self._fail(exc, key)
+                if isinstance(failure, TransientBackendError) and attempt < MANIFEST_READ_ATTEMPTS:
+                    continue
+                raise failure from exc
+            if len(data) >= length:
+                return data
+        raise TransientBackendError(
+            f"S3 cut the body of {self.url}/{key} short ({len(data)} of {length} bytes) "
+            f"{MANIFEST_READ_ATTEMPTS} times", key=key)
 
     def list_snapshot_ids(self) -> list[str]:
         return [ref.snapshot_id for ref in self.list_manifests()]
@@ -208,7 +243,11 @@ class S3Backend:
         return int(head["ContentLength"])
 
     def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
-        writer = _InOrderCountingWriter(sink, on_bytes)
+        # One GET, or ranged GETs (see SINGLE_GET_MAX): each needs its own kind of writer.
+        if self.object_size(key) <= SINGLE_GET_MAX:
+            writer: _InOrderCountingWriter = _OneStreamWriter(sink, on_bytes)
+        else:
+            writer = _InOrderCountingWriter(sink, on_bytes)
         try:
             self.client.download_fileobj(self.bucket, self._key(key), writer, Config=TRANSFER)
         except _S3_ERRORS as exc:
@@ -220,7 +259,7 @@ class S3Backend:
             if isinstance(source, bytes):
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=source)
             else:
-                self.client.upload_file(str(source), self.bucket, self._key(key), Config=TRANSFER)
+                self.client.upload_file(str(source), self.bucket, self._key(key), Config=UPLOAD_TRANSFER)
         except _S3_ERRORS as exc:
             raise self._fail(exc, key) from exc
 
@@ -257,3 +296,38 @@ class _InOrderCountingWriter:
 
     def seekable(self) -> bool:
         return False
+
+
+class _OneStreamWriter(_InOrderCountingWriter):
+    """The writer for an object fetched with one GET: passes each byte to the sink exactly once.
+
+    When that GET's stream breaks, boto3's transfer manager retries it from the start of the
+    object; to a non-seekable writer it would replay the bytes already written (the sink would
+    get them twice, and the hash would fail). So this writer says it is seekable: boto3 then
+    seeks to each chunk's offset before writing it, and the writer skips what it already has.
+    Chunks of one GET arrive in order, so an offset past what was written is a bug, not data.
+    """
+
+    def __init__(self, sink: Sink, on_bytes: ProgressFn | None) -> None:
+        super().__init__(sink, on_bytes)
+        self._offset = 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0 or offset > self.total:
+            raise ValueError(f"a single-GET download seeked to {offset} (whence {whence}) with "
+                             f"{self.total} bytes written: chunks must arrive in order")
+        self._offset = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._offset
+
+    def write(self, data: bytes) -> int:
+        skip = min(len(data), self.total - self._offset)  # already written: a retried stream
+        if skip < len(data):
+            super().write(memoryview(data)[skip:] if skip else data)
+        self._offset += len(data)
+        return len(data)

@@ -194,7 +194,7 @@ def tenants_to_drill(listing: SnapshotListing, tenants: Iterable[int] | None) ->
     """The named tenants (each once, in the order given), or every tenant with a snapshot."""
     if tenants is not None:
         return list(dict.fromkeys(tenants))
-    return sorted({m.tenant_id for m in listing.snapshots})
+    return listing.tenant_ids()
 
 
 def snapshot_age_seconds(manifest: SnapshotManifest, now: float) -> float:

@@ -109,6 +109,7 @@ def test_listing_finds_finished_snapshots_only(store):
     store.put_object("unfinished/sqlite.db", b"no manifest yet")
     store.put_object("not a snapshot id/manifest.json", b"{}")
     assert store.list_snapshot_ids() == ["t1-a", "t2-a"]
+    assert [ref.snapshot_id for ref in store.list_manifests()] == ["t1-a", "t2-a"]  # versions: test_listing.py
     listing = list_snapshots(store)
     assert [(m.tenant_id, m.snapshot_id) for m in listing.snapshots] == [(1, "t1-a"), (2, "t2-a")]
     assert [m.snapshot_id for m in list_snapshots(store, tenant_id=2).snapshots] == ["t2-a"]
