@@ -1,0 +1,85 @@
+"""The peers memrestore is compared with, that are not a command of their own, and the plain-
+function restores of the drill's baseline. Each runs as its own process, so that it is timed and
+its memory measured from outside exactly as ``memrestore`` is::
+
+    python -m benchmarks.peers boto3-download BUCKET DEST KEY...
+    python -m benchmarks.peers execute-many BACKEND DATA_ROOT SNAPSHOT_ID... --embedding-model M
+    python -m benchmarks.peers flow-many BACKEND DATA_ROOT SNAPSHOT_ID... --embedding-model M
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def boto3_download(bucket: str, dest: Path, keys: list[str]) -> None:
+    """boto3's own ``download_file`` of each object, one after the other, with boto3's default
+    transfer settings (ranged parallel GETs, 10 threads, temp file then rename): no hashing, no
+    fsync. Endpoint and credentials come from boto3's chain (``AWS_ENDPOINT_URL`` ...)."""
+    import boto3
+
+    client = boto3.session.Session().client("s3")
+    dest.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        client.download_file(bucket, key, str(dest / key.rsplit("/", 1)[-1]))
+
+
+def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
+    """One restore per snapshot (each into its own new data dir), one after the other, with the
+    plain functions of ``tasks/``: ``tasks.execute.execute``, no Prefect flow, task or API."""
+    from backends import open_backend
+    from tasks.execute import execute
+    from tasks.fetch import fetch_manifest
+    from tasks.plan import DestinationState, RestoreMode
+    from tasks.validate import validate
+
+    backend = open_backend(backend_url)
+    for snapshot_id in snapshot_ids:
+        manifest = fetch_manifest(backend, None, snapshot_id)
+        plan = validate(manifest, DestinationState(embedding_model=embedding_model), backend_url)
+        execute(backend, plan, data_root / f"tenant-{manifest.tenant_id}", RestoreMode.NEW_CLUSTER)
+
+
+def flow_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
+    """The same restores as :func:`execute_many`, each a run of the ``restore-snapshot`` flow
+    (against the Prefect API in ``PREFECT_API_URL``), one after the other."""
+    from flows.restore import Destination, restore_snapshot
+    from tasks.plan import RestoreMode
+
+    for snapshot_id in snapshot_ids:
+        tenant_id = 1000 + int(snapshot_id.rsplit("-", 1)[1])  # as benchmarks.data names them
+        restore_snapshot(backend=backend_url, tenant_id=tenant_id, data_dir=str(data_root / f"tenant-{tenant_id}"),
+                         mode=RestoreMode.NEW_CLUSTER, snapshot=snapshot_id,
+                         destination=Destination(embedding_model=embedding_model))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers")
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("boto3-download")
+    p.add_argument("bucket")
+    p.add_argument("dest", type=Path)
+    p.add_argument("keys", nargs="+")
+    p = sub.add_parser("execute-many")
+    p.add_argument("backend")
+    p.add_argument("data_root", type=Path)
+    p.add_argument("snapshot_ids", nargs="+")
+    p.add_argument("--embedding-model", required=True)
+    p = sub.add_parser("flow-many")
+    p.add_argument("backend")
+    p.add_argument("data_root", type=Path)
+    p.add_argument("snapshot_ids", nargs="+")
+    p.add_argument("--embedding-model", required=True)
+    args = parser.parse_args(argv)
+    if args.what == "boto3-download":
+        boto3_download(args.bucket, args.dest, args.keys)
+    elif args.what == "execute-many":
+        execute_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
+    else:
+        flow_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The rows of the table and the markdown file they go to.
+
+``BENCHMARKS.md`` has two parts: the generated one (table, machine, command, every run) and,
+after :data:`NOTES_MARKER`, notes written by people (what dominated, what was changed, why a
+target is not met). A new run rewrites the first part and keeps the second as it is.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.measure import Series
+
+NOTES_MARKER = "<!-- Everything below this line is kept when the benchmark rewrites the file. -->"
+MiB = 1024 * 1024
+
+
+@dataclass
+class Row:
+    number: str
+    what: str
+    baseline: str
+    ours: str  # memrestore's median, as shown
+    theirs: str  # the baseline's median, as shown
+    ratio: str
+    target: str
+    met: bool | None  # None: nothing to meet (report only)
+    detail: str = ""
+    series: list[Series] = field(default_factory=list)
+
+    @classmethod
+    def time_ratio(cls, number: str, what: str, baseline: str, ours: Series, theirs: Series, *,
+                   limit: float, in_flow: bool = False) -> "Row":
+        ratio = ours.median_seconds / theirs.median_seconds
+        detail = f"memrestore peak RSS {ours.max_rss_bytes / MiB:.0f} MiB"
+        flow = _in_flow(ours) if in_flow else None
+        if flow is not None:
+            detail += (f"; inside the flow {flow:.2f} s (ratio {flow / theirs.median_seconds:.2f}), the rest "
+                       f"({ours.median_seconds - flow:.2f} s) is the CLI's start-up and the flow run's own cost")
+        return cls(number, what, baseline, f"{ours.median_seconds:.2f} s", f"{theirs.median_seconds:.2f} s",
+                   f"{ratio:.2f}x time", f"time ratio <= {limit}", ratio <= limit, detail, [ours, theirs])
+
+    @classmethod
+    def throughput_ratio(cls, number: str, what: str, baseline: str, ours: Series, theirs: Series, *,
+                         floor: float) -> "Row":
+        ratio = theirs.median_seconds / ours.median_seconds  # throughput = same bytes / time
+        detail = f"memrestore peak RSS {ours.max_rss_bytes / MiB:.0f} MiB, baseline {theirs.max_rss_bytes / MiB:.0f} MiB"
+        flow = _in_flow(ours)
+        if flow is not None:
+            detail += (f"; inside the flow {flow:.2f} s (throughput ratio {theirs.median_seconds / flow:.2f}), "
+                       f"the rest ({ours.median_seconds - flow:.2f} s) is the CLI's start-up and the flow run's own cost")
+        return cls(number, what, baseline, f"{ours.median_seconds:.2f} s", f"{theirs.median_seconds:.2f} s",
+                   f"{ratio:.2f}x throughput", f"throughput ratio >= {floor}", ratio >= floor, detail,
+                   [ours, theirs])
+
+    @classmethod
+    def rss(cls, what: str, small: Series, large: Series, *, limit_mib: float, growth: float) -> "Row":
+        s, big = small.max_rss_bytes / MiB, large.max_rss_bytes / MiB
+        ratio = big / s
+        met = s <= limit_mib and big <= limit_mib and ratio <= growth
+        detail = (f"highest of each side's runs; times {small.median_seconds:.2f} s and "
+                  f"{large.median_seconds:.2f} s")
+        return cls("4", what, "each other", f"{s:.0f} MiB (small)", f"{big:.0f} MiB (large)",
+                   f"{ratio:.2f}x (large / small)", f"<= {limit_mib:.0f} MiB each; large <= {growth}x small",
+                   met, detail, [small, large])
+
+    @classmethod
+    def rate(cls, what: str, baseline: str, ours: Series, theirs: Series, tenants: int) -> "Row":
+        ours_rate = tenants / ours.median_seconds * 60
+        their_rate = tenants / theirs.median_seconds * 60
+        return cls("5", what, baseline,
+                   f"{ours.median_seconds:.1f} s = {ours_rate:.0f} tenants/min",
+                   f"{theirs.median_seconds:.1f} s = {their_rate:.0f} tenants/min",
+                   f"{ours_rate / their_rate:.2f}x tenants/min", "report tenants/min and the ratio", None,
+                   f"memrestore peak RSS {ours.max_rss_bytes / MiB:.0f} MiB; "
+                   f"{ours.median_seconds / tenants * 1000:.0f} ms vs {theirs.median_seconds / tenants * 1000:.0f} ms "
+                   "a tenant", [ours, theirs])
+
+
+    @classmethod
+    def failed(cls, number: str, error: str) -> "Row":
+        """A row whose command failed: shown as such, with the start of the error."""
+        first = " ".join(error.split())[:300]
+        return cls(number, "(row failed)", "", "", "", "", "", False, f"failed: {first}")
+
+
+def _in_flow(series: Series) -> float | None:
+    import json
+    import statistics
+
+    values = []
+    for run in series.runs:
+        try:
+            values.append(float(json.loads(run.stdout)["seconds"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+    return statistics.median(values) if values else None
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(rows: list[Row], machine: dict[str, str], command: str, pairs: int, notes: list[str]) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks: memrestore against real peers (issue 5)",
+        "",
+        f"Generated by `{command}` on {now}; {pairs} interleaved pair(s) (A B A B ...) per row, medians.",
+        "Times are wall seconds of whole commands; peak RSS is the maximum resident set of the command and",
+        "its children as `/usr/bin/time` reports it (file pages mapped by `b3sum` count): both measured",
+        "from outside the measured process.",
+        "",
+        "| # | what | baseline (same run) | memrestore (median) | baseline (median) | ratio | target | met? | detail |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        met = "n/a (report)" if r.met is None else ("**yes**" if r.met else "**no**")
+        lines.append("| " + " | ".join(_cell(c) for c in (
+            r.number, r.what, r.baseline, r.ours, r.theirs, r.ratio, r.target, met, r.detail)) + " |")
+    lines += ["", "## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in machine.items()]
+    if notes:
+        lines += ["", "## How it was run", ""]
+        lines += [f"- {n}" for n in notes]
+    lines += ["", "## Every run", "", "| # | command | seconds | peak RSS (MiB) |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        for s in r.series:
+            lines.append(f"| {r.number} | {_cell(s.label)} | " + ", ".join(f"{x.seconds:.2f}" for x in s.runs)
+                         + " | " + ", ".join(f"{x.max_rss_bytes / MiB:.0f}" for x in s.runs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path, rows: list[Row], machine: dict[str, str], command: str, pairs: int,
+                 notes: list[str]) -> None:
+    """Write the generated part; keep whatever follows NOTES_MARKER in the existing file."""
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        if NOTES_MARKER in old:
+            kept = old.split(NOTES_MARKER, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(rows, machine, command, pairs, notes) + "\n" + NOTES_MARKER + (kept or "\n"))

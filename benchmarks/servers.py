@@ -1,0 +1,99 @@
+"""The real servers the benchmark measures against: a Prefect API and a SeaweedFS S3 gateway.
+
+Prefect: one ``prefect server start`` on a free loopback port, started once per benchmark run
+with its own ``PREFECT_HOME``, and every measured ``memrestore`` command pointed at it through
+``PREFECT_API_URL``, as a deployment with a standing Prefect server runs. (Without it, each CLI
+call would start Prefect's embedded server, 12-15 s of cold start per call here, which would
+measure Prefect's start-up and not the restore.)
+
+SeaweedFS: ``tests.seaweed.SeaweedS3`` (the test suite's own), on loopback, with its data kept in
+the benchmark's cache so that uploaded snapshots are reused across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+#: A fresh Prefect server answers /api/health in ~12 s here (PREFECT_NOTES.md); allow for load.
+PREFECT_STARTUP_SECONDS = 120
+
+#: Prefect's settings for every process the benchmark starts (an explicit environment wins).
+PREFECT_QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prefect_bin() -> str:
+    return str(Path(sys.executable).parent / "prefect")
+
+
+class PrefectServer:
+    """``prefect server start`` on 127.0.0.1, its database under ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url, **PREFECT_QUIET}
+
+    def start(self) -> "PrefectServer":
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env()}
+        env.pop("PREFECT_API_URL")
+        began = time.monotonic()
+        self._log = open(self.home / "server.log", "ab")
+        self._process = subprocess.Popen(
+            [prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() ends the server and its workers
+        )
+        while time.monotonic() - began < PREFECT_STARTUP_SECONDS:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {self._process.returncode}; see {self.home}/server.log")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        self.startup_seconds = time.monotonic() - began
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"prefect server not healthy after {PREFECT_STARTUP_SECONDS} s; see {self.home}/server.log")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self._log.close()
+
+    def __enter__(self) -> "PrefectServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
