@@ -71,33 +71,8 @@ FUZZ = settings(
 #: Whole restores cost a few fsyncs each: fewer examples keep the file well under a minute.
 FUZZ_RESTORES = settings(FUZZ, max_examples=150)
 
-H = "a" * 64
-BASE: dict[str, Any] = {
-    "manifest_version": 1,
-    "tenant_id": 1,
-    "snapshot_id": "snap-1",
-    "created_at_unix_micros": 1700000000000000,
-    "wire_version": {"major": 1, "minor": 0},
-    "table_schema_versions": {"memory_commit_log": 1},
-    "oplog_watermark": 100,
-    "oplog_floor": 1,
-    "forget_floor": 50,
-    "sqlite_checkpoint_key": "snap-1/sqlite.db",
-    "sqlite_checkpoint_checksum": H,
-    "hnsw_snapshots": [
-        {
-            "embedding_model": "minilm",
-            "vector_dim": 384,
-            "distance_metric": "cosine",
-            "source_log_watermark": 100,
-            "content_key": "snap-1/hnsw.bin",
-            "checksum": H,
-            "deleted_count_pending": 0,
-        }
-    ],
-    "encryption": {"algorithm": "aes-256-gcm", "dek_id": "dek-1", "iv_b64": "AA=="},
-    "label": None,
-}
+# FORMAT.md's example manifest, the same document the format tests start from.
+from tests.test_format import BASE, H  # noqa: E402
 
 # --- the hostile vocabulary -----------------------------------------------------------------------
 
