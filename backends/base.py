@@ -40,6 +40,13 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
 
 
+class PositionalSink(Protocol):
+    """Where a download's bytes go when its parts arrive out of order: each part's bytes in order,
+    at their offset in the object. Called from several threads at once."""
+
+    def write_at(self, offset: int, data: bytes, /) -> None: ...
+
+
 ProgressFn = Callable[[int], None]
 
 
@@ -72,7 +79,9 @@ class Backend(Protocol):
     def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
         """Stream the object at ``key`` into ``sink`` in order; return the byte count.
 
-        ``on_bytes`` is called with the size of each piece as it arrives.
+        ``on_bytes`` is called with the size of each piece as it arrives. A backend that can
+        fetch parts of one object at once also has ``download_at(key, sink: PositionalSink,
+        on_bytes) -> int`` (S3); the staging step uses it when it is there.
         """
         ...
 

@@ -1,26 +1,28 @@
 """A backend in an S3 bucket (AWS, or any S3-compatible server such as SeaweedFS or MinIO).
 
 Endpoint and credentials come from boto3's own chain, so ``AWS_ENDPOINT_URL``,
-``AWS_PROFILE`` and the rest work as they do for the AWS CLI. Large objects are fetched with
-ranged, parallel GETs by boto3's transfer manager; the sink sees the bytes in order, because we
-hand the manager a non-seekable writer (it then reorders the parts itself, within a bounded
-number of in-memory chunks).
+``AWS_PROFILE`` and the rest work as they do for the AWS CLI. Objects are read with streaming
+GETs that resume where a broken body stopped; a large object is read by several ranged GETs at
+once, each part written at its offset (see READ_SIZE below).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 import boto3
 import botocore.config
 import boto3.exceptions
 import botocore.exceptions
 import s3transfer.exceptions
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from backends.base import MANIFEST_NAME, ManifestRef, ProgressFn, Sink
+from backends.base import MANIFEST_NAME, ManifestRef, PositionalSink, ProgressFn, Sink
 from backends.errors import (
     AccessDeniedError,
     BackendError,
@@ -34,37 +36,28 @@ from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snaps
 
 MiB = 1024 * 1024
 
-#: Transfer tuning, measured with ``python -m benchmarks`` (BENCHMARKS.md).
+#: Download tuning, measured with ``python -m benchmarks`` (BENCHMARKS.md).
 #:
-#: A restore already downloads its blobs ITEM_CONCURRENCY (4) at a time, so an object up to
-#: SINGLE_GET_MAX is fetched with one streaming GET: boto3 then hands each chunk straight to the
-#: sink from the request's own thread. Ranged GETs of the same 2 GiB snapshot cost 3 s of CPU
-#: against 0.6 s (every 256 KiB chunk goes through an IO queue and every part is a request of its
-#: own) and fetched it no faster: four streams saturate a loopback SeaweedFS, and on a 2-core
-#: machine that also runs the server, CPU is what runs out first. Above SINGLE_GET_MAX one stream
-#: would leave a restore waiting on a single object, so it is split into ranged GETs.
+#: Objects are fetched with our own streaming GETs (``get_object`` and reads of READ_SIZE), not
+#: boto3's transfer manager: the manager hands every chunk through an IO queue and a thread of
+#: its own, which cost 2.3-2.8 s of CPU per 2 GiB here against ~0.6 s for plain streams, and it
+#: can only give a non-seekable sink its parts in order by holding them in memory.
 #:
-#: What a ranged download holds in memory is bounded by its window of parts (in flight, or
-#: arrived ahead of the part the sink is waiting for) times the part size, plus its IO queue:
-#: 4 x 4 MiB + 4 x 1 MiB = 20 MiB an object, whatever its size. (The window was 64 parts of
-#: 8 MiB: up to 512 MiB an object, and S3 restores of 2 GiB peaked at ~600 MiB.)
-SINGLE_GET_MAX = 1024 * MiB
-PART_SIZE = 4 * MiB
-PARTS_IN_FLIGHT = 3
-PARTS_IN_MEMORY = 4
-TRANSFER = TransferConfig(
-    multipart_threshold=SINGLE_GET_MAX + 1,
-    multipart_chunksize=PART_SIZE,
-    max_concurrency=PARTS_IN_FLIGHT,
-    max_io_queue=4,
-    # Reads of 1 MiB rather than boto3's 256 KiB: a third less CPU in Python for the same bytes.
-    io_chunksize=1 * MiB,
-    use_threads=True,
-    preferred_transfer_client="classic",
-)
-# boto3's constructor does not take this s3transfer setting, but the manager reads it: the
-# sliding window of parts a non-seekable download may hold (see above).
-TRANSFER.max_in_memory_download_chunks = PARTS_IN_MEMORY
+#: An object above RANGED_MIN is split into parts of PART_SIZE fetched by RANGES_PER_OBJECT
+#: ranged GETs at once, each written where it belongs (:meth:`S3Backend.download_at`): on a real
+#: S3 one connection gives ~100 MB/s, so a blob of several GiB must not wait on a single stream.
+#: Memory stays one read buffer per stream, whatever the object's size: parts are not held for
+#: reordering, the sink writes them at their offsets and hashes them in order (tasks/stage.py).
+#:
+#: A body that breaks or ends short is resumed from the byte where it stopped (MAX_STREAM_BREAKS
+#: times per stream). Every GET carries ``If-Match`` with the ETag the size was read with, and its
+#: answer's ETag is checked too (not every server honours If-Match): a resumed or ranged read
+#: never splices two versions of an object together.
+READ_SIZE = 1 * MiB
+RANGED_MIN = 64 * MiB
+PART_SIZE = 32 * MiB
+RANGES_PER_OBJECT = 4
+MAX_STREAM_BREAKS = 4
 
 #: Uploads (writing snapshots: the demo, the tests, the benchmark) keep multipart parts of 8 MiB,
 #: 8 at a time: they are not on a restore's path.
@@ -125,6 +118,10 @@ _S3_ERRORS = (
     s3transfer.exceptions.RetriesExceededError,
 )
 
+#: What reading a response body raises when the connection breaks or stalls (botocore wraps most
+#: of urllib3's; a reset socket can surface as an OSError): the stream is then resumed.
+_STREAM_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _TRANSIENT_CODES = {
@@ -165,6 +162,13 @@ class S3Backend:
                 return AccessDeniedError(
                     f"access denied to {where} ({code or status}); check the credentials boto3 "
                     "uses (AWS_PROFILE, AWS_ACCESS_KEY_ID) and the bucket policy",
+                    key=key,
+                )
+            if code == "PreconditionFailed" or status == 412:
+                return PermanentBackendError(
+                    f"{where} changed while it was being downloaded (its ETag no longer matches); a "
+                    "snapshot's objects must not be rewritten. Check what writes to the bucket, then "
+                    "restore again",
                     key=key,
                 )
             if code in _TRANSIENT_CODES or (status is not None and status >= 500):
@@ -235,24 +239,107 @@ class S3Backend:
             raise self._fail(exc, "") from exc
         return sorted(refs, key=lambda ref: ref.snapshot_id)
 
-    def object_size(self, key: str) -> int:
+    def _head(self, key: str) -> tuple[int, str | None]:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except _S3_ERRORS as exc:
             raise self._fail(exc, key) from exc
-        return int(head["ContentLength"])
+        return int(head["ContentLength"]), head.get("ETag")
+
+    def object_size(self, key: str) -> int:
+        return self._head(key)[0]
 
     def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
-        # One GET, or ranged GETs (see SINGLE_GET_MAX): each needs its own kind of writer.
-        if self.object_size(key) <= SINGLE_GET_MAX:
-            writer: _InOrderCountingWriter = _OneStreamWriter(sink, on_bytes)
-        else:
-            writer = _InOrderCountingWriter(sink, on_bytes)
-        try:
-            self.client.download_fileobj(self.bucket, self._key(key), writer, Config=TRANSFER)
-        except _S3_ERRORS as exc:
-            raise self._fail(exc, key) from exc
-        return writer.total
+        """The object's bytes to ``sink`` in order, from one streaming GET (resumed if it breaks)."""
+        size, etag = self._head(key)
+
+        def write(_offset: int, data: bytes) -> None:
+            sink.write(data)
+            if on_bytes is not None:
+                on_bytes(len(data))
+
+        self._stream(key, 0, size, size, etag, write, threading.Event())
+        return size
+
+    def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None) -> int:
+        """The object's bytes to ``sink.write_at(offset, data)``: parts of a large object arrive
+        out of order, from RANGES_PER_OBJECT ranged GETs at once; each part's bytes in order."""
+        size, etag = self._head(key)
+
+        def write(offset: int, data: bytes) -> None:
+            sink.write_at(offset, data)
+            if on_bytes is not None:
+                on_bytes(len(data))
+
+        stop = threading.Event()
+        if size <= RANGED_MIN:
+            self._stream(key, 0, size, size, etag, write, stop)
+            return size
+        parts = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
+        with ThreadPoolExecutor(RANGES_PER_OBJECT, thread_name_prefix="s3-range") as pool:
+            futures = [pool.submit(self._stream, key, start, end, size, etag, write, stop) for start, end in parts]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:
+                stop.set()  # a failed part (or an interrupt) stops the others at their next read
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()
+        return size
+
+    def _stream(self, key: str, start: int, end: int, size: int, etag: str | None,
+                write: Callable[[int, bytes], None], stop: threading.Event) -> None:
+        """GET bytes ``[start, end)`` of ``key`` and pass them to ``write(offset, data)`` in order.
+
+        A body that breaks or ends short is asked for again from the first byte not yet written,
+        up to MAX_STREAM_BREAKS times, then the failure is transient (the task retries it). With
+        the object's ETag, every GET is ``If-Match``: a different version is refused, not mixed in.
+        """
+        offset, breaks = start, 0
+        while offset < end and not stop.is_set():
+            request = {"Bucket": self.bucket, "Key": self._key(key)}
+            if offset > 0 or end < size:  # the whole object is asked for plainly
+                request["Range"] = f"bytes={offset}-{end - 1}"
+            if etag:
+                request["IfMatch"] = etag
+            try:
+                response = self.client.get_object(**request)
+            except _S3_ERRORS as exc:
+                raise self._fail(exc, key) from exc
+            body = response["Body"]
+            if etag and response.get("ETag") not in (None, etag):  # for servers that ignore If-Match
+                body.close()
+                raise self._fail(botocore.exceptions.ClientError(
+                    {"Error": {"Code": "PreconditionFailed", "Message": "ETag changed"}}, "GetObject"), key)
+            if int(response.get("ContentLength", -1)) != end - offset:
+                body.close()
+                raise PermanentBackendError(
+                    f"S3 answered a request for bytes {offset}-{end - 1} of {self.url}/{key} with "
+                    f"{response.get('ContentLength')} bytes ({response.get('ContentRange') or 'no Content-Range'}): "
+                    "the server ignores ranges, or the object changed since its size was read. "
+                    "Restore again; if it persists, check the S3 server",
+                    key=key)
+            try:
+                while offset < end and not stop.is_set():
+                    try:
+                        data = body.read(min(READ_SIZE, end - offset))
+                    except _STREAM_ERRORS as exc:
+                        broken: BaseException | str = exc
+                        break
+                    if not data:
+                        broken = f"the body ended {end - offset} bytes short"
+                        break
+                    write(offset, data)
+                    offset += len(data)
+                else:
+                    return
+            finally:
+                body.close()
+            breaks += 1
+            if breaks > MAX_STREAM_BREAKS:
+                raise TransientBackendError(
+                    f"S3 connection failed for {self.url}/{key}: the download broke off "
+                    f"{breaks} times, last at byte {offset} ({broken})", key=key)
 
     def put_object(self, key: str, source: bytes | Path) -> None:
         try:
@@ -272,62 +359,3 @@ def _version(obj: dict) -> str | None:
         return None
     modified = obj.get("LastModified")
     return f"{etag}:{obj.get('Size')}:{modified.isoformat() if modified is not None else ''}"
-
-
-class _InOrderCountingWriter:
-    """Passes bytes to a sink and counts them as they are written, in order.
-
-    It says it is not seekable, so boto3's transfer manager writes parts strictly in order
-    (reordering them itself) instead of seeking; and its count, unlike boto3's progress
-    callbacks, never goes backwards when a part is retried.
-    """
-
-    def __init__(self, sink: Sink, on_bytes: ProgressFn | None) -> None:
-        self._sink = sink
-        self._on_bytes = on_bytes
-        self.total = 0
-
-    def write(self, data: bytes) -> int:
-        self._sink.write(data)
-        self.total += len(data)
-        if self._on_bytes is not None:
-            self._on_bytes(len(data))
-        return len(data)
-
-    def seekable(self) -> bool:
-        return False
-
-
-class _OneStreamWriter(_InOrderCountingWriter):
-    """The writer for an object fetched with one GET: passes each byte to the sink exactly once.
-
-    When that GET's stream breaks, boto3's transfer manager retries it from the start of the
-    object; to a non-seekable writer it would replay the bytes already written (the sink would
-    get them twice, and the hash would fail). So this writer says it is seekable: boto3 then
-    seeks to each chunk's offset before writing it, and the writer skips what it already has.
-    Chunks of one GET arrive in order, so an offset past what was written is a bug, not data.
-    """
-
-    def __init__(self, sink: Sink, on_bytes: ProgressFn | None) -> None:
-        super().__init__(sink, on_bytes)
-        self._offset = 0
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence != 0 or offset > self.total:
-            raise ValueError(f"a single-GET download seeked to {offset} (whence {whence}) with "
-                             f"{self.total} bytes written: chunks must arrive in order")
-        self._offset = offset
-        return offset
-
-    def tell(self) -> int:
-        return self._offset
-
-    def write(self, data: bytes) -> int:
-        skip = min(len(data), self.total - self._offset)  # already written: a retried stream
-        if skip < len(data):
-            super().write(memoryview(data)[skip:] if skip else data)
-        self._offset += len(data)
-        return len(data)

@@ -10,7 +10,9 @@ a blob whose hash differs from the manifest never gets past ``.part``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import threading
 from pathlib import Path
 
 import blake3
@@ -27,7 +29,7 @@ from tasks.plan import PlanItem
 from tasks.retry import RETRY_OPTIONS
 
 PART_SUFFIX = ".part"
-#: Read size when re-hashing a staged file on resume.
+#: Read size when hashing a staged file's bytes back from it (parts written ahead; a resume).
 HASH_CHUNK = 1024 * 1024
 #: Start writing a staged file to disk every this many bytes, without waiting for it. Otherwise
 #: the kernel holds up to 10% of memory dirty before it writes anything, so a blob of a few GiB
@@ -65,33 +67,103 @@ class StagedItem(BaseModel):
 
 
 class _HashingWriter:
-    """Feeds every chunk to blake3 and, if given, writes it fully to a file descriptor."""
+    """Feeds every chunk, in order, to blake3 (``memrestore verify``: nothing is written)."""
 
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
+    def __init__(self) -> None:
         self.hasher = blake3.blake3()
-        self.size = 0
-        self._written_back = 0  # bytes whose writeback was started (see WRITEBACK_BYTES)
 
     def write(self, data: bytes) -> int:
         self.hasher.update(data)
-        if self.fd is not None:
-            view = memoryview(data)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-        self.size += len(data)
-        if self.fd is not None and self.size - self._written_back >= WRITEBACK_BYTES:
-            self._start_writeback()
-        crash_point("stage-chunk")
         return len(data)
 
+
+class _StagedFile:
+    """A ``.part`` file being filled, by one stream in order (:meth:`write`) or by several ranged
+    GETs at their offsets (:meth:`write_at`), and hashed in order as it fills.
+
+    The hash must see the bytes in file order, but ranged parts arrive out of order, and holding
+    them in memory until their turn would make memory grow with the blob. So every chunk goes to
+    the file at once; a chunk that lands exactly where the hash has got to is hashed straight from
+    memory, and the ones written ahead are read back from the file (from the page cache, where
+    they were just written) when the hash reaches them. Whichever writer finds the hash lock free
+    moves the hash on; :meth:`hexdigest` finishes it. So the hash is of the file's own bytes, memory
+    is one chunk per stream, and hashing never holds up a download for more than its own chunk.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0  # bytes written, all streams together
+        self._end = 0  # where the next in-order write goes
+        self._hasher = blake3.blake3()
+        self._hashed = 0  # the hash covers the file's bytes [0, _hashed)
+        self._spans: dict[int, int] = {}  # written, not yet hashed: start -> end
+        self._lock = threading.Lock()  # guards size, _spans and the writeback count
+        self._hash_lock = threading.Lock()  # one thread moves the hash on at a time
+        self._since_writeback = 0
+
+    def write(self, data: bytes) -> int:
+        self.write_at(self._end, data)
+        self._end += len(data)
+        return len(data)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        at = offset
+        while view:
+            written = os.pwrite(self.fd, view, at)
+            view, at = view[written:], at + written
+        with self._lock:
+            self._spans[offset] = offset + len(data)
+            self.size += len(data)
+            self._since_writeback += len(data)
+            writeback = self._since_writeback >= WRITEBACK_BYTES
+            if writeback:
+                self._since_writeback = 0
+        if writeback:
+            self._start_writeback()
+        self._advance(offset, data, block=False)
+        crash_point("stage-chunk")
+
+    def _advance(self, offset: int, data: bytes | None, block: bool) -> None:
+        """Hash every written span that continues the hash, in order."""
+        if not self._hash_lock.acquire(blocking=block):
+            return  # another writer is at it; what this one wrote is hashed by it or the next
+        try:
+            while True:
+                with self._lock:
+                    start = self._hashed
+                    end = self._spans.pop(start, None)
+                if end is None:
+                    return
+                if data is not None and offset == start and len(data) == end - start:
+                    self._hasher.update(data)  # this writer's own chunk: straight from memory
+                else:
+                    self._hash_back(start, end)
+                self._hashed = end
+        finally:
+            self._hash_lock.release()
+
+    def _hash_back(self, start: int, end: int) -> None:
+        while start < end:
+            chunk = os.pread(self.fd, min(HASH_CHUNK, end - start), start)
+            if not chunk:
+                raise OSError(errno.EIO, f"the staged file ended at byte {start}, before {end}")
+            self._hasher.update(chunk)
+            start += len(chunk)
+
+    def hexdigest(self) -> str:
+        """The digest of the whole file, once every write has returned."""
+        self._advance(-1, None, block=True)
+        if self._spans or self._hashed != self.size:
+            raise OSError(errno.EIO, f"the staged file has gaps: {self.size} bytes written, "
+                                     f"{self._hashed} of them contiguous from the start")
+        return self._hasher.hexdigest()
+
     def _start_writeback(self) -> None:
-        """Ask the kernel to start writing what was written since last time. Only a hint: the
-        fsync before the rename is what makes the file durable, so a failure here is ignored."""
+        """Ask the kernel to start writing the file's dirty pages, without waiting. Only a hint:
+        the fsync before the rename is what makes the file durable, so a failure is ignored."""
         if _sync_file_range is not None:
-            _sync_file_range(self.fd, self._written_back, self.size - self._written_back, _SYNC_FILE_RANGE_WRITE)
-        self._written_back = self.size
+            _sync_file_range(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _check(item: PlanItem, actual: str) -> bool:
@@ -104,7 +176,7 @@ def _check(item: PlanItem, actual: str) -> bool:
 
 def hash_item(backend: Backend, item: PlanItem) -> StagedItem:
     """Download ``item`` and hash it, writing nothing (``memrestore verify``)."""
-    writer = _HashingWriter(None)
+    writer = _HashingWriter()
     size = backend.download(item.content_key, writer, progress.advance)
     actual = writer.hasher.hexdigest()
     return StagedItem(item=item, bytes=size, checksum=actual, verified=_check(item, actual))
@@ -158,7 +230,7 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
     part = final.with_name(final.name + PART_SUFFIX)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)  # read: parts written ahead are hashed back
     except OSError as exc:
         raise DestinationIOError("creating", part, exc) from exc
     received = 0
@@ -170,12 +242,16 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
 
     try:
         try:
-            writer = _HashingWriter(fd)
-            size = backend.download(item.content_key, writer, on_bytes)
+            staged = _StagedFile(fd)
+            download_at = getattr(backend, "download_at", None)  # parts at once (S3)
+            if download_at is not None:
+                size = download_at(item.content_key, staged, on_bytes)
+            else:
+                size = backend.download(item.content_key, staged, on_bytes)
+            actual = staged.hexdigest()
             os.fsync(fd)
         finally:
             os.close(fd)
-        actual = writer.hasher.hexdigest()
         verified = _check(item, actual)
         os.rename(part, final)
         fsync_dir(final.parent)

@@ -1,0 +1,172 @@
+"""Large S3 objects come down as several ranged GETs at once, each part written at its offset and
+the whole hashed in file order: exact bytes, resumed when a body breaks, refused when the object
+changes underneath. Against SeaweedFS (and the fault proxy in front of it); part sizes are made
+small so that a few MiB make many parts."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import uuid
+
+import blake3
+import pytest
+
+from backends import open_backend
+from backends import s3 as s3_module
+from backends.errors import PermanentBackendError, TransientBackendError
+from backends.sample import write_sample_snapshot
+from tasks.execute import execute
+from tasks.fetch import fetch_manifest
+from tasks.plan import DestinationState, RestoreMode
+from tasks.stage import _StagedFile
+from tasks.validate import validate
+from tests.conftest import tree
+from tests.faultproxy import Fault
+
+KiB = 1024
+MiB = 1024 * KiB
+PART = 256 * KiB
+BLOB = 3 * MiB + 12345  # 13 parts, the last one short
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Objects above 1 MiB are ranged, in parts of 256 KiB, four at once."""
+    monkeypatch.setattr(s3_module, "RANGED_MIN", 1 * MiB)
+    monkeypatch.setattr(s3_module, "PART_SIZE", PART)
+
+
+@pytest.fixture
+def snapshot(seaweedfs, monkeypatch):
+    """A bucket holding tenant 1's snapshot with blobs of BLOB bytes; boto3's chain pointed at it."""
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = seaweedfs.create_bucket(f"ranged-{uuid.uuid4().hex[:10]}")
+    manifest = write_sample_snapshot(open_backend(f"s3://{bucket}"), tenant_id=1, snapshot_id="big",
+                                     models=(("minilm", 384),), sqlite_bytes=BLOB, hnsw_bytes=BLOB)
+    return bucket, manifest
+
+
+def _expected(seaweedfs, bucket, manifest) -> dict[str, bytes]:
+    client = seaweedfs.client()
+    keys = {"tenant_1/data.sqlite": manifest.sqlite_checkpoint_key,
+            "tenant_1/hnsw/minilm.bin": manifest.hnsw_snapshots[0].content_key}
+    return {dest: client.get_object(Bucket=bucket, Key=key)["Body"].read() for dest, key in keys.items()}
+
+
+def _restore(backend, data_dir):
+    manifest = fetch_manifest(backend, 1, "big")
+    plan = validate(manifest, DestinationState(embedding_model="minilm"), backend.url)
+    return execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER)
+
+
+def _ranges_sent(backend) -> list[str]:
+    """The Range header of every GetObject the backend's client sends from now on."""
+    seen: list[str] = []
+
+    def record(request, **_):
+        value = request.headers.get("Range") or ""
+        seen.append(value.decode() if isinstance(value, bytes) else value)
+
+    backend.client.meta.events.register("before-send.s3.GetObject", record)
+    return seen
+
+
+def test_a_large_object_comes_down_in_ranged_parts_exactly(seaweedfs, snapshot, small_parts, tmp_path):
+    bucket, manifest = snapshot
+    backend = open_backend(f"s3://{bucket}")
+    ranges = _ranges_sent(backend)
+    outcome = _restore(backend, tmp_path / "data")
+    assert tree(tmp_path / "data") == _expected(seaweedfs, bucket, manifest)
+    assert all(item.verified for item in outcome.items)
+    sizes = [len(data) for data in _expected(seaweedfs, bucket, manifest).values()]
+    ranged = [r for r in ranges if r]  # the manifest is read whole
+    # Each blob in ceil(size / PART) ranged GETs, each asked for once, the last one short.
+    assert sorted(ranged) == sorted(f"bytes={start}-{min(start + PART, size) - 1}"
+                                    for size in sizes for start in range(0, size, PART))
+    assert len(ranged) > 2 * 4  # more parts than a blob's streams: the pool was kept full
+
+
+def test_broken_parts_resume_where_they_stopped(seaweedfs, faultproxy, snapshot, small_parts,
+                                                monkeypatch, tmp_path):
+    bucket, manifest = snapshot
+    for key, value in faultproxy.env(seaweedfs).items():
+        monkeypatch.setenv(key, value)
+    key = manifest.hnsw_snapshots[0].content_key
+    faultproxy.fail_next(3, Fault.TRUNCATE, match=key, methods=("GET",))
+    backend = open_backend(f"s3://{bucket}")
+    _restore(backend, tmp_path / "data")
+    assert tree(tmp_path / "data") == _expected(seaweedfs, bucket, manifest)
+    # Each cut body costs one more GET, of the rest of its part: nothing is fetched twice over.
+    assert faultproxy.count("GET", match=key) == -(-BLOB // PART) + 3
+
+
+def test_a_part_that_keeps_breaking_is_a_transient_failure_and_nothing_is_left(
+        seaweedfs, faultproxy, snapshot, small_parts, monkeypatch, tmp_path):
+    bucket, manifest = snapshot
+    for key, value in faultproxy.env(seaweedfs).items():
+        monkeypatch.setenv(key, value)
+    key = manifest.sqlite_checkpoint_key
+    faultproxy.always(Fault.TRUNCATE, match=key, methods=("GET",))
+    data_dir = tmp_path / "data"
+    (data_dir / "tenant_2").mkdir(parents=True)
+    (data_dir / "tenant_2" / "data.sqlite").write_bytes(b"keep me")
+    backend = open_backend(f"s3://{bucket}")
+    with pytest.raises(TransientBackendError, match=f"{key}: the download broke off {s3_module.MAX_STREAM_BREAKS + 1} times"):
+        manifest_ = fetch_manifest(backend, 1, "big")
+        plan = validate(manifest_, DestinationState(embedding_model="minilm"), backend.url)
+        execute(backend, plan, data_dir, RestoreMode.WIPE_AND_RESTORE)
+    assert tree(data_dir) == {"tenant_2/data.sqlite": b"keep me"}
+
+
+def test_an_object_rewritten_during_its_download_is_refused(seaweedfs, snapshot, small_parts, tmp_path):
+    bucket, manifest = snapshot
+    backend = open_backend(f"s3://{bucket}")
+    key = manifest.hnsw_snapshots[0].content_key
+    lock, rewritten = threading.Lock(), []
+
+    class RewritesOnFirstWrite:
+        """Someone rewrites the object while the first parts arrive; the rest are asked for after."""
+
+        def write_at(self, offset, data):
+            with lock:
+                if not rewritten:
+                    seaweedfs.client().put_object(Bucket=bucket, Key=key, Body=os.urandom(BLOB))
+                    rewritten.append(offset)
+
+    with pytest.raises(PermanentBackendError, match="changed while it was being downloaded"):
+        backend.download_at(key, RewritesOnFirstWrite())
+
+
+def test_staged_file_hashes_out_of_order_writes_in_file_order(tmp_path):
+    data = os.urandom(5 * MiB + 7)
+    chunks = [(offset, data[offset:offset + 64 * KiB + 3]) for offset in range(0, len(data), 64 * KiB + 3)]
+    random.Random(5).shuffle(chunks)
+    fd = os.open(tmp_path / "f.part", os.O_RDWR | os.O_CREAT)
+    try:
+        staged = _StagedFile(fd)
+        threads = [threading.Thread(target=lambda part=chunks[i::4]: [staged.write_at(o, d) for o, d in part])
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert staged.hexdigest() == blake3.blake3(data).hexdigest()
+        assert staged.size == len(data)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f.part").read_bytes() == data
+
+
+def test_staged_file_with_a_gap_does_not_hash(tmp_path):
+    fd = os.open(tmp_path / "f.part", os.O_RDWR | os.O_CREAT)
+    try:
+        staged = _StagedFile(fd)
+        staged.write_at(0, b"a" * 100)
+        staged.write_at(200, b"b" * 100)  # bytes 100-199 never came
+        with pytest.raises(OSError, match="gaps"):
+            staged.hexdigest()
+    finally:
+        os.close(fd)
