@@ -43,13 +43,14 @@ from benchmarks.servers import PREFECT_QUIET, PrefectServer
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / ".data"
 BUCKET = "memrestore-bench"
-ALL_ROWS = ("1", "2", "3", "4", "5", "6")
+ALL_ROWS = ("0", "1", "2", "3", "4", "5", "6")
 
 
 @dataclass(frozen=True)
 class Sizes:
     """What one run builds and measures."""
 
+    tiny: SnapshotSpec  # row 0
     big: SnapshotSpec  # rows 1, 2, 3, 6
     rss_small: SnapshotSpec  # row 4
     rss_large: SnapshotSpec  # row 4
@@ -59,6 +60,7 @@ class Sizes:
 
 
 FULL = Sizes(
+    tiny=even_snapshot("tiny-64k", 4, 64 * 1024),
     big=even_snapshot("snap-2g", 1, 2 * GiB),
     rss_small=even_snapshot("snap-256m", 2, 256 * MiB),
     rss_large=even_snapshot("snap-4g", 3, 4 * GiB),
@@ -67,6 +69,7 @@ FULL = Sizes(
     pairs=3,
 )
 QUICK = Sizes(
+    tiny=even_snapshot("tiny-64k", 4, 64 * 1024),
     big=even_snapshot("quick-big", 1, 4 * MiB),
     rss_small=even_snapshot("quick-small", 2, 1 * MiB),
     rss_large=even_snapshot("quick-large", 3, 8 * MiB),
@@ -154,6 +157,8 @@ class Bench:
     def build_inputs(self, rows: set[str]) -> None:
         s = self.sizes
         specs = []
+        if "0" in rows:
+            specs.append(s.tiny)
         if rows & {"1", "2", "3", "6"}:
             specs.append(s.big)
         if "4" in rows:
@@ -195,6 +200,16 @@ class Bench:
         backend.put_object(f"{spec.snapshot_id}/manifest.json", manifest)
 
     # -- rows ----------------------------------------------------------------------------
+
+    def row0_fixed_cost(self) -> Row:
+        """What every memrestore command pays whatever it restores: a 64 KiB restore, against
+        importing Prefect alone (the floor of any command that runs a flow)."""
+        spec = self.sizes.tiny
+        a = self.restore_cmd(str(self.local_root), spec, self.scratch / "r0", f"memrestore restore {_size(spec)}")
+        b = Command("python -c 'import prefect'", [sys.executable, "-c", "import prefect"], env=self.child_env())
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        return Row.fixed_cost(f"fixed cost: `memrestore restore` of a {_size(spec)} snapshot (local folder)",
+                              "`python -c 'import prefect'`", sa, sb)
 
     def row1_local_vs_cp(self) -> Row:
         spec = self.sizes.big
@@ -463,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise
             bench.upload_big(client)
 
-        steps = {"1": bench.row1_local_vs_cp, "2": bench.row2_s3_vs_boto3, "3": bench.row3_s3_vs_rclone,
+        steps = {"0": bench.row0_fixed_cost, "1": bench.row1_local_vs_cp, "2": bench.row2_s3_vs_boto3, "3": bench.row3_s3_vs_rclone,
                  "4": bench.row4_rss, "5": bench.row5_drill, "6": bench.row6_verify}
         for number in ALL_ROWS:
             if number in rows:
