@@ -2,10 +2,12 @@
 measured and deleted, with a report for people (artifacts), for machines (the persisted JSON
 result) and for pagers (a ``memrestore.drill.failed`` event per failed tenant).
 
-Each tenant is one ``drill-tenant`` task run; each snapshot it restores is a ``restore-snapshot``
-subflow run under it, with that restore's own artifacts. With ``via_deployment``, each tenant is
-instead one run of the ``drill-tenant`` flow (:func:`drill_tenant_flow`, deployed as
-``drill-tenant/fleet``) on a work pool's workers, its restores subflows there (``flows/fleet.py``).
+Each tenant is one ``drill-tenant`` task run, which restores and checks each snapshot it tries
+with plain function calls (:func:`tasks.drill.attempt_plain`: transient backend errors retried
+with backoff) and logs each attempt; no ``restore-snapshot`` subflow, no task per step. With
+``via_deployment``, each tenant is instead one run of the ``drill-tenant`` flow
+(:func:`drill_tenant_flow`, deployed as ``drill-tenant/fleet``) on a work pool's workers, doing
+the same there (``flows/fleet.py``).
 
 The run ends Failed when any tenant failed, and still carries the report: it returns a Failed
 state whose data is the report, so the report is the run's persisted result either way. Read it
@@ -30,10 +32,9 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from backends import SnapshotListing
+from backends import SnapshotListing, open_backend
 from backends.manifest import SnapshotManifest
 from flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, fan_out
-from flows.restore import Destination, outcome_of, restore_snapshot
 from tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DRILL_FAILED_EVENT,
@@ -41,13 +42,11 @@ from tasks.drill import (
     DrillReport,
     ManifestsById,
     TenantDrillResult,
-    attempt_snapshot,
+    attempt_plain,
     build_report,
-    check_restored_task,
     close_scratch_root,
     crashed_result,
     drill_candidates,
-    drill_destination,
     drill_tenant,
     list_snapshots_task,
     no_snapshot_result,
@@ -56,9 +55,8 @@ from tasks.drill import (
     tenants_to_drill,
 )
 from tasks.errors import SnapshotNotFoundError
-from tasks.fetch import fetch_manifest_task
-from tasks.outcome import RestoreOutcome
-from tasks.plan import RestoreMode
+from tasks.fetch import fetch_manifest
+from tasks.retry import retrying
 
 T = TypeVar("T")
 
@@ -76,12 +74,12 @@ def drill_tenant_task(
     keep_failed: bool,
     unreadable: int,
 ) -> TenantDrillResult:
-    """Drill one tenant: each snapshot tried is a restore-snapshot subflow, then a check task."""
-    return _drill_with_subflows(backend, tenant_id, candidates, Path(scratch_root), now, max_age_hours,
-                                keep_failed, unreadable)
+    """Drill one tenant in this task run: restore, check and delete each snapshot tried."""
+    return _drill_in_this_run(backend, tenant_id, candidates, Path(scratch_root), now, max_age_hours,
+                              keep_failed, unreadable)
 
 
-def _drill_with_subflows(
+def _drill_in_this_run(
     backend: str,
     tenant_id: int,
     candidates: Sequence[SnapshotManifest],
@@ -91,28 +89,11 @@ def _drill_with_subflows(
     keep_failed: bool,
     unreadable: int,
 ) -> TenantDrillResult:
-    def restore(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
-        destination = drill_destination(manifest)
-        state = restore_snapshot(
-            backend=backend,
-            tenant_id=manifest.tenant_id,
-            data_dir=str(data_dir),
-            mode=RestoreMode.NEW_CLUSTER,
-            snapshot=manifest.snapshot_id,
-            destination=Destination(
-                wire_version=str(destination.wire_version), embedding_model=destination.embedding_model
-            ),
-            return_state=True,
-        )
-        return outcome_of(state.result())  # a failed restore raises its own error here
-
-    def check(manifest: SnapshotManifest, data_dir: Path) -> None:
-        check_restored_task(backend, manifest, str(data_dir))
-
+    """One tenant's drill inside the current task or flow run, each attempt a line of its log."""
     return drill_tenant(
         tenant_id,
         candidates,
-        lambda manifest: attempt_snapshot(manifest, scratch_root, restore, check),
+        attempt_plain(open_backend(backend), scratch_root, get_run_logger()),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -154,13 +135,15 @@ def drill_tenant_flow(
     now = time.time() if drilled_at is None else drilled_at
     root, created = open_scratch_root(scratch_dir)
     try:
-        candidates = ManifestsById(snapshots, lambda sid: fetch_manifest_task(backend, tenant_id, sid))
-        result = _drill_with_subflows(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0)
+        store, read = open_backend(backend), retrying(fetch_manifest)  # here too: no task run per read
+        candidates = ManifestsById(snapshots, lambda sid: read(store, tenant_id, sid))
+        result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0)
     finally:
         close_scratch_root(root, created)
-    # Completed either way, the verdict in the result (a failed restore is its own Failed subflow
-    # run): a deployment run that returns a Failed state holding a dict ends with Prefect's engine
-    # raising TypeError ("Unexpected result for failed state") in the worker's process.
+    # Completed either way, the verdict in the result and the message (and each failed attempt a
+    # warning in the log): a deployment run that returns a Failed state holding a dict ends with
+    # Prefect's engine raising TypeError ("Unexpected result for failed state") in the worker's
+    # process.
     verdict = "passed" if result.status == "ok" else f"failed: {result.reason}"
     return Completed(message=f"tenant {tenant_id} {verdict}", data=result.model_dump(mode="json"))
 

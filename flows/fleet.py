@@ -3,7 +3,7 @@ outcomes gathered into the parent drill's one report.
 
     restore-drill (the parent; here, or a run on the pool)     drill-tenant/fleet (one run per tenant,
       list the backend once                                     on whichever worker takes it)
-      run_deployment(..., timeout=0) per tenant  ---------->      restore-snapshot subflow(s) into the
+      run_deployment(..., timeout=0) per tenant  ---------->      restore (plain functions) into the
       watch the children's states                                  worker's scratch dir, check the copy,
       read each one's persisted result           <----------      walk back, delete the copy; return
       report, artifacts, events                                    the tenant's TenantDrillResult

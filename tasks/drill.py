@@ -6,9 +6,13 @@ fails, it walks back to older ones until one restores and checks clean: that one
 last good snapshot, and its age is the recovery point the tenant really has.
 
 The logic is plain functions: the checks on a restored copy, the snapshots to try and their
-order, the age rule, the walk back, the report. How one snapshot is restored is passed in: the
-``restore-drill`` flow restores through the ``restore-snapshot`` flow (one visible run per
-attempt), :func:`drill_plain` through :func:`tasks.execute.execute`, with no Prefect at all.
+order, the age rule, the walk back, the report. How one snapshot is tried is passed in. The
+drills use :func:`attempt_plain`: :func:`tasks.execute.execute` and the checks as plain calls, a
+transient backend error retried with backoff, each attempt one log line. The ``restore-drill``
+flow makes each tenant one ``drill-tenant`` task run (in a fleet, one ``drill-tenant`` flow run)
+and restores inside it, with no ``restore-snapshot`` subflow: a subflow per restore cost ~1.7 s
+of orchestration per tenant against ~25 ms of restore work (BENCHMARKS.md, row 5).
+:func:`drill_plain` is the same drill with no Prefect at all.
 
 A scratch copy lives in ``<scratch_dir>/tenant-<id>-<snapshot>-<random>/`` and is deleted once
 checked, unless the tenant failed and ``keep_failed`` is set; a scratch dir the drill created
@@ -18,6 +22,7 @@ itself (none was given) is removed at the end when nothing was kept in it.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import shutil
 import sqlite3
@@ -38,7 +43,7 @@ from tasks.errors import RestoredCopyCheckError, ScratchDirError
 from tasks.execute import execute
 from tasks.outcome import RestoreOutcome
 from tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_destination
-from tasks.retry import RETRY_OPTIONS
+from tasks.retry import RETRIES, RETRY_OPTIONS, retrying
 from tasks.validate import validate
 
 #: Tenants drilled at once. Each restore already downloads its blobs four at a time (and boto3
@@ -59,6 +64,10 @@ SCRATCH_PREFIX = "memrestore-drill-"
 MICROS_PER_SECOND = 1_000_000
 SECONDS_PER_HOUR = 3600
 BYTES_PER_MB = 1_000_000
+
+#: Where :func:`drill_plain` logs its attempts (silent unless the application configures logging).
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
 
 
 # -- the checks on a restored copy ------------------------------------------------------------
@@ -139,12 +148,6 @@ def check_restored(data_dir: Path, manifest: SnapshotManifest, reported_sizes: M
     check_sqlite_integrity(sqlite_path)
     check_tables(sqlite_path, manifest.table_schema_versions)
     check_hnsw_files(data_dir, manifest, reported_sizes)
-
-
-@task(name="check-restored-copy", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
-def check_restored_task(backend_url: str, manifest: SnapshotManifest, data_dir: str) -> None:
-    """Check a restored copy against the snapshot; transient backend errors (sizes) are retried."""
-    check_restored(Path(data_dir), manifest, hnsw_sizes(open_backend(backend_url), manifest))
 
 
 # -- which snapshots, and how old --------------------------------------------------------------
@@ -484,6 +487,42 @@ def check_plain(backend: Backend) -> CheckFn:
     return check
 
 
+def attempt_plain(
+    backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log
+) -> AttemptFn:
+    """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
+    flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
+
+    A transient backend error in the restore or the check is retried with the tasks' backoff
+    (:func:`tasks.retry.retrying`); a restore tried again starts over in the same scratch copy,
+    which :func:`tasks.execute.execute` emptied when it rolled the failed try back. Any other
+    error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``.
+    """
+    restore, check = restore_plain(backend), check_plain(backend)
+
+    def attempt(manifest: SnapshotManifest) -> AttemptResult:
+        def on_retry(step: str):
+            def log(exc: Exception, failed: int, wait: float) -> None:
+                logger.warning("tenant %s, snapshot %s: the %s failed (try %d of %d), trying again in %.1f s: %s",
+                               manifest.tenant_id, manifest.snapshot_id, step, failed, RETRIES + 1, wait, exc)
+
+            return log
+
+        result = attempt_snapshot(manifest, scratch_root, retrying(restore, on_retry=on_retry("restore")),
+                                  retrying(check, on_retry=on_retry("check")))
+        where = f"tenant {manifest.tenant_id}, snapshot {manifest.snapshot_id}"
+        if not result.restored:
+            logger.warning("%s: the restore failed: %s", where, result.reason)
+        elif result.ok:
+            logger.info("%s: restored %d bytes in %.3f s, checked clean", where, result.bytes, result.restore_seconds)
+        else:
+            logger.warning("%s: restored %d bytes in %.3f s, but the check failed: %s",
+                           where, result.bytes, result.restore_seconds, result.reason)
+        return result
+
+    return attempt
+
+
 def drill_plain(
     backend: Backend,
     tenants: Iterable[int] | None = None,
@@ -494,17 +533,18 @@ def drill_plain(
     now: float | None = None,
 ) -> DrillReport:
     """The drill as plain function calls, one tenant after another: for tests and measurements.
-    The ``restore-drill`` flow does the same with concurrency, subflows, artifacts and events."""
+    The ``restore-drill`` flow does the same with several tenants at once, each in a task run of
+    its own, and artifacts and events."""
     now = time.time() if now is None else now
     listing = list_snapshots(backend)
     root, created = open_scratch_root(scratch_dir)
-    restore, check = restore_plain(backend), check_plain(backend)
+    attempt = attempt_plain(backend, root)
     try:
         results = [
             drill_tenant(
                 tenant_id,
                 drill_candidates(listing, tenant_id),
-                lambda m: attempt_snapshot(m, root, restore, check),
+                attempt,
                 backend_url=backend.url, now=now, max_age_hours=max_age_hours,
                 keep_failed=keep_failed, unreadable=len(listing.unreadable),
             )

@@ -1,21 +1,50 @@
-"""A whole restore as plain function calls, one item after another: the service's own
-``RestoreExecutor`` in Python. The ``restore-snapshot`` flow runs the same steps as Prefect
-tasks (concurrent, retried, observable); this is for tests and for measuring Prefect's cost.
+"""A whole restore as plain function calls: the service's own ``RestoreExecutor`` in Python. The
+``restore-snapshot`` flow runs the same steps as Prefect tasks (retried, observable); this runs
+them inside the caller (a drill's tenant run, the tests, the benchmarks), with no run of its own.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 from backends import Backend
+from tasks import failpoints
 from tasks.commit import commit_staged, remove_leftovers, roll_back
 from tasks.fetch import measure_plan
 from tasks.layout import Phase
 from tasks.outcome import RestoreOutcome, build_outcome
-from tasks.plan import RestoreMode, RestorePlan
+from tasks.plan import PlanItem, RestoreMode, RestorePlan
 from tasks.preflight import preflight
-from tasks.stage import recheck_item, stage_item
+from tasks.stage import StagedItem, recheck_item, stage_item
+
+#: Items staged at once, here and in the ``restore-snapshot`` flow (its task runner): a snapshot
+#: has a SQLite checkpoint and a few HNSW blobs, so four covers them; a large S3 object is further
+#: split into ranged GETs (backends/s3.py).
+ITEM_CONCURRENCY = 4
+
+
+def stage_all(stage: Callable[[PlanItem], StagedItem], items: list[PlanItem]) -> list[StagedItem]:
+    """``stage`` every item, at most :data:`ITEM_CONCURRENCY` at once; the results in the items'
+    order. Every item has finished (none is still writing) when this returns or raises, and only
+    then is a failure raised: that of the first item, in the plan's order, that failed.
+    Interrupted (Ctrl-C), it drops the items not yet started and waits for the running ones.
+
+    With a crash point armed (``tasks/failpoints.py``, the crash tests only), the items are staged
+    one after another instead, so that a kill comes at an exact instant: the n-th pass through
+    ``item-staged`` is the n-th item, with the ones after it not staged yet."""
+    if len(items) <= 1 or os.environ.get(failpoints.ENV):
+        return [stage(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(ITEM_CONCURRENCY, len(items)), thread_name_prefix="memrestore-stage")
+    try:
+        futures = [pool.submit(stage, item) for item in items]
+        wait(futures)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [f.result() for f in futures]
 
 
 def execute(
@@ -25,16 +54,17 @@ def execute(
     mode: RestoreMode,
     resume: bool = False,
 ) -> RestoreOutcome:
-    """Preflight, stage and verify every item, commit, clean up; roll back on any failure."""
+    """Preflight, stage and verify every item (concurrently), commit, clean up; roll back on any
+    failure."""
     started = time.monotonic()
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan)
     phase = preflight(plan, data_dir, mode, resume=resume)
     try:
         if phase in (None, Phase.STAGING):
-            staged = [stage_item(backend, item, data_dir, phase is not None) for item in plan.items]
+            staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None), plan.items)
         else:
-            staged = [recheck_item(data_dir, item) for item in plan.items]
+            staged = stage_all(lambda item: recheck_item(data_dir, item), plan.items)
         commit_staged(data_dir, plan.tenant_id, mode)
     except BaseException:
         roll_back(data_dir, plan.tenant_id)

@@ -1,6 +1,6 @@
-"""Restore drills: the checks on a restored copy, the walk back, the flow's report, artifacts and
-events under a real Prefect API, and ``memrestore drill`` as a subprocess, over a local folder and
-SeaweedFS."""
+"""Restore drills: the checks on a restored copy, the walk back, the retries, the flow's report,
+artifacts, events and runs under a real Prefect API (with S3 failing through the fault proxy), and
+``memrestore drill`` as a subprocess, over a local folder and SeaweedFS."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import blake3
 import pytest
 
-from backends import LocalBackend, list_snapshots, put_manifest
+from backends import LocalBackend, list_snapshots, open_backend, put_manifest
+from backends.errors import AccessDeniedError, TransientBackendError
 from backends.manifest import SnapshotManifest
+from backends.s3 import CLIENT_CONFIG
 from backends.sample import make_sqlite_checkpoint, write_sample_snapshot
 from tasks.drill import (
     DRILL_FAILED_EVENT,
@@ -35,7 +38,9 @@ from tasks.drill import (
     stale_reason,
 )
 from tasks.errors import RestoredCopyCheckError
+from tasks.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retrying
 from tests.conftest import tree
+from tests.faultproxy import Fault
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR_MICROS = 3600 * 10**6
@@ -44,8 +49,10 @@ NOW = 1_800_000_000.0
 NOW_MICROS = int(NOW * 10**6)
 #: The longest a CLI subprocess may take: Prefect's import, a few flow runs, on a loaded machine.
 CLI_TIMEOUT = 300
-#: How long the events written by a run may take to be readable through the API.
+#: How long the events and logs written by a run may take to be readable through the API.
 EVENTS_WAIT_SECONDS = 60
+#: Requests botocore sends for one call before giving up (max_attempts counts the retries).
+BOTO_REQUESTS = CLIENT_CONFIG.retries["max_attempts"] + 1
 
 
 def _flip_byte(path: Path, offset: int = 100) -> None:
@@ -262,17 +269,63 @@ def test_a_drill_given_snapshot_ids_reads_only_the_manifests_it_tries(backend, t
         backend_url=backend.url, now=NOW).model_dump()
 
 
+def test_retrying_retries_transient_errors_only_with_the_tasks_backoff():
+    calls: list[int] = []
+    waits: list[float] = []
+    told: list[tuple[str, int, float]] = []
+
+    def flaky(failures: int):
+        def fn(x: int) -> int:
+            calls.append(x)
+            if len(calls) <= failures:
+                raise TransientBackendError(f"blip {len(calls)}", key="k")
+            return 2 * x
+
+        return fn
+
+    def on_retry(exc: Exception, failed: int, wait: float) -> None:
+        told.append((str(exc), failed, wait))
+
+    assert retrying(flaky(2), on_retry=on_retry, sleep=waits.append)(21) == 42
+    assert calls == [21, 21, 21]
+    assert [(why, failed) for why, failed, _ in told] == [("blip 1", 1), ("blip 2", 2)]
+    assert waits == [wait for *_, wait in told]
+    # Prefect's own jitter around the tasks' delays (1, 2, ... s), never above delay x (1 + jitter).
+    assert all(0 <= wait <= delay * (1 + RETRY_JITTER) for wait, delay in zip(waits, RETRY_DELAYS))
+
+    # Out of tries: the last transient error, after RETRIES waits.
+    calls.clear()
+    waits.clear()
+    with pytest.raises(TransientBackendError, match=f"^blip {RETRIES + 1}$"):
+        retrying(flaky(RETRIES + 1), sleep=waits.append)(1)
+    assert len(calls) == RETRIES + 1 and len(waits) == RETRIES
+
+    # Anything else: raised at once, never waited for.
+    calls.clear()
+    waits.clear()
+
+    def denied() -> None:
+        calls.append(0)
+        raise AccessDeniedError("access denied to k", key="k")
+
+    with pytest.raises(AccessDeniedError):
+        retrying(denied, sleep=waits.append)()
+    assert calls == [0] and waits == []
+
+
 # -- the flow, under a real Prefect API --------------------------------------------------------------
 
 
 def _read_back(flow_run_id):
-    """The run, its persisted result, its artifacts, its subflow runs (with their artifacts)."""
+    """The run, its persisted result, its subflow runs, its task runs, its artifacts."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
         FlowRunFilter,
         FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
     )
 
     async def read():
@@ -281,10 +334,30 @@ def _read_back(flow_run_id):
             result = await run.state.result(raise_on_failure=False)
             subflows = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-            ids = [flow_run_id] + [s.id for s in subflows]
+            task_runs = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
-            return run, result, subflows, artifacts
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            return run, result, subflows, task_runs, artifacts
+
+    return asyncio.run(read())
+
+
+def _run_logs(flow_run_id, until: str) -> list:
+    """The log lines of the run and its task runs, once one of them contains ``until`` (or the
+    wait is over): runs send their logs to the API in batches."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            deadline = time.monotonic() + EVENTS_WAIT_SECONDS
+            while True:
+                logs = await client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+                if any(until in log.message for log in logs) or time.monotonic() > deadline:
+                    return logs
+                await asyncio.sleep(0.5)
 
     return asyncio.run(read())
 
@@ -313,7 +386,7 @@ def _drill_failed_events(flow_run_id, expected: int) -> list:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_drill_flow_ends_failed_with_report_artifacts_events_and_subflows(backend, tmp_path):
+def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_tenant(backend, tmp_path):
     from flows.drill import drill_report, restore_drill
 
     write_fleet(backend, int(time.time() * 10**6))
@@ -332,22 +405,27 @@ def test_drill_flow_ends_failed_with_report_artifacts_events_and_subflows(backen
     assert "30.0 h old, above --max-age-hours 24" in t[3].reason
     assert list(scratch.iterdir()) == []
 
-    run, persisted, subflows, artifacts = _read_back(state.state_details.flow_run_id)
+    drill_run = state.state_details.flow_run_id
+    run, persisted, subflows, task_runs, artifacts = _read_back(drill_run)
     # The report is the run's persisted JSON result, Failed or not.
     assert run.state.is_failed() and persisted == report.model_dump(mode="json")
 
-    # One restore-snapshot run per snapshot tried, each with its own artifacts.
-    assert sorted((s.name, s.state.type.value) for s in subflows) == [
-        ("tenant-1-t1-new-new_cluster", "COMPLETED"),
-        ("tenant-2-t2-bad-new_cluster", "FAILED"),
-        ("tenant-2-t2-good-new_cluster", "COMPLETED"),
-        ("tenant-3-t3-stale-new_cluster", "COMPLETED"),
-    ]
-    by_run_and_key = {(a.flow_run_id, a.key): a for a in artifacts if a.key}
-    good = next(s for s in subflows if s.name == "tenant-2-t2-good-new_cluster")
-    assert (good.id, "restore-summary-tenant-2") in by_run_and_key
+    # Each tenant is one drill-tenant task run that restores in itself: no restore-snapshot run,
+    # no task per step. A tenant's findings are in its result, so every run completed.
+    assert subflows == []
+    tenant_runs = [t for t in task_runs if t.name.startswith("drill-tenant-")]
+    assert sorted(t.name for t in tenant_runs) == ["drill-tenant-1", "drill-tenant-2", "drill-tenant-3", "drill-tenant-9"]
+    others = [t for t in task_runs if t not in tenant_runs]  # named <task>-<3 hex digits>
+    assert sorted(t.name.rsplit("-", 1)[0] for t in others) == ["drill-report", "list-snapshots"]
+    assert all(t.state.is_completed() for t in task_runs)
+    # Each failed attempt is a warning of its tenant's run (the walk back: t2-bad, then t2-good).
+    logs = _run_logs(drill_run, until="tenant 2, snapshot t2-bad: the restore failed")
+    tenant_2 = next(t.id for t in task_runs if t.name == "drill-tenant-2")
+    assert any(log.task_run_id == tenant_2 and log.message.startswith(
+        "tenant 2, snapshot t2-bad: the restore failed: checksum mismatch for 't2-bad/hnsw-0.bin'") for log in logs)
 
-    drill_run = state.state_details.flow_run_id
+    by_run_and_key = {(a.flow_run_id, a.key): a for a in artifacts if a.key}
+    assert {key for _, key in by_run_and_key} == {"drill-report", "drill-summary", "drill-progress"}
     table = by_run_and_key[(drill_run, "drill-report")]
     rows = json.loads(table.data)
     assert [(r["tenant"], r["status"], r["snapshot"]) for r in rows] == [
@@ -379,6 +457,72 @@ def test_drill_parameters_are_typed_for_the_ui_form():
     assert schema["required"] == ["backend"]
     assert props["concurrency"]["minimum"] == 1 and props["concurrency"]["default"] == 4
     assert all(props[p].get("description") for p in props)
+
+
+@pytest.fixture
+def drill_through_proxy(seaweedfs, faultproxy, monkeypatch) -> tuple[str, SnapshotManifest]:
+    """A bucket with tenant 1's one snapshot (written directly), and boto3's chain pointed at the
+    fault proxy: the backend URL and the manifest."""
+    bucket = seaweedfs.create_bucket(f"drill-faults-{uuid.uuid4().hex[:10]}")
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    manifest = write_sample_snapshot(open_backend(f"s3://{bucket}"), tenant_id=1, snapshot_id="only",
+                                     models=(("minilm", 8),), created_at_unix_micros=int(time.time() * 10**6))
+    for key, value in faultproxy.env(seaweedfs).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)  # the project's own retry config applies
+    return f"s3://{bucket}", manifest
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_transient_error_in_a_drills_restore_is_retried_and_the_tenant_passes(faultproxy, drill_through_proxy,
+                                                                                tmp_path):
+    from flows.drill import drill_report, restore_drill
+
+    url, manifest = drill_through_proxy
+    key = manifest.hnsw_snapshots[0].content_key
+    # Every request botocore makes for the blob in the first restore fails, and one more: so the
+    # first restore fails after boto3's own retries (and is rolled back), and the second restores.
+    faultproxy.fail_next(BOTO_REQUESTS + 1, Fault.INTERNAL, match=key, methods=("GET",))
+    scratch = tmp_path / "scratch"
+    state = restore_drill(backend=url, tenants=[1], scratch_dir=str(scratch), return_state=True)
+    assert state.is_completed(), state.message
+    [t] = drill_report(state).tenants
+    assert (t.status, t.snapshot_id, t.last_good_snapshot_id, t.reason) == ("ok", "only", "only", None)
+    assert faultproxy.count("GET", match=key) == BOTO_REQUESTS + 2
+    assert list(scratch.iterdir()) == []
+
+    drill_run = state.state_details.flow_run_id
+    _, _, subflows, task_runs, _ = _read_back(drill_run)
+    assert subflows == [] and [t.name for t in task_runs if t.name.startswith("drill-tenant")] == ["drill-tenant-1"]
+    logs = _run_logs(drill_run, until="trying again")
+    retried = [log.message for log in logs if "trying again" in log.message]
+    assert len(retried) == 1 and retried[0].startswith(
+        f"tenant 1, snapshot only: the restore failed (try 1 of {RETRIES + 1}), trying again in ")
+    assert key in retried[0]
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("fault,says", [(Fault.FORBIDDEN, "access denied to"), (Fault.NOT_FOUND, "object not found:")])
+def test_a_permanent_error_in_a_drills_restore_fails_the_tenant_on_the_first_try(faultproxy, drill_through_proxy,
+                                                                                 tmp_path, fault, says):
+    from flows.drill import drill_report, restore_drill
+
+    url, manifest = drill_through_proxy
+    key = manifest.hnsw_snapshots[0].content_key
+    faultproxy.always(fault, match=key, methods=("GET",))  # its size (a HEAD) is found
+    scratch = tmp_path / "scratch"
+    state = restore_drill(backend=url, tenants=[1], scratch_dir=str(scratch), return_state=True)
+    assert state.is_failed()
+    [t] = drill_report(state).tenants
+    assert t.status == "failed" and t.reason.startswith(says) and key in t.reason
+    assert t.reason.endswith("no snapshot of tenant 1 restores cleanly (1 tried).")
+    assert faultproxy.count("GET", match=key) == 1  # neither botocore nor the drill tried again
+    assert list(scratch.iterdir()) == []  # the failed copy is deleted, as ever without --keep-failed
+
+    logs = _run_logs(state.state_details.flow_run_id, until="the restore failed:")
+    assert any(log.message.startswith(f"tenant 1, snapshot only: the restore failed: {says}") for log in logs)
+    assert not any("trying again" in log.message for log in logs)
 
 
 # -- the command line, as a subprocess --------------------------------------------------------------

@@ -231,3 +231,129 @@ def test_outcome_records_bytes_per_item(backend, data_dir):
     assert outcome.total_bytes == 3072
     assert all(i.verified for i in outcome.items)
     assert json.loads(outcome.model_dump_json())["items"][0]["checksum"] == _h(bytes(1024))
+
+
+# -- staging several items at once ---------------------------------------------------------------
+
+
+def _many_items_plan(backend: LocalBackend, models: int = 5) -> RestorePlan:
+    """Tenant 1's snapshot with a SQLite checkpoint and ``models`` HNSW blobs: more items than
+    are staged at once."""
+    from backends.sample import write_sample_snapshot
+
+    manifest = write_sample_snapshot(backend, tenant_id=1, snapshot_id="many", created_at_unix_micros=1,
+                                     models=tuple((f"m{i}", 8) for i in range(models)), hnsw_bytes=48 * 1024)
+    destination = DestinationState(wire_version=manifest.wire_version, embedding_model="m0")
+    return validate(manifest, destination, backend.url)
+
+
+class _Staging:
+    """Wraps ``tasks.execute.stage_item``: counts the items being staged, the most at once, and
+    the items staged; ``first`` items wait for each other (a barrier), so that staging them one
+    after another never gets past the first."""
+
+    def __init__(self, monkeypatch, first: int = 0) -> None:
+        import threading
+
+        import tasks.execute
+
+        self.lock = threading.Lock()
+        self.in_flight = self.most = self.started = 0
+        self.staged: list[str] = []
+        self.barrier = threading.Barrier(first, timeout=120) if first else None
+        self.first = first
+        real = tasks.execute.stage_item
+
+        def stage(backend, item, data_dir, resume=False):
+            with self.lock:
+                self.started += 1
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                meets = self.started <= self.first
+            try:
+                if meets:
+                    self.barrier.wait()
+                result = self.around(item, lambda: real(backend, item, data_dir, resume))
+                with self.lock:
+                    self.staged.append(item.content_key)
+                return result
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+        monkeypatch.setattr(tasks.execute, "stage_item", stage)
+
+    def around(self, item, stage):
+        return stage()
+
+
+def test_items_are_staged_concurrently_and_every_one_lands(backend, data_dir, monkeypatch):
+    from tasks import progress
+    from tasks.execute import ITEM_CONCURRENCY
+
+    plan = _many_items_plan(backend)
+    assert len(plan.items) > ITEM_CONCURRENCY
+    # Staged one after another, the first item would wait for the others at the barrier forever.
+    staging = _Staging(monkeypatch, first=ITEM_CONCURRENCY)
+    received: list[int] = []
+    expected: list[int] = []
+    progress.subscribe(received.append)  # list.append: atomic, safe from the staging threads
+    progress.subscribe_total(expected.append)
+    try:
+        outcome = execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER)
+    finally:
+        progress.unsubscribe(received.append)
+        progress.unsubscribe(expected.append)
+    assert staging.most == ITEM_CONCURRENCY
+    assert sorted(staging.staged) == sorted(i.content_key for i in plan.items)
+    assert [i.content_key for i in outcome.items] == [i.content_key for i in plan.items]  # the plan's order
+    assert all(i.verified for i in outcome.items)
+    assert tree(data_dir) == {
+        item.destination: (backend.root / item.content_key).read_bytes() for item in plan.items
+    }
+    # Progress still adds up, whichever thread reported it.
+    assert expected == [outcome.total_bytes] and sum(received) == outcome.total_bytes
+
+
+def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend, data_dir, monkeypatch):
+    """One item fails while the others are still staging: execute waits for them all, then rolls
+    back (nothing staged is left) and raises that item's error; the data dir is as it was."""
+    import threading
+
+    import tasks.execute
+
+    plan = _many_items_plan(backend)
+    bad = plan.items[1]  # among the first started: the others wait for it to fail
+    backend.put_object(bad.content_key, b"TAMPERED")
+    failed = threading.Event()
+    staging = _Staging(monkeypatch)
+
+    def around(item, stage):
+        if item.content_key == bad.content_key:
+            try:
+                return stage()
+            finally:
+                failed.set()
+        assert failed.wait(timeout=120)  # the others finish only after it failed
+        return stage()
+
+    staging.around = around
+    at_roll_back: list[int] = []
+    real_roll_back = tasks.execute.roll_back
+
+    def roll_back(data_dir, tenant_id):
+        at_roll_back.append(staging.in_flight)
+        real_roll_back(data_dir, tenant_id)
+
+    monkeypatch.setattr(tasks.execute, "roll_back", roll_back)
+    (data_dir / "tenant_1").mkdir(parents=True)
+    (data_dir / "tenant_1" / "data.sqlite").write_bytes(b"previous")
+    (data_dir / "tenant_7").mkdir()
+    (data_dir / "tenant_7" / "data.sqlite").write_bytes(b"other tenant")
+    before = tree(data_dir)
+    with pytest.raises(ChecksumMismatchError) as info:
+        execute(backend, plan, data_dir, RestoreMode.WIPE_AND_RESTORE)
+    assert info.value.key == bad.content_key
+    assert at_roll_back == [0]  # no item was still staging when the roll-back began
+    assert sorted(staging.staged) == sorted(i.content_key for i in plan.items if i is not bad)
+    assert tree(data_dir) == before  # no staging, no .part, no marker: as it was

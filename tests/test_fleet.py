@@ -27,6 +27,10 @@ from prefect.client.schemas.filters import (
     DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
 )
 
 from backends import LocalBackend
@@ -41,6 +45,28 @@ HOUR_MICROS = 3600 * 10**6
 CONCURRENCY_LIMIT = 3
 WORKERS = {"fleet-a": 2, "fleet-b": 1}  # name -> the worker's own --limit
 VICTIM = "fleet-b"  # one run at a time: killed, it takes exactly one run with it
+#: The victim reads each manifest this slowly. A drill run restores in itself, so a small one is
+#: Running for a fraction of a second, over before its first heartbeat can be read back (the
+#: server's event persister writes events every 5 s): slowed, the victim's runs stay Running,
+#: their heartbeat readable, long enough to be killed mid-run.
+SLOW_MANIFEST_SECONDS = 10
+#: Put on the victim's PYTHONPATH (its flow-run processes inherit it): the slow disk, an audit hook.
+SLOW_DISK = """\
+import os, sys, time
+
+_UNDER = os.environ["MEMRESTORE_TEST_SLOW_UNDER"]
+_SECONDS = float(os.environ["MEMRESTORE_TEST_SLOW_SECONDS"])
+
+
+def _slow_manifest_reads(event, args):
+    if event == "open" and args and isinstance(args[0], (str, os.PathLike)):
+        path = os.fspath(args[0])
+        if isinstance(path, str) and path.startswith(_UNDER) and path.endswith("/manifest.json"):
+            time.sleep(_SECONDS)
+
+
+sys.addaudithook(_slow_manifest_reads)
+"""
 #: Flow runs send a heartbeat this often (Prefect's minimum), and the automation marks a run
 #: Crashed when none came for LOST_AFTER_SECONDS.
 HEARTBEAT_SECONDS = 30
@@ -52,6 +78,8 @@ LOST_AFTER_SECONDS = 45
 CHILD_TIMEOUT_SECONDS = 300
 WORKER_READY_SECONDS = 120
 CLI_SECONDS = 480
+#: How long a run's log lines may take to be readable through the API (they are sent in batches).
+LOGS_WAIT_SECONDS = 60
 TENANTS = [1, 2, 3, 4, 5, 6]
 
 
@@ -125,12 +153,13 @@ class Fleet:
     workers: dict[str, Worker]
 
 
-def _start_worker(server: PrefectServer, pool: str, name: str, limit: int, home: Path) -> Worker:
+def _start_worker(server: PrefectServer, pool: str, name: str, limit: int, home: Path, **env: str) -> Worker:
     log = home.with_suffix(".log")
     env = server.env(
         PREFECT_HOME=str(home),
         PREFECT_WORKER_QUERY_SECONDS="1",  # Prefect's default polls every 10 s
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
+        **env,
     )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -144,7 +173,8 @@ def _start_worker(server: PrefectServer, pool: str, name: str, limit: int, home:
 @pytest.fixture(scope="module")
 def fleet(prefect_server: PrefectServer, tmp_path_factory) -> Iterator[Fleet]:
     """A process pool of its own, drill-tenant/fleet deployed to it from prefect.yaml with a
-    concurrency limit, the lost-run automation for its runs, and two workers polling it."""
+    concurrency limit, the lost-run automation for its runs, and two workers polling it (the
+    victim's disk slow, see SLOW_MANIFEST_SECONDS)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     homes = tmp_path_factory.mktemp("fleet")
@@ -160,8 +190,15 @@ def fleet(prefect_server: PrefectServer, tmp_path_factory) -> Iterator[Fleet]:
         with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
             automation = lost_run_automation(LOST_AFTER_SECONDS, deployment_id=deployment.id,
                                              name=f"lost runs of {pool}").create()
+        slow = homes / "slow-disk"
+        slow.mkdir()
+        (slow / "sitecustomize.py").write_text(SLOW_DISK)
+        slow_env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])),
+                    "MEMRESTORE_TEST_SLOW_UNDER": str(tmp_path_factory.getbasetemp()),
+                    "MEMRESTORE_TEST_SLOW_SECONDS": str(SLOW_MANIFEST_SECONDS)}
         for name, limit in WORKERS.items():
-            workers[name] = _start_worker(prefect_server, pool, name, limit, homes / name)
+            workers[name] = _start_worker(prefect_server, pool, name, limit, homes / name,
+                                          **(slow_env if name == VICTIM else {}))
         with prefect_server.client() as client:
             def online() -> bool:
                 for w in workers.values():
@@ -273,11 +310,19 @@ def test_a_fleet_drill_runs_on_both_workers_and_reports_every_tenant(fleet: Flee
         limit = client.read_deployment(fleet.deployment_id).global_concurrency_limit
         assert limit is not None and limit.limit == CONCURRENCY_LIMIT
         assert _most_at_once(children) <= CONCURRENCY_LIMIT
-        # Each snapshot tried is a restore-snapshot run under its tenant's run, on the same worker.
-        restores = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[by_tenant[2].id])))
-        assert sorted((r.name, r.state.type.value) for r in restores) == [
-            ("tenant-2-t2-bad-new_cluster", "FAILED"), ("tenant-2-t2-good-new_cluster", "COMPLETED")]
+        # A tenant is that one run: it restores each snapshot it tries in itself, with no
+        # restore-snapshot subflow and no task run, and logs each failed attempt (the walk back).
+        ids = [c.id for c in children]
+        assert client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=ids))) == []
+        assert client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))) == []
+        failed_attempt = "tenant 2, snapshot t2-bad: the restore failed: checksum mismatch for 't2-bad/hnsw-0.bin'"
+
+        def logged() -> bool:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[by_tenant[2].id])))
+            return any(log.message.startswith(failed_attempt) for log in logs)
+
+        wait_until(logged, LOGS_WAIT_SECONDS, "tenant 2's run to log its failed attempt")
 
 
 def _heartbeat_seen(client, run_id: UUID) -> bool:
@@ -291,25 +336,27 @@ def _heartbeat_seen(client, run_id: UUID) -> bool:
 
 def _kill_mid_run(client, fleet: Fleet, backend: LocalBackend, drill: subprocess.Popen, log: Path) -> set[UUID]:
     """Wait until the victim worker runs one of the drill's children and that run has sent a
-    heartbeat; then SIGKILL the worker and all its processes. Returns the runs it held."""
+    heartbeat (its slow manifest read keeps it Running meanwhile); then SIGKILL the worker and all
+    its processes. Returns the runs it held."""
     victim = fleet.workers[VICTIM]
     deadline = time.monotonic() + CLI_SECONDS
     while time.monotonic() < deadline:
         if drill.poll() is not None:
             pytest.fail(f"the drill ended before worker {VICTIM} ran any of it:\n{tail(log)}")
         running = [r for r in _children(client, fleet, backend) if worker_of(r) == VICTIM and r.state.is_running()]
-        if not running:
+        if not running or not _heartbeat_seen(client, running[0].id):
             time.sleep(0.2)
             continue
-        frozen = victim.freeze()  # the run cannot finish while we look for its heartbeat
-        if _wait_until_or_none(lambda: _heartbeat_seen(client, running[0].id), 10):
-            _signal_all(frozen, signal.SIGKILL)
-            victim.proc.wait(timeout=30)
-            held = {r.id for r in _children(client, fleet, backend)
-                    if worker_of(r) == VICTIM and not r.state.is_final()}
-            assert running[0].id in held
-            return held
-        _signal_all(frozen, signal.SIGCONT)  # frozen before its first heartbeat went out: go on
+        frozen = victim.freeze()
+        time.sleep(0.5)  # a state the run sent just before it was frozen lands
+        if client.read_flow_run(running[0].id).state.is_final():
+            _signal_all(frozen, signal.SIGCONT)  # it had just finished: wait for the next one
+            continue
+        _signal_all(frozen, signal.SIGKILL)
+        victim.proc.wait(timeout=30)
+        held = {r.id for r in _children(client, fleet, backend) if worker_of(r) == VICTIM and not r.state.is_final()}
+        assert running[0].id in held
+        return held
     pytest.fail(f"worker {VICTIM} never ran a child of the drill long enough to be killed mid-run")
 
 
