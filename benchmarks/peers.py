@@ -45,14 +45,17 @@ def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], emb
 def flow_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
     """The same restores as :func:`execute_many`, each a run of the ``restore-snapshot`` flow
     (against the Prefect API in ``PREFECT_API_URL``), one after the other."""
+    import asyncio
+
     from flows.restore import Destination, restore_snapshot
     from tasks.plan import RestoreMode
 
     for snapshot_id in snapshot_ids:
         tenant_id = 1000 + int(snapshot_id.rsplit("-", 1)[1])  # as benchmarks.data names them
-        restore_snapshot(backend=backend_url, tenant_id=tenant_id, data_dir=str(data_root / f"tenant-{tenant_id}"),
-                         mode=RestoreMode.NEW_CLUSTER, snapshot=snapshot_id,
-                         destination=Destination(embedding_model=embedding_model))
+        asyncio.run(restore_snapshot(
+            backend=backend_url, tenant_id=tenant_id, data_dir=str(data_root / f"tenant-{tenant_id}"),
+            mode=RestoreMode.NEW_CLUSTER, snapshot=snapshot_id,
+            destination=Destination(embedding_model=embedding_model)))
 
 
 def main(argv: list[str] | None = None) -> None:

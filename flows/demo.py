@@ -13,7 +13,7 @@ from flows.restore import restore_snapshot
 from tasks.plan import RestoreMode
 
 
-def run_demo(workdir: Path, log: Callable[[str], None] = print) -> dict:
+async def run_demo(workdir: Path, log: Callable[[str], None] = print) -> dict:
     """Write two snapshots of tenant 1 and one of tenant 2, then restore tenant 1's latest."""
     backend_dir, data_dir = workdir / "backend", workdir / "data"
     for path in (backend_dir, data_dir):  # the demo owns these: start clean each run
@@ -26,7 +26,7 @@ def run_demo(workdir: Path, log: Callable[[str], None] = print) -> dict:
                           sqlite_rows=500, hnsw_bytes=1024 * 1024)
     write_sample_snapshot(backend, tenant_id=2, snapshot_id="t2-only", created_at_unix_micros=now)
     log(f"sample snapshots written to {backend.url}; restoring tenant 1's latest into {data_dir}")
-    return restore_snapshot(
+    return await restore_snapshot(
         backend=backend.url,
         tenant_id=1,
         data_dir=str(data_dir),

@@ -1,11 +1,21 @@
-"""The ``restore-snapshot`` and ``verify-snapshot`` flows: the card's steps, top to bottom."""
+"""The ``restore-snapshot`` and ``verify-snapshot`` flows: the card's steps, top to bottom.
+
+Both flows are ``async def`` (call them as ``asyncio.run(restore_snapshot(...))``) for one reason:
+Prefect runs an async flow with its async engine, which does not wait for the run's heartbeat
+thread at the end of the run, where the sync engine waits for it to wake up from its one-second
+sleep: up to a second per run, longer than a small restore takes. Their steps are the same sync
+task runs as before (they block; nothing else needs the event loop meanwhile), sharing one API
+client (:func:`_steps_client`); only the outcome task is async. ``abort-restore`` is still sync.
+"""
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
+from prefect.context import SyncClientContext
 from prefect.events import emit_event
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -14,6 +24,7 @@ from pydantic import BaseModel, Field
 from backends.manifest import WireVersion
 from tasks.commit import abort_task, cleanup_task, commit_task, roll_back
 from tasks.errors import RollbackFailedError
+from tasks.execute import ITEM_CONCURRENCY
 from tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from tasks.plan import DestinationState, RestoreMode, RestorePlan
@@ -22,9 +33,6 @@ from tasks.layout import Phase, unlock_data_dir
 from tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
 from tasks.validate import plan_items, unverified_warnings, validate_task
 
-#: Blobs downloaded at once. A snapshot has a SQLite checkpoint and a few HNSW blobs; four
-#: covers them, and large S3 objects are further split into parallel ranged GETs by boto3.
-ITEM_CONCURRENCY = 4
 
 
 class Destination(BaseModel):
@@ -67,6 +75,18 @@ def _results(futures) -> list:
     return results
 
 
+def _steps_client() -> AbstractContextManager:
+    """One API client for the flow's sync task runs, in this thread and the task runner's.
+
+    A sync task run takes its client from the ``SyncClientContext``. A sync flow run opens one; an
+    async flow run does not, so each sync task run would build a client of its own (~40 ms each:
+    an SSL context, then a CSRF token request before its first POST), more than the steps of a
+    small restore take. The task runner's threads see this context as they see a sync flow run's
+    (Prefect copies the context into each).
+    """
+    return SyncClientContext.get_or_create()
+
+
 def _roll_back_after(exc: BaseException, data_dir: str, tenant_id: int) -> None:
     """Undo the unfinished restore; if even that fails, keep the marker and say what is left."""
     try:
@@ -82,7 +102,7 @@ def _roll_back_after(exc: BaseException, data_dir: str, tenant_id: int) -> None:
     result_serializer="json",
     task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
 )
-def restore_snapshot(
+async def restore_snapshot(
     backend: str,
     tenant_id: int,
     data_dir: str,
@@ -107,6 +127,25 @@ def restore_snapshot(
         dry_run: Fetch, validate and preflight; print the plan; write nothing.
         resume: Continue an interrupted restore of the same snapshot.
     """
+    with _steps_client():
+        outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
+                           dry_run, resume)
+    await publish_outcome_task(outcome)
+    return outcome.model_dump(mode="json")
+
+
+def _restore(
+    backend: str,
+    tenant_id: int,
+    data_dir: str,
+    mode: RestoreMode,
+    snapshot: str,
+    destination: Destination,
+    require_checksums: bool,
+    dry_run: bool,
+    resume: bool,
+) -> RestoreOutcome:
+    """The restore-snapshot flow's steps, up to its outcome."""
     logger = get_run_logger()
     started = time.monotonic()
     manifest = fetch_manifest_task(backend, tenant_id, snapshot)
@@ -141,9 +180,7 @@ def restore_snapshot(
             plan.snapshot_id,
             {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": data_dir},
         )
-
-    publish_outcome_task(outcome)
-    return outcome.model_dump(mode="json")
+    return outcome
 
 
 @flow(
@@ -153,13 +190,21 @@ def restore_snapshot(
     result_serializer="json",
     task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
 )
-def verify_snapshot(backend: str, snapshot: str) -> dict:
+async def verify_snapshot(backend: str, snapshot: str) -> dict:
     """Download and hash every blob of a snapshot, writing nothing.
 
     Args:
         backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
         snapshot: The snapshot id.
     """
+    with _steps_client():
+        outcome = _verify(backend, snapshot)
+    await publish_outcome_task(outcome)
+    return outcome.model_dump(mode="json")
+
+
+def _verify(backend: str, snapshot: str) -> RestoreOutcome:
+    """The verify-snapshot flow's steps, up to its outcome."""
     started = time.monotonic()
     manifest = fetch_manifest_task(backend, None, snapshot)
     items = plan_items(manifest)
@@ -173,9 +218,7 @@ def verify_snapshot(backend: str, snapshot: str) -> dict:
         warnings=unverified_warnings(items, "can only be hashed, not verified"),
     )
     hashed = _results(hash_item_task.map(unmapped(backend), plan.items))
-    outcome = build_outcome("verified", plan, None, None, hashed, time.monotonic() - started)
-    publish_outcome_task(outcome)
-    return outcome.model_dump(mode="json")
+    return build_outcome("verified", plan, None, None, hashed, time.monotonic() - started)
 
 
 @flow(name="abort-restore", flow_run_name="abort-restore")
@@ -195,7 +238,3 @@ def abort_restore(data_dir: str) -> dict:
         "mode": info.mode,
         "phase": info.phase.value,
     }
-
-
-def outcome_of(result: dict) -> RestoreOutcome:
-    return RestoreOutcome.model_validate(result)

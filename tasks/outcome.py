@@ -6,10 +6,11 @@ Prefect, a table (one row per item) and a short markdown summary.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
@@ -145,22 +146,26 @@ def artifact_key(prefix: str, tenant_id: int) -> str:
     return f"{prefix}-tenant-{tenant_id}"
 
 
-def publish_outcome(outcome: RestoreOutcome) -> None:
-    """Publish the outcome to Prefect: a table (one row per item) and a markdown summary."""
+async def publish_outcome(outcome: RestoreOutcome) -> None:
+    """Publish the outcome to Prefect: a table (one row per item) and a markdown summary, the two
+    requests at once."""
     prefix = {"restored": "restore", "planned": "restore-plan", "verified": "verify"}[outcome.status]
-    create_table_artifact(
-        table=table_rows(outcome),
-        key=artifact_key(f"{prefix}-items", outcome.tenant_id),
-        description=f"{outcome.status} items of snapshot {outcome.snapshot_id}",
-    )
-    create_markdown_artifact(
-        markdown=summary_markdown(outcome),
-        key=artifact_key(f"{prefix}-summary", outcome.tenant_id),
-        description=f"{outcome.status} snapshot {outcome.snapshot_id}",
+    await asyncio.gather(
+        acreate_table_artifact(
+            table=table_rows(outcome),
+            key=artifact_key(f"{prefix}-items", outcome.tenant_id),
+            description=f"{outcome.status} items of snapshot {outcome.snapshot_id}",
+        ),
+        acreate_markdown_artifact(
+            markdown=summary_markdown(outcome),
+            key=artifact_key(f"{prefix}-summary", outcome.tenant_id),
+            description=f"{outcome.status} snapshot {outcome.snapshot_id}",
+        ),
     )
 
 
 @task(name="outcome", cache_policy=NO_CACHE, persist_result=False)
-def publish_outcome_task(outcome: RestoreOutcome) -> None:
-    """Publish the outcome's table and summary artifacts."""
-    publish_outcome(outcome)
+async def publish_outcome_task(outcome: RestoreOutcome) -> None:
+    """Publish the outcome's table and summary artifacts. Async, so that the artifacts go through
+    the (async) flow's own API client."""
+    await publish_outcome(outcome)

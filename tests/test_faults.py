@@ -23,6 +23,7 @@ from tasks.plan import DestinationState, RestoreMode
 from tasks.validate import validate
 from tests.conftest import tree
 from tests.faultproxy import Fault
+from tests.prefect_server import wait_until
 
 MiB = 2**20
 #: Requests botocore sends for one call before giving up (max_attempts counts the retries).
@@ -79,13 +80,13 @@ def test_flow_retries_a_transient_failure_and_counts_attempts(seaweedfs, faultpr
     # attempt fails after its own retries, and the task's second attempt succeeds.
     faultproxy.fail_next(BOTO_REQUESTS + 1, Fault.INTERNAL, match=key, methods=("GET",))
     data_dir = tmp_path / "data"
-    state = restore_snapshot(backend=f"s3://{bucket}", tenant_id=1, snapshot="small", data_dir=str(data_dir),
-                             mode=RestoreMode.NEW_CLUSTER, destination={"embedding_model": "minilm"},
-                             return_state=True)
+    state = asyncio.run(restore_snapshot(
+        backend=f"s3://{bucket}", tenant_id=1, snapshot="small", data_dir=str(data_dir),
+        mode=RestoreMode.NEW_CLUSTER, destination={"embedding_model": "minilm"}, return_state=True))
     assert state.is_completed(), state.message
     assert tree(data_dir) == _expected(seaweedfs, bucket, small)
     assert faultproxy.count("GET", match=key) == BOTO_REQUESTS + 2
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = _task_runs(state.state_details.flow_run_id, 10)
     downloads = [t.run_count for t in runs if t.name.startswith("download-and-verify")]
     assert sorted(downloads) == [1, 1, 2]
 
@@ -99,14 +100,15 @@ def test_permanent_errors_fail_on_the_first_attempt_naming_the_key(seaweedfs, fa
     data_dir = tmp_path / "data"
     (data_dir / "tenant_2").mkdir(parents=True)
     (data_dir / "tenant_2" / "data.sqlite").write_bytes(b"keep me")
-    state = restore_snapshot(backend=f"s3://{bucket}", tenant_id=1, snapshot="small", data_dir=str(data_dir),
-                             mode=RestoreMode.WIPE_AND_RESTORE, destination={"embedding_model": "minilm"},
-                             return_state=True)
+    state = asyncio.run(restore_snapshot(
+        backend=f"s3://{bucket}", tenant_id=1, snapshot="small", data_dir=str(data_dir),
+        mode=RestoreMode.WIPE_AND_RESTORE, destination={"embedding_model": "minilm"}, return_state=True))
     assert state.is_failed()
     with pytest.raises(error, match=key):
         state.result()
     assert faultproxy.count("GET", match=key) == 1  # neither botocore nor the task retried
-    failed = [t for t in _task_runs(state.state_details.flow_run_id) if t.state.is_failed()]
+    runs = _task_runs(state.state_details.flow_run_id, 7)  # up to the downloads
+    failed = [t for t in runs if t.state.is_failed()]
     assert [(t.name.rsplit("-", 1)[0], t.run_count) for t in failed] == [("download-and-verify", 1)]
     assert tree(data_dir) == {"tenant_2/data.sqlite": b"keep me"}
 
@@ -122,10 +124,17 @@ def test_a_missing_object_fails_before_anything_is_written(seaweedfs, faultproxy
     assert not (tmp_path / "data").exists()
 
 
-def _task_runs(flow_run_id):
+def _task_runs(flow_run_id, count: int):
+    """The run's task runs, once all ``count`` of them are readable in a final state: the server
+    records them from the events the run sent, after the run has returned."""
+
     async def read():
         async with get_client() as client:
             return await client.read_task_runs(
                 task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
 
-    return asyncio.run(read())
+    def recorded():
+        runs = asyncio.run(read())
+        return runs if len(runs) >= count and all(t.state.is_final() for t in runs) else None
+
+    return wait_until(recorded, 60, f"the {count} task runs of flow run {flow_run_id}")

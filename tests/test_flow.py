@@ -14,8 +14,13 @@ from flows.restore import restore_snapshot, verify_snapshot
 from tasks.errors import ChecksumMismatchError
 from tasks.plan import RestoreMode
 from tests.conftest import tree
+from tests.prefect_server import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
+
+#: How long a finished run's task runs may take to be readable through the API: the server records
+#: them from the events the run sent, after the run has returned.
+TASK_RUNS_WAIT_SECONDS = 60
 
 
 def _artifacts(flow_run_id):
@@ -28,7 +33,10 @@ def _artifacts(flow_run_id):
     return asyncio.run(read())
 
 
-def _flow_run(flow_run_id):
+def _flow_run(flow_run_id, task_runs: int):
+    """The run, its task runs (once all ``task_runs`` of them are recorded, in a final state) and
+    its persisted result."""
+
     async def read():
         async with get_client() as client:
             run = await client.read_flow_run(flow_run_id)
@@ -38,21 +46,26 @@ def _flow_run(flow_run_id):
             result = await run.state.result(raise_on_failure=False) if run.state.is_completed() else None
             return run, tasks, result
 
-    return asyncio.run(read())
+    def recorded():
+        run, tasks, result = asyncio.run(read())
+        done = len(tasks) >= task_runs and all(t.state.is_final() for t in tasks)
+        return (run, tasks, result) if done else None
+
+    return wait_until(recorded, TASK_RUNS_WAIT_SECONDS, f"the {task_runs} task runs of flow run {flow_run_id}")
 
 
 def test_flow_restores_and_publishes_table_summary_and_json_result(backend, snapshot, data_dir):
-    state = restore_snapshot(
+    state = asyncio.run(restore_snapshot(
         backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.NEW_CLUSTER,
         destination={"embedding_model": "minilm"}, return_state=True,
-    )
+    ))
     assert state.is_completed()
     restored = tree(data_dir)
     assert sorted(restored) == ["tenant_1/data.sqlite", "tenant_1/hnsw/e5-base.bin", "tenant_1/hnsw/minilm.bin"]
     assert restored["tenant_1/data.sqlite"] == (backend.root / "snap-1/sqlite.db").read_bytes()
 
     flow_run_id = state.state_details.flow_run_id
-    run, task_runs, persisted = _flow_run(flow_run_id)
+    run, task_runs, persisted = _flow_run(flow_run_id, task_runs=10)
     # The outcome, read back from the API as the persisted JSON result of the run.
     assert persisted["snapshot_id"] == "snap-1" and persisted["mode"] == "new_cluster"
     assert persisted["total_bytes"] == sum(len(v) for v in restored.values())
@@ -81,15 +94,15 @@ def test_flow_fails_on_checksum_mismatch_and_keeps_old_data(backend, snapshot, d
     backend.put_object(snapshot.hnsw_snapshots[1].content_key, b"corrupted after backup")
     (data_dir / "tenant_5").mkdir(parents=True)
     (data_dir / "tenant_5" / "data.sqlite").write_bytes(b"old tenant 5")
-    state = restore_snapshot(
+    state = asyncio.run(restore_snapshot(
         backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.WIPE_AND_RESTORE,
         destination={"embedding_model": "minilm"}, return_state=True,
-    )
+    ))
     assert state.is_failed()
     with pytest.raises(ChecksumMismatchError, match=snapshot.hnsw_snapshots[1].content_key):
         state.result()
     assert tree(data_dir) == {"tenant_5/data.sqlite": b"old tenant 5"}
-    _, task_runs, _ = _flow_run(state.state_details.flow_run_id)
+    _, task_runs, _ = _flow_run(state.state_details.flow_run_id, task_runs=7)  # up to the downloads
     downloads = [t for t in task_runs if t.name.startswith("download-and-verify")]
     # A checksum mismatch is permanent: the failing download ran once, never retried.
     assert sorted(t.run_count for t in downloads) == [1, 1, 1]
@@ -97,10 +110,10 @@ def test_flow_fails_on_checksum_mismatch_and_keeps_old_data(backend, snapshot, d
 
 
 def test_dry_run_plans_and_writes_nothing(backend, snapshot, data_dir):
-    result = restore_snapshot(
+    result = asyncio.run(restore_snapshot(
         backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.NEW_CLUSTER,
         destination={"embedding_model": "minilm"}, dry_run=True,
-    )
+    ))
     assert result["status"] == "planned"
     assert [i["bytes"] for i in result["items"]] == [
         backend.object_size(k) for k in [snapshot.sqlite_checkpoint_key] + [e.content_key for e in snapshot.hnsw_snapshots]]
@@ -108,11 +121,11 @@ def test_dry_run_plans_and_writes_nothing(backend, snapshot, data_dir):
 
 
 def test_verify_flow_hashes_every_blob(backend, snapshot):
-    result = verify_snapshot(backend=backend.url, snapshot="snap-1")
+    result = asyncio.run(verify_snapshot(backend=backend.url, snapshot="snap-1"))
     assert result["status"] == "verified" and all(i["verified"] for i in result["items"])
     backend.put_object(snapshot.sqlite_checkpoint_key, b"bit rot")
     with pytest.raises(ChecksumMismatchError, match=snapshot.sqlite_checkpoint_key):
-        verify_snapshot(backend=backend.url, snapshot="snap-1")
+        asyncio.run(verify_snapshot(backend=backend.url, snapshot="snap-1"))
 
 
 def test_latest_and_mode_through_the_flow(backend, data_dir):
@@ -120,7 +133,8 @@ def test_latest_and_mode_through_the_flow(backend, data_dir):
     write_sample_snapshot(backend, tenant_id=3, snapshot_id="old", created_at_unix_micros=1, models=(("m", 8),))
     (data_dir / "tenant_9").mkdir(parents=True)
     (data_dir / "tenant_9" / "keep").write_bytes(b"keep")
-    result = restore_snapshot(backend=backend.url, tenant_id=3, data_dir=str(data_dir), mode=RestoreMode.SINGLE_TENANT)
+    result = asyncio.run(restore_snapshot(
+        backend=backend.url, tenant_id=3, data_dir=str(data_dir), mode=RestoreMode.SINGLE_TENANT))
     assert result["snapshot_id"] == "new"
     assert tree(data_dir)["tenant_9/keep"] == b"keep"
     assert (data_dir / "tenant_3" / "hnsw" / "m.bin").read_bytes() == (backend.root / "new/hnsw-0.bin").read_bytes()
