@@ -21,10 +21,8 @@ from backends.errors import (
 from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
 
 #: Read size for streaming: large enough that syscalls and hashing calls are few, small enough
-#: that memory stays flat (a download holds one chunk at a time: 16 MiB for four at once).
-#: Staging the 2 GiB benchmark snapshot, 4 items at once, 6 interleaved rounds: 1 MiB reads
-#: 1.8-3.1 s, 4 MiB 0.9-2.0 s (faster in every round), ``cp`` + ``sync`` 1.3-2.0 s.
-READ_CHUNK = 4 * 1024 * 1024
+#: that memory stays flat (a download holds one chunk at a time).
+READ_CHUNK = 1024 * 1024
 
 #: A file changed less than this long before a listing gets no version (see ``ManifestRef``):
 #: file times tick coarsely (a kernel tick of a few ms; a second on some file systems and NFS
