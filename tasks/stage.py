@@ -230,14 +230,17 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
     part = final.with_name(final.name + PART_SUFFIX)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)  # read: parts written ahead are hashed back
+        # Read and write: parts written ahead of the hash are read back to be hashed.
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise DestinationIOError("creating", part, exc) from exc
     received = 0
+    counting = threading.Lock()  # ranged parts report their bytes from several threads
 
     def on_bytes(n: int) -> None:
         nonlocal received
-        received += n
+        with counting:
+            received += n
         progress.advance(n)
 
     try:

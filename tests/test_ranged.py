@@ -5,6 +5,7 @@ small so that a few MiB make many parts."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -17,6 +18,7 @@ from backends import open_backend
 from backends import s3 as s3_module
 from backends.errors import PermanentBackendError, TransientBackendError
 from backends.sample import write_sample_snapshot
+from tasks.errors import DestinationIOError
 from tasks.execute import execute
 from tasks.fetch import fetch_manifest
 from tasks.plan import DestinationState, RestoreMode
@@ -24,6 +26,8 @@ from tasks.stage import _StagedFile
 from tasks.validate import validate
 from tests.conftest import tree
 from tests.faultproxy import Fault
+from tests.restorekit import ours
+from tests.test_disk_full import fill, volume  # noqa: F401  (a small tmpfs, and filling it)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -170,3 +174,37 @@ def test_staged_file_with_a_gap_does_not_hash(tmp_path):
             staged.hexdigest()
     finally:
         os.close(fd)
+
+
+def test_a_disk_that_fills_during_ranged_parts_fails_clearly_and_leaves_the_data_dir(
+        seaweedfs, snapshot, small_parts, volume, tmp_path):
+    """Another writer fills the volume while the parts of a blob arrive: a real ENOSPC from a
+    ``pwrite`` in one of the range threads; the restore stops, rolls back, names the file."""
+    bucket, manifest = snapshot
+    vol = volume(64)
+    data_dir = vol.path / "data"
+    (data_dir / "tenant_2").mkdir(parents=True)
+    (data_dir / "tenant_2" / "data.sqlite").write_bytes(b"keep me")
+    key = manifest.hnsw_snapshots[0].content_key
+    lock, filled = threading.Lock(), []
+
+    class FillsTheVolume(type(open_backend(f"s3://{bucket}"))):
+        def download_at(self, k, sink, on_bytes=None):
+            outer = sink
+
+            class Sink:
+                def write_at(self, offset, data):
+                    with lock:
+                        if k == key and not filled:
+                            filled.append(fill(vol.path / "another-writer"))
+                    outer.write_at(offset, data)
+
+            return super().download_at(k, Sink(), on_bytes)
+
+    backend = FillsTheVolume(bucket)
+    plan = validate(fetch_manifest(backend, 1, "big"), DestinationState(embedding_model="minilm"), backend.url)
+    with pytest.raises(DestinationIOError, match="No space left on device") as caught:
+        execute(backend, plan, data_dir, RestoreMode.WIPE_AND_RESTORE)
+    assert caught.value.errno == errno.ENOSPC and filled
+    assert tree(data_dir) == {"tenant_2/data.sqlite": b"keep me"}
+    assert ours(data_dir) == []
