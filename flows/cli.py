@@ -283,7 +283,7 @@ def abort(
             from tasks.errors import NothingToAbortError
 
         try:
-            result = abort_restore(data_dir=str(data_dir.absolute()))
+            result = _run_flow(abort_restore(data_dir=str(data_dir.absolute())))
         except NothingToAbortError as exc:
             err.print(f"{exc}; nothing to do", highlight=False, soft_wrap=True)
             return

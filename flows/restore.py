@@ -1,11 +1,12 @@
-"""The ``restore-snapshot`` and ``verify-snapshot`` flows: the card's steps, top to bottom.
+"""The ``restore-snapshot``, ``verify-snapshot`` and ``abort-restore`` flows: the card's steps, top
+to bottom.
 
-Both flows are ``async def`` (call them as ``asyncio.run(restore_snapshot(...))``) for one reason:
+They are ``async def`` (call them as ``asyncio.run(restore_snapshot(...))``) for one reason:
 Prefect runs an async flow with its async engine, which does not wait for the run's heartbeat
 thread at the end of the run, where the sync engine waits for it to wake up from its one-second
 sleep: up to a second per run, longer than a small restore takes. Their steps are the same sync
 task runs as before (they block; nothing else needs the event loop meanwhile), sharing one API
-client (:func:`_steps_client`); only the outcome task is async. ``abort-restore`` is still sync.
+client (:func:`_steps_client`); only the outcome task is async.
 """
 
 from __future__ import annotations
@@ -222,14 +223,15 @@ def _verify(backend: str, snapshot: str) -> RestoreOutcome:
 
 
 @flow(name="abort-restore", flow_run_name="abort-restore")
-def abort_restore(data_dir: str) -> dict:
+async def abort_restore(data_dir: str) -> dict:
     """Roll back an interrupted restore: its staged data goes, the previous contents stay (or are
     put back, when it was interrupted mid-commit), the marker goes.
 
     Args:
         data_dir: The data dir holding the interrupted restore's marker.
     """
-    info = abort_task(data_dir)
+    with _steps_client():
+        info = abort_task(data_dir)
     return {
         "status": "aborted",
         "data_dir": data_dir,
