@@ -191,7 +191,7 @@ class S3Backend:
     def read_manifest_bytes(self, snapshot_id: str) -> bytes:
         key = f"{check_snapshot_id(snapshot_id)}/{MANIFEST_NAME}"
         # botocore retries a failed request, but not a body that breaks or ends short once the
-        # response has begun (boto3's transfer manager does that for downloads): so here.
+        # response has begun (``_stream`` does that for downloads): so here.
         for attempt in range(1, MANIFEST_READ_ATTEMPTS + 1):
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))

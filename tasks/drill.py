@@ -46,8 +46,8 @@ from tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_d
 from tasks.retry import RETRIES, RETRY_OPTIONS, retrying
 from tasks.validate import validate
 
-#: Tenants drilled at once. Each restore already downloads its blobs four at a time (and boto3
-#: splits large ones further), so four tenants keep a bucket and a small machine busy without
+#: Tenants drilled at once. Each restore already downloads its blobs four at a time (and S3
+#: restores split large objects into ranged GETs), so four tenants keep a bucket and a small machine busy without
 #: taking every core from the service the drill runs beside.
 DEFAULT_DRILL_CONCURRENCY = 4
 #: The most tenants drilled at once: the drill flow's thread pool is sized to it.
