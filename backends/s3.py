@@ -252,25 +252,15 @@ class S3Backend:
     def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
         """The object's bytes to ``sink`` in order, from one streaming GET (resumed if it breaks)."""
         size, etag = self._head(key)
-
-        def write(_offset: int, data: bytes) -> None:
-            sink.write(data)
-            if on_bytes is not None:
-                on_bytes(len(data))
-
-        self._stream(key, 0, size, size, etag, write, threading.Event())
+        self._stream(key, 0, size, size, etag, _reporting(lambda _offset, data: sink.write(data), on_bytes),
+                     threading.Event())
         return size
 
     def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None) -> int:
         """The object's bytes to ``sink.write_at(offset, data)``: parts of a large object arrive
         out of order, from RANGES_PER_OBJECT ranged GETs at once; each part's bytes in order."""
         size, etag = self._head(key)
-
-        def write(offset: int, data: bytes) -> None:
-            sink.write_at(offset, data)
-            if on_bytes is not None:
-                on_bytes(len(data))
-
+        write = _reporting(sink.write_at, on_bytes)
         stop = threading.Event()
         if size <= RANGED_MIN:
             self._stream(key, 0, size, size, etag, write, stop)
@@ -349,6 +339,17 @@ class S3Backend:
                 self.client.upload_file(str(source), self.bucket, self._key(key), Config=UPLOAD_TRANSFER)
         except _S3_ERRORS as exc:
             raise self._fail(exc, key) from exc
+
+
+def _reporting(write: Callable[[int, bytes], object], on_bytes: ProgressFn | None) -> Callable[[int, bytes], None]:
+    """``write(offset, data)``, then ``on_bytes(len(data))`` once the bytes are written."""
+
+    def written(offset: int, data: bytes) -> None:
+        write(offset, data)
+        if on_bytes is not None:
+            on_bytes(len(data))
+
+    return written
 
 
 def _version(obj: dict) -> str | None:
