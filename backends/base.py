@@ -47,6 +47,17 @@ class PositionalSink(Protocol):
     def write_at(self, offset: int, data: bytes, /) -> None: ...
 
 
+class FileSink(Protocol):
+    """A sink that is a file, which a backend holding the object as a local file may have the
+    kernel fill (``copy_file_range``), the bytes never passing through Python."""
+
+    def copy_from(self, src_fd: int, offset: int, count: int, /) -> int:
+        """Copy up to ``count`` bytes of ``src_fd`` from ``offset`` to the same offset of the sink
+        (the next byte it expects); return how many, 0 at the end of the source. An OSError may
+        be the source's or the sink's: the kernel does not say which."""
+        ...
+
+
 ProgressFn = Callable[[int], None]
 
 

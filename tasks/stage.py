@@ -31,13 +31,13 @@ from tasks.retry import RETRY_OPTIONS
 PART_SUFFIX = ".part"
 #: Read size when hashing a staged file's bytes back from it (parts written ahead; a resume).
 HASH_CHUNK = 1024 * 1024
-#: Start writing a staged file to disk every this many bytes, without waiting for it. Otherwise
-#: the kernel holds up to 10% of memory dirty before it writes anything, so a blob of a few GiB
-#: is copied into the page cache first and written out only by the final fsync, one after the
-#: other; started early, the disk writes while the download goes on and the fsync finds little
-#: left to do (measured in BENCHMARKS.md). 8 MiB: small enough to start early, large enough that
-#: the disk gets long sequential writes (4 MiB and 16 MiB both measured slower here).
-WRITEBACK_BYTES = 8 * 1024 * 1024
+#: Every write to a staged file is followed by a hint to start writing those bytes to disk,
+#: without waiting for it (sync_file_range). Otherwise the kernel holds up to 10% of memory dirty
+#: before it writes anything, so a blob of a few GiB is copied into the page cache first and
+#: written out only by the final fsync, one after the other; started early, the disk writes while
+#: the download goes on and the fsync finds little left to do. Hinting each write's own range
+#: (1-8 MiB) measured faster than hinting the whole file every 8 MiB, which was faster than no
+#: hint at all (BENCHMARKS.md, session 3).
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, no wait
 
 
@@ -78,8 +78,9 @@ class _HashingWriter:
 
 
 class _StagedFile:
-    """A ``.part`` file being filled, by one stream in order (:meth:`write`) or by several ranged
-    GETs at their offsets (:meth:`write_at`), and hashed in order as it fills.
+    """A ``.part`` file being filled, by one stream in order (:meth:`write`), by the kernel from a
+    local backend's file (:meth:`copy_from`), or by several ranged GETs at their offsets
+    (:meth:`write_at`), and hashed in order as it fills.
 
     The hash must see the bytes in file order, but ranged parts arrive out of order, and holding
     them in memory until their turn would make memory grow with the blob. So every chunk goes to
@@ -99,7 +100,6 @@ class _StagedFile:
         self._spans: dict[int, int] = {}  # written, not yet hashed: start -> end
         self._lock = threading.Lock()  # guards size, _spans and the writeback count
         self._hash_lock = threading.Lock()  # one thread moves the hash on at a time
-        self._since_writeback = 0
 
     def write(self, data: bytes) -> int:
         self.write_at(self._end, data)
@@ -112,17 +112,29 @@ class _StagedFile:
         while view:
             written = os.pwrite(self.fd, view, at)
             view, at = view[written:], at + written
-        with self._lock:
-            self._spans[offset] = offset + len(data)
-            self.size += len(data)
-            self._since_writeback += len(data)
-            writeback = self._since_writeback >= WRITEBACK_BYTES
-            if writeback:
-                self._since_writeback = 0
-        if writeback:
-            self._start_writeback()
+        self._written(offset, len(data))
         self._advance(offset, data, block=False)
         crash_point("stage-chunk")
+
+    def copy_from(self, src_fd: int, offset: int, count: int) -> int:
+        """The local backend's way in (:class:`backends.base.FileSink`): the kernel copies the
+        next bytes from the backend's file into this one; they are hashed back from the page
+        cache, where they were just written."""
+        n = os.copy_file_range(src_fd, self.fd, count, offset, offset)
+        if n:
+            self._end = offset + n
+            self._written(offset, n)
+            self._advance(offset, None, block=False)
+            crash_point("stage-chunk")
+        return n
+
+    def _written(self, offset: int, n: int) -> None:
+        """Count ``n`` bytes now in the file at ``offset`` for the hash, and have the disk start
+        on them."""
+        with self._lock:
+            self._spans[offset] = offset + n
+            self.size += n
+        self._start_writeback(offset, n)
 
     def _advance(self, offset: int, data: bytes | None, block: bool) -> None:
         """Hash every written span that continues the hash, in order."""
@@ -159,11 +171,11 @@ class _StagedFile:
                                      f"{self._hashed} of them contiguous from the start")
         return self._hasher.hexdigest()
 
-    def _start_writeback(self) -> None:
-        """Ask the kernel to start writing the file's dirty pages, without waiting. Only a hint:
+    def _start_writeback(self, offset: int, n: int) -> None:
+        """Ask the kernel to start writing the bytes just written, without waiting. Only a hint:
         the fsync before the rename is what makes the file durable, so a failure is ignored."""
         if _sync_file_range is not None:
-            _sync_file_range(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+            _sync_file_range(self.fd, offset, n, _SYNC_FILE_RANGE_WRITE)
 
 
 def _check(item: PlanItem, actual: str) -> bool:
