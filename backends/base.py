@@ -92,7 +92,7 @@ class Backend(Protocol):
 
         ``on_bytes`` is called with the size of each piece as it arrives. A backend that can
         fetch parts of one object at once also has ``download_at(key, sink: PositionalSink,
-        on_bytes) -> int`` (S3); the staging step uses it when it is there.
+        on_bytes, streams) -> int`` (S3); the staging step uses it when it is there.
         """
         ...
 

@@ -43,9 +43,15 @@ MiB = 1024 * 1024
 #: its own, which cost 2.3-2.8 s of CPU per 2 GiB here against ~0.6 s for plain streams, and it
 #: can only give a non-seekable sink its parts in order by holding them in memory.
 #:
-#: An object above RANGED_MIN is split into parts of PART_SIZE fetched by RANGES_PER_OBJECT
-#: ranged GETs at once, each written where it belongs (:meth:`S3Backend.download_at`): on a real
-#: S3 one connection gives ~100 MB/s, so a blob of several GiB must not wait on a single stream.
+#: An object above RANGED_MIN may be split into parts of PART_SIZE fetched by ranged GETs at
+#: once, each written where it belongs (:meth:`S3Backend.download_at`): on a real S3 one
+#: connection gives ~100 MB/s, so a blob of several GiB must not wait on a single stream. How many
+#: streams an object gets is the caller's (``streams``, at most MAX_STREAMS_PER_OBJECT): a
+#: restore shares its streams among its items by size (``tasks.execute.stream_shares``), so a
+#: snapshot of several blobs of like size reads each with one plain GET, hashed as it arrives,
+#: and a lone large blob is read by several. Splitting objects that already stream side by side
+#: costs CPU and gains nothing: 16 streams for four blobs of 512 MiB took 3.1-3.9 s of CPU per
+#: 2 GiB here, four plain GETs 1.9 s (BENCHMARKS.md, session 3).
 #: Memory stays one read buffer per stream, whatever the object's size: parts are not held for
 #: reordering, the sink writes them at their offsets and hashes them in order (tasks/stage.py).
 #:
@@ -56,7 +62,7 @@ MiB = 1024 * 1024
 READ_SIZE = 1 * MiB
 RANGED_MIN = 64 * MiB
 PART_SIZE = 32 * MiB
-RANGES_PER_OBJECT = 4
+MAX_STREAMS_PER_OBJECT = 4
 MAX_STREAM_BREAKS = 4
 
 #: Uploads (writing snapshots: the demo, the tests, the benchmark) keep multipart parts of 8 MiB,
@@ -256,17 +262,20 @@ class S3Backend:
                      threading.Event())
         return size
 
-    def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None) -> int:
-        """The object's bytes to ``sink.write_at(offset, data)``: parts of a large object arrive
-        out of order, from RANGES_PER_OBJECT ranged GETs at once; each part's bytes in order."""
+    def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None,
+                    streams: int = MAX_STREAMS_PER_OBJECT) -> int:
+        """The object's bytes to ``sink.write_at(offset, data)``. With ``streams`` above 1, a large
+        object comes in parts, out of order, from that many ranged GETs at once (at most
+        MAX_STREAMS_PER_OBJECT); each part's bytes in order."""
         size, etag = self._head(key)
         write = _reporting(sink.write_at, on_bytes)
         stop = threading.Event()
-        if size <= RANGED_MIN:
+        streams = min(streams, MAX_STREAMS_PER_OBJECT)
+        if size <= RANGED_MIN or streams <= 1:
             self._stream(key, 0, size, size, etag, write, stop)
             return size
         parts = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
-        with ThreadPoolExecutor(RANGES_PER_OBJECT, thread_name_prefix="s3-range") as pool:
+        with ThreadPoolExecutor(streams, thread_name_prefix="s3-range") as pool:
             futures = [pool.submit(self._stream, key, start, end, size, etag, write, stop) for start, end in parts]
             try:
                 wait(futures, return_when=FIRST_EXCEPTION)

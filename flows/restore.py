@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from backends.manifest import WireVersion
 from tasks.commit import abort_task, cleanup_task, commit_task, roll_back
 from tasks.errors import RollbackFailedError
-from tasks.execute import ITEM_CONCURRENCY
+from tasks.execute import ITEM_CONCURRENCY, stream_shares
 from tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from tasks.plan import DestinationState, RestoreMode, RestorePlan
@@ -163,7 +163,8 @@ def _restore(
             try:
                 if phase in (None, Phase.STAGING):  # a fresh restore, or one interrupted while staging
                     staged: list[StagedItem] = _results(stage_item_task.map(
-                        unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None)))
+                        unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
+                        stream_shares(plan.items)))
                 else:  # interrupted mid-commit: everything was staged and verified already
                     staged = _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
                 commit_task(data_dir, plan.tenant_id, mode)

@@ -25,6 +25,20 @@ from tasks.stage import StagedItem, recheck_item, stage_item
 #: has a SQLite checkpoint and a few HNSW blobs, so four covers them; a large S3 object is further
 #: split into ranged GETs (backends/s3.py).
 ITEM_CONCURRENCY = 4
+#: Streams a restore reads at once, shared among its items by :func:`stream_shares`.
+STREAMS = ITEM_CONCURRENCY
+
+
+def stream_shares(items: list[PlanItem]) -> list[int]:
+    """How many streams each item may read with (S3's ranged GETs; a folder has one): the
+    restore's STREAMS shared in proportion to the items' sizes, at least one each. Four blobs of
+    like size get one each, read in order and hashed as they arrive; one blob of 4 GiB beside a
+    small checkpoint gets nearly all. Items of unknown size get one."""
+    sizes = [item.size or 0 for item in items]
+    total = sum(sizes)
+    if total == 0 or len(items) >= STREAMS:
+        return [1] * len(items)
+    return [max(1, round(STREAMS * size / total)) for size in sizes]
 
 
 def stage_all(stage: Callable[[PlanItem], StagedItem], items: list[PlanItem]) -> list[StagedItem]:
@@ -62,7 +76,9 @@ def execute(
     phase = preflight(plan, data_dir, mode, resume=resume)
     try:
         if phase in (None, Phase.STAGING):
-            staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None), plan.items)
+            streams = dict(zip((item.destination for item in plan.items), stream_shares(plan.items)))
+            staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None,
+                                                       streams[item.destination]), plan.items)
         else:
             staged = stage_all(lambda item: recheck_item(data_dir, item), plan.items)
         commit_staged(data_dir, plan.tenant_id, mode)

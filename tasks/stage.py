@@ -229,8 +229,10 @@ def recheck_item(data_dir: Path, item: PlanItem) -> StagedItem:
     return StagedItem(item=item, bytes=size, checksum=actual, verified=_check(item, actual), reused=True)
 
 
-def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False) -> StagedItem:
+def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False,
+               streams: int = 1) -> StagedItem:
     """Stream ``item`` into its staged file, verify it, and make it durable under its final name.
+    A backend that can read parts of an object at once (S3) uses up to ``streams`` for it.
 
     Raises ChecksumMismatchError (the ``.part`` file is removed), a BackendError, or
     DestinationIOError (disk full, permissions). Nothing outside the staging tree is touched.
@@ -260,7 +262,7 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
             staged = _StagedFile(fd)
             download_at = getattr(backend, "download_at", None)  # parts at once (S3)
             if download_at is not None:
-                size = download_at(item.content_key, staged, on_bytes)
+                size = download_at(item.content_key, staged, on_bytes, streams)
             else:
                 size = backend.download(item.content_key, staged, on_bytes)
             actual = staged.hexdigest()
@@ -283,9 +285,10 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
 
 
 @task(name="download-and-verify", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
-def stage_item_task(backend_url: str, item: PlanItem, data_dir: str, resume: bool = False) -> StagedItem:
+def stage_item_task(backend_url: str, item: PlanItem, data_dir: str, resume: bool = False,
+                    streams: int = 1) -> StagedItem:
     """Stage one blob; transient backend errors are retried with backoff, nothing else is."""
-    return stage_item(open_backend(backend_url), item, Path(data_dir), resume)
+    return stage_item(open_backend(backend_url), item, Path(data_dir), resume, streams)
 
 
 @task(name="recheck-staged", cache_policy=NO_CACHE, persist_result=False)
