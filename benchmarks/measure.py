@@ -8,6 +8,15 @@ image until it execs, and the kernel counts that image in the child's own ``ru_m
 small command like ``cp`` would appear to need as much memory as the benchmark itself. Compared commands run interleaved, A B A B ..., so that a burst of
 load from the other users of a shared machine hits both sides alike; medians and ratios are
 reported, never a single time.
+
+Before each timed run, the machine is left alone for a few seconds (``settle``), after the
+previous run's outputs were deleted. On these VMs, memory the guest frees is handed back to the
+host after ~2 s (virtio-balloon free page reporting), and writing into it again costs several
+times more: 2 GiB of ``pwrite`` + fsync took 0.5 s of system time right after the previous 2 GiB
+were deleted, 2.8-3.5 s when 5 s had passed (three rounds each, BENCHMARKS.md). A command that
+starts writing at once (``cp``, rclone) got the freed memory while it was still backed, one that
+first spends 1-2 s starting up (memrestore importing Prefect) got it after it was handed back.
+Settling first gives every command the same start.
 """
 
 from __future__ import annotations
@@ -74,9 +83,10 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd:
     return Run(seconds=seconds, max_rss_bytes=int(report[-1]) * 1024, stdout=proc.stdout.decode(errors="replace"))
 
 
-def run_command(command: Command) -> Run:
+def run_command(command: Command, settle: float = 0.0) -> Run:
     if command.before is not None:
         command.before()
+    time.sleep(settle)
     run = run_measured(command.argv, command.env, command.cwd, command.ok_exit_codes)
     if command.after is not None:
         command.after(run)
@@ -103,13 +113,15 @@ class Series:
         return max(r.max_rss_bytes for r in self.runs)
 
 
-def interleave(a: Command, b: Command, pairs: int, log: Callable[[str], None] = print) -> tuple[Series, Series]:
+def interleave(a: Command, b: Command, pairs: int, log: Callable[[str], None] = print,
+               settle: float = 0.0) -> tuple[Series, Series]:
     """Run A B A B ... (``pairs`` runs of each). Each command's ``after`` leaves the machine as it
-    found it (outputs deleted, dirty pages synced), so neither inherits the other's work."""
+    found it (outputs deleted, dirty pages synced), so neither inherits the other's work; each
+    run starts after ``settle`` seconds of quiet (see the module's docstring)."""
     series_a, series_b = Series(a.label), Series(b.label)
     for _ in range(pairs):
         for command, series in ((a, series_a), (b, series_b)):
-            run = run_command(command)
+            run = run_command(command, settle)
             series.runs.append(run)
             log(f"    {command.label}: {run.seconds:.2f} s, peak RSS {run.max_rss_bytes / 2**20:.0f} MiB")
     return series_a, series_b

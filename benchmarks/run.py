@@ -57,6 +57,8 @@ class Sizes:
     drill_tenants: int  # row 5
     drill_bytes: int  # row 5, per tenant
     pairs: int
+    #: Seconds of quiet before each timed run (benchmarks/measure.py says why).
+    settle: float
 
 
 FULL = Sizes(
@@ -67,6 +69,7 @@ FULL = Sizes(
     drill_tenants=200,
     drill_bytes=1 * MiB,
     pairs=3,
+    settle=4.0,
 )
 QUICK = Sizes(
     tiny=even_snapshot("tiny-64k", 4, 64 * 1024),
@@ -76,6 +79,7 @@ QUICK = Sizes(
     drill_tenants=2,
     drill_bytes=64 * 1024,
     pairs=1,
+    settle=0.0,
 )
 
 
@@ -207,7 +211,7 @@ class Bench:
         spec = self.sizes.tiny
         a = self.restore_cmd(str(self.local_root), spec, self.scratch / "r0", f"memrestore restore {_size(spec)}")
         b = Command("python -c 'import prefect'", [sys.executable, "-c", "import prefect"], env=self.child_env())
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         return Row.fixed_cost(f"fixed cost: `memrestore restore` of a {_size(spec)} snapshot (local folder)",
                               "`python -c 'import prefect'`", sa, sb)
 
@@ -222,7 +226,7 @@ class Bench:
             ["sh", "-c", 'mkdir -p "$0" && cp "$@" "$0"/ && sync', str(out_cp), *map(str, files)],
             before=_remove(out_cp), after=_remove(out_cp),
         )
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         return Row.time_ratio("1", f"restore of a {_size(spec)} snapshot from a local folder, new_cluster",
                               "`cp` of the same files + `sync`", sa, sb, limit=1.25, in_flow=True)
 
@@ -235,7 +239,7 @@ class Bench:
         b = Command("boto3 download_file",
                     [sys.executable, "-m", "benchmarks.peers", "boto3-download", BUCKET, str(out_b), *keys],
                     env=env, before=_remove(out_b), after=_remove(out_b))
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         return Row.throughput_ratio("2", f"the same {_size(spec)} snapshot from SeaweedFS on loopback",
                                     "boto3's own `download_file` of the same objects, one after the other, "
                                     "default TransferConfig (no hashing, no fsync)", sa, sb, floor=1.0)
@@ -258,7 +262,7 @@ class Bench:
                     ["rclone", "copy", f"benchs3:{BUCKET}/{spec.snapshot_id}", str(out_r),
                      "--transfers", "4", "--exclude", "manifest.json"],
                     env=rclone_env, before=_remove(out_r), after=_remove(out_r))
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         return Row.throughput_ratio("3", f"the same {_size(spec)} snapshot from SeaweedFS on loopback",
                                     "`rclone copy --transfers 4` of the same objects (Debian's rclone; "
                                     "its default multi-thread download; no fsync)", sa, sb, floor=1.0)
@@ -269,7 +273,7 @@ class Bench:
             _warm(content_paths(self.local_root, spec.snapshot_id))
         a = self.restore_cmd(str(self.local_root), small, self.scratch / "r4-small", f"memrestore restore {_size(small)}")
         b = self.restore_cmd(str(self.local_root), large, self.scratch / "r4-large", f"memrestore restore {_size(large)}")
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         return Row.rss(f"peak RSS restoring a {_size(small)} and a {_size(large)} snapshot (local folder)",
                        sa, sb, limit_mib=200, growth=1.2)
 
@@ -300,7 +304,7 @@ class Bench:
                     [sys.executable, "-m", "benchmarks.peers", "execute-many", str(self.drill_root), str(out_p),
                      *ids, "--embedding-model", SERVED_MODEL],
                     env=self.child_env(), before=_remove(out_p), after=_remove(out_p))
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         if has_drill:
             self.notes.append("Row 5, the drills' own reports: " + "; ".join(
                 _drill_summary(run.stdout) for run in sa.runs))
@@ -315,7 +319,7 @@ class Bench:
                     self.memrestore("verify", "--backend", str(self.local_root), "--snapshot", spec.snapshot_id,
                                     "--json"), env=self.child_env())
         b = Command("b3sum", ["b3sum", *map(str, files)])
-        sa, sb = interleave(a, b, self.sizes.pairs, self.log)
+        sa, sb = interleave(a, b, self.sizes.pairs, self.log, self.sizes.settle)
         return Row.time_ratio("6", f"`memrestore verify` of the {_size(spec)} snapshot (local folder)",
                               "`b3sum` of the same files (Debian's b3sum)", sa, sb, limit=1.3, in_flow=True)
 
@@ -426,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM (a CI timeout, kill PID) must still stop the servers this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(sizes, workdir, log)
+    if sizes.settle:
+        bench.notes.append(f"Every timed run starts after {sizes.settle:g} s of quiet, once the previous run's "
+                           "outputs are deleted: on this VM, freed memory goes back to the host after ~2 s and "
+                           "costs several times more to write into again (benchmarks/measure.py).")
     started = time.monotonic()
     load_before = os.getloadavg()
     bench.build_inputs(rows)

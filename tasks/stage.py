@@ -31,6 +31,12 @@ from tasks.retry import RETRY_OPTIONS
 PART_SUFFIX = ".part"
 #: Read size when hashing a staged file's bytes back from it (parts written ahead; a resume).
 HASH_CHUNK = 1024 * 1024
+#: Largest single write to a staged file: a 1 MiB chunk goes in as eight writes. The kernel sizes
+#: the page-cache pages it allocates to the write (large folios), and large ones cost many times
+#: more to fill here: 2 GiB written by four threads took 2.9-4.7 s of system time in 1 MiB
+#: writes, 0.56-0.57 s in 128 KiB writes (BENCHMARKS.md, session 3). rclone and cp write in
+#: small pieces too.
+WRITE_SLICE = 128 * 1024
 #: Every write to a staged file is followed by a hint to start writing those bytes to disk,
 #: without waiting for it (sync_file_range). Otherwise the kernel holds up to 10% of memory dirty
 #: before it writes anything, so a blob of a few GiB is copied into the page cache first and
@@ -110,7 +116,7 @@ class _StagedFile:
         view = memoryview(data)
         at = offset
         while view:
-            written = os.pwrite(self.fd, view, at)
+            written = os.pwrite(self.fd, view[:WRITE_SLICE], at)
             view, at = view[written:], at + written
         self._written(offset, len(data))
         self._advance(offset, data, block=False)
