@@ -35,14 +35,16 @@ class ManifestRef:
 
 
 class Sink(Protocol):
-    """Where a download's bytes go, in order: a file, a hasher, or both."""
+    """Where a download's bytes go, in order: a file, a hasher, or both. ``data`` may be a view of
+    a buffer the backend fills again after the call returns: use it, do not keep it."""
 
     def write(self, data: bytes, /) -> int | None: ...
 
 
 class PositionalSink(Protocol):
     """Where a download's bytes go when its parts arrive out of order: each part's bytes in order,
-    at their offset in the object. Called from several threads at once."""
+    at their offset in the object. Called from several threads at once; ``data`` is only valid
+    during the call, as for :class:`Sink`."""
 
     def write_at(self, offset: int, data: bytes, /) -> None: ...
 

@@ -268,7 +268,8 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
             staged = _StagedFile(fd)
             download_at = getattr(backend, "download_at", None)  # parts at once (S3)
             if download_at is not None:
-                size = download_at(item.content_key, staged, on_bytes, streams)
+                size = download_at(item.content_key, staged, on_bytes, streams,
+                                   content_checked=item.expected_checksum is not None)
             else:
                 size = backend.download(item.content_key, staged, on_bytes)
             actual = staged.hexdigest()

@@ -98,6 +98,9 @@ class Fault(enum.Enum):
     #: ``Content-Length``) and only part of its body, then the connection closes.  A response
     #: without a body (HEAD, most PUTs) is dropped whole: upstream acted, the client never hears.
     TRUNCATE = "Truncate"
+    #: The response is forwarded whole, the first byte of its body changed: damage in transit
+    #: that TCP did not catch. Not among the random kinds: it is no transient failure.
+    CORRUPT = "Corrupt"
     #: 403 with Code ``AccessDenied``.
     FORBIDDEN = "AccessDenied"
     #: 404 with Code ``NoSuchKey``.
@@ -258,8 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
         # The target exactly as sent (http.server rewrites a leading "//" in self.path).
         target = self.requestline.split()[1]
         fault = proxy._decide(self.command, target)
-        if fault is None or fault is Fault.TRUNCATE:
-            self._forward(target, truncate=fault is Fault.TRUNCATE)
+        if fault in (None, Fault.TRUNCATE, Fault.CORRUPT):
+            self._forward(target, truncate=fault is Fault.TRUNCATE, corrupt=fault is Fault.CORRUPT)
         elif fault is Fault.RESET:
             self.close_connection = True
             self._rst_on_finish = True
@@ -338,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":  # S3 answers a failed HEAD with headers only
             self.wfile.write(body)
 
-    def _forward(self, target: str, truncate: bool) -> None:
+    def _forward(self, target: str, truncate: bool, corrupt: bool = False) -> None:
         proxy = self.server.proxy
         upstream = proxy._connect_upstream()
         response = None
@@ -360,13 +363,13 @@ class _Handler(BaseHTTPRequestHandler):
                         self.close_connection = True
                         break
             response = upstream.getresponse()
-            self._relay(response, truncate)
+            self._relay(response, truncate, corrupt)
         finally:
             if response is not None:
                 response.close()
             proxy._close_upstream(upstream)
 
-    def _relay(self, response: http.client.HTTPResponse, truncate: bool) -> None:
+    def _relay(self, response: http.client.HTTPResponse, truncate: bool, corrupt: bool = False) -> None:
         status = response.status
         headers = [(k, v) for k, v in response.msg.items() if k.lower() not in _HOP_BY_HOP]
         length_header = response.getheader("Content-Length")
@@ -410,18 +413,21 @@ class _Handler(BaseHTTPRequestHandler):
             while data := response.read1(CHUNK):
                 self.wfile.write(data)
         else:
-            sent = self._stream(response, length)
+            sent = self._stream(response, length, corrupt)
             if sent < length:
                 # Upstream cut its body short: so do we (the client sees the same failure).
                 self.close_connection = True
 
-    def _stream(self, response: http.client.HTTPResponse, limit: int) -> int:
-        """Copy up to ``limit`` body bytes from upstream to the client; return how many."""
+    def _stream(self, response: http.client.HTTPResponse, limit: int, corrupt: bool = False) -> int:
+        """Copy up to ``limit`` body bytes from upstream to the client; return how many. With
+        ``corrupt``, the first byte is sent changed."""
         sent = 0
         while sent < limit:
             data = response.read1(min(CHUNK, limit - sent))
             if not data:
                 break
+            if corrupt and sent == 0:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
             self.wfile.write(data)
             sent += len(data)
         return sent

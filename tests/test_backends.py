@@ -54,7 +54,7 @@ class Collect:
 
 def test_put_download_round_trip_small_and_large(store):
     small = b"hello snapshot"
-    large = os.urandom(3 * MiB) * 7 + b"tail"  # 21 MiB: ranged, parallel GETs on S3
+    large = os.urandom(3 * MiB) * 7 + b"tail"  # 21 MiB: many reads of one stream
     store.put_object("s/small.bin", small)
     store.put_object("s/large.bin", large)
     for key, data in (("s/small.bin", small), ("s/large.bin", large)):

@@ -230,7 +230,7 @@ def test_a_disk_that_fills_during_ranged_parts_fails_clearly_and_leaves_the_data
     lock, filled = threading.Lock(), []
 
     class FillsTheVolume(type(open_backend(f"s3://{bucket}"))):
-        def download_at(self, k, sink, on_bytes=None, streams=s3_module.MAX_STREAMS_PER_OBJECT):
+        def download_at(self, k, sink, on_bytes=None, streams=s3_module.MAX_STREAMS_PER_OBJECT, **kw):
             outer = sink
 
             class Sink:
@@ -240,7 +240,7 @@ def test_a_disk_that_fills_during_ranged_parts_fails_clearly_and_leaves_the_data
                             filled.append(fill(vol.path / "another-writer"))
                     outer.write_at(offset, data)
 
-            return super().download_at(k, Sink(), on_bytes, streams)
+            return super().download_at(k, Sink(), on_bytes, streams, **kw)
 
     backend = FillsTheVolume(bucket)
     plan = validate(fetch_manifest(backend, 1, "big"), DestinationState(embedding_model="minilm"), backend.url)
@@ -249,3 +249,35 @@ def test_a_disk_that_fills_during_ranged_parts_fails_clearly_and_leaves_the_data
     assert caught.value.errno == errno.ENOSPC and filled
     assert tree(data_dir) == {"tenant_2/data.sqlite": b"keep me"}
     assert ours(data_dir) == []
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["blake3-in-manifest", "no-checksum-in-manifest"])
+def test_a_body_damaged_in_transit_is_caught(seaweedfs, faultproxy, monkeypatch, tmp_path, checksums):
+    """One byte of a blob changed between S3 and us (the proxy flips it). With the manifest's
+    blake3, that check refuses it; without one, the CRC32 that S3 sent with the object does
+    (a transient failure: the download is retried). Either way the data dir is left as it was,
+    and the next restore is exact."""
+    from tasks.errors import ChecksumMismatchError
+
+    for key, value in faultproxy.env(seaweedfs).items():
+        monkeypatch.setenv(key, value)
+    bucket = seaweedfs.create_bucket(f"damaged-{uuid.uuid4().hex[:10]}")
+    backend = open_backend(f"s3://{bucket}")
+    manifest = write_sample_snapshot(backend, tenant_id=1, snapshot_id="snap", models=(("minilm", 384),),
+                                     checksums=checksums)
+    key = manifest.hnsw_snapshots[0].content_key
+    data_dir = tmp_path / "data"
+    (data_dir / "tenant_2").mkdir(parents=True)
+    (data_dir / "tenant_2" / "data.sqlite").write_bytes(b"keep me")
+    plan = validate(fetch_manifest(backend, 1, "snap"), DestinationState(embedding_model="minilm"), backend.url)
+
+    faultproxy.fail_next(1, Fault.CORRUPT, match=key, methods=("GET",))
+    expected = (ChecksumMismatchError, key) if checksums else (TransientBackendError, f"{key} arrived damaged")
+    with pytest.raises(expected[0], match=expected[1]):
+        execute(backend, plan, data_dir, RestoreMode.WIPE_AND_RESTORE)
+    assert tree(data_dir) == {"tenant_2/data.sqlite": b"keep me"}
+    assert ours(data_dir) == []
+
+    execute(backend, plan, data_dir, RestoreMode.WIPE_AND_RESTORE)
+    restored = tree(data_dir)
+    assert restored["tenant_1/hnsw/minilm.bin"] == seaweedfs.client().get_object(Bucket=bucket, Key=key)["Body"].read()
