@@ -2,8 +2,8 @@
 
 Endpoint and credentials come from boto3's own chain, so ``AWS_ENDPOINT_URL``,
 ``AWS_PROFILE`` and the rest work as they do for the AWS CLI. Objects are read with streaming
-GETs that resume where a broken body stopped; a large object is read by several ranged GETs at
-once, each part written at its offset (see READ_SIZE below).
+GETs that resume where a broken body stopped; a large object given several streams is read by
+that many ranged GETs at once, each part written at its offset (see READ_SIZE below).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ MiB = 1024 * 1024
 #: restore shares its streams among its items by size (``tasks.execute.stream_shares``), so a
 #: snapshot of several blobs of like size reads each with one plain GET, hashed as it arrives,
 #: and a lone large blob is read by several. Splitting objects that already stream side by side
-#: costs CPU and gains nothing: 16 streams for four blobs of 512 MiB took 3.1-3.9 s of CPU per
+#: costs CPU and gains nothing: 16 streams for four blobs of 512 MiB took 3.0-3.9 s of CPU per
 #: 2 GiB here, four plain GETs 1.9 s (BENCHMARKS.md, session 3).
 #: Memory stays one read buffer per stream, whatever the object's size: parts are not held for
 #: reordering, the sink writes them at their offsets and hashes them in order (tasks/stage.py).

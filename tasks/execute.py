@@ -22,8 +22,8 @@ from tasks.preflight import preflight
 from tasks.stage import StagedItem, recheck_item, stage_item
 
 #: Items staged at once, here and in the ``restore-snapshot`` flow (its task runner): a snapshot
-#: has a SQLite checkpoint and a few HNSW blobs, so four covers them; a large S3 object is further
-#: split into ranged GETs (backends/s3.py).
+#: has a SQLite checkpoint and a few HNSW blobs, so four covers them; a large S3 object gets the
+#: streams the others leave (:func:`stream_shares`) as ranged GETs (backends/s3.py).
 ITEM_CONCURRENCY = 4
 #: Streams a restore reads at once, shared among its items by :func:`stream_shares`.
 STREAMS = ITEM_CONCURRENCY

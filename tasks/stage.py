@@ -1,10 +1,11 @@
-"""Download-and-verify: stream one blob from the backend through blake3 into a staged file.
+"""Download-and-verify: stream one blob from the backend into a staged file, hashed with blake3.
 
-Bytes go backend -> hasher -> file in chunks, so memory does not grow with blob size. The staged
-tree mirrors the final layout under ``<data_dir>/.restore-staging/``; a file is written as
-``<name>.part``, fsynced, checked, and only then renamed to ``<name>``. So a staged file without
-the suffix is always complete and verified (a resumed restore may keep it after re-hashing), and
-a blob whose hash differs from the manifest never gets past ``.part``.
+Bytes go from the backend into the file in chunks and are hashed as they land (from memory, or
+read back from the page cache where the kernel copied them), so memory does not grow with blob
+size. The staged tree mirrors the final layout under ``<data_dir>/.restore-staging/``; a file is
+written as ``<name>.part``, fsynced, checked, and only then renamed to ``<name>``. So a staged
+file without the suffix is always complete and verified (a resumed restore may keep it after
+re-hashing), and a blob whose hash differs from the manifest never gets past ``.part``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ WRITE_SLICE = 128 * 1024
 #: before it writes anything, so a blob of a few GiB is copied into the page cache first and
 #: written out only by the final fsync, one after the other; started early, the disk writes while
 #: the download goes on and the fsync finds little left to do. Hinting each write's own range
-#: (1-8 MiB) measured faster than hinting the whole file every 8 MiB, which was faster than no
+#: (a 1 MiB chunk) measured faster than hinting the whole file every 8 MiB, which was faster than no
 #: hint at all (BENCHMARKS.md, session 3).
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, no wait
 
