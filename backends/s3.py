@@ -257,26 +257,25 @@ class S3Backend:
     def object_size(self, key: str) -> int:
         return self._head(key)[0]
 
-    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None, *,
-                 content_checked: bool = False) -> int:
-        """The object's bytes to ``sink`` in order, from one streaming GET (resumed if it breaks).
-
-        ``content_checked``: the caller checks the bytes against a digest of its own (the
-        manifest's blake3), so S3's response checksum (a CRC32, when the server sends one) need
-        not be computed too, and the body is read straight into a buffer (:func:`_body_reader`).
-        Otherwise botocore reads the body, computes that checksum, and checks it once the last
-        byte is in (:meth:`_check_transport_checksum`)."""
+    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
+        """The object's bytes to ``sink`` in order, from one streaming GET (resumed if it breaks),
+        read by botocore, which checks S3's checksum of the object (a CRC32, when the server
+        sends one) once the last byte is in (:meth:`_check_transport_checksum`)."""
         size, etag = self._head(key)
         self._stream(key, 0, size, size, etag, _reporting(lambda _offset, data: sink.write(data), on_bytes),
-                     threading.Event(), content_checked)
+                     threading.Event())
         return size
 
     def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None,
                     streams: int = MAX_STREAMS_PER_OBJECT, *, content_checked: bool = False) -> int:
         """The object's bytes to ``sink.write_at(offset, data)``. With ``streams`` above 1, a large
         object comes in parts, out of order, from that many ranged GETs at once (at most
-        MAX_STREAMS_PER_OBJECT); each part's bytes in order. ``content_checked``: as for
-        :meth:`download` (a ranged GET carries no checksum of the whole object anyway)."""
+        MAX_STREAMS_PER_OBJECT); each part's bytes in order.
+
+        ``content_checked``: the caller checks the bytes against a digest of its own (the
+        manifest's blake3), so S3's checksum of the object need not be computed too, and the body
+        is read straight into a buffer (:func:`_body_reader`). Otherwise as :meth:`download` (a
+        ranged GET carries no checksum of the whole object anyway)."""
         size, etag = self._head(key)
         write = _reporting(sink.write_at, on_bytes)
         stop = threading.Event()

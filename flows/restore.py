@@ -35,7 +35,6 @@ from tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_ite
 from tasks.validate import plan_items, unverified_warnings, validate_task
 
 
-
 class Destination(BaseModel):
     """The destination service (FORMAT.md's DestinationState).
 
