@@ -38,6 +38,7 @@ from tasks.failpoints import crash_point
 from tasks.layout import (
     MARKER_NAME,
     OURS_PREFIX,
+    DeadHolderFn,
     MarkerInfo,
     Phase,
     aside_dir,
@@ -187,8 +188,9 @@ def roll_back(data_dir: Path, tenant_id: int) -> None:
         unlock_data_dir(data_dir)
 
 
-def abort(data_dir: Path) -> MarkerInfo:
-    """Roll back the interrupted restore in ``data_dir``; returns what its marker said."""
+def abort(data_dir: Path, on_dead_holder: DeadHolderFn | None = None) -> MarkerInfo:
+    """Roll back the interrupted restore in ``data_dir``; returns what its marker said.
+    ``on_dead_holder`` hears of the marker first (its restore's process is gone)."""
     data_dir = Path(data_dir)
     marker = marker_path(data_dir)
     if not os.path.lexists(marker):
@@ -210,6 +212,8 @@ def abort(data_dir: Path) -> MarkerInfo:
             f"({describe_marker(data_dir)}); the service or an operator put it there. Find out "
             "why before removing it by hand; memrestore will not touch it."
         )
+    if on_dead_holder is not None:
+        on_dead_holder(data_dir, info, "abort")
     try:
         roll_back(data_dir, info.tenant_id)
     except OSError as exc:
@@ -219,8 +223,11 @@ def abort(data_dir: Path) -> MarkerInfo:
 
 @task(name="abort", cache_policy=NO_CACHE, persist_result=False)
 def abort_task(data_dir: str) -> MarkerInfo:
-    """Roll back the interrupted restore in the data dir (never retried)."""
-    return abort(Path(data_dir))
+    """Roll back the interrupted restore in the data dir (never retried); its dead restore's flow
+    run is marked Crashed first."""
+    from tasks.orphans import mark_dead_run
+
+    return abort(Path(data_dir), mark_dead_run)
 
 
 @task(name="atomic-writes", cache_policy=NO_CACHE, persist_result=False)

@@ -28,6 +28,7 @@ import stat
 import threading
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from pydantic import BaseModel
 
@@ -50,6 +51,13 @@ class Phase(str, enum.Enum):
     CLEANUP = "cleanup"        # new data in place; old data still aside until the marker goes
 
 
+class RunRef(BaseModel):
+    """The Prefect flow run a restore runs as, recorded in its marker."""
+
+    flow_run_id: str
+    api_url: str | None = None
+
+
 class MarkerInfo(BaseModel):
     tool: str = "memrestore"
     snapshot_id: str
@@ -59,6 +67,16 @@ class MarkerInfo(BaseModel):
     pid: int
     host: str
     started_at: str
+    #: The restore-snapshot flow run holding the marker, and the Prefect API it reports to: the
+    #: next command to find the marker with no live holder marks that run Crashed.
+    flow_run_id: str | None = None
+    prefect_api_url: str | None = None
+
+
+#: Told of a marker of ours whose process is gone (this process holds the data dir's lock): the
+#: data dir, what the marker says, and what found it ("resume", "restore", "abort"). The flows
+#: pass one that marks the dead restore's flow run Crashed (tasks/orphans.py).
+DeadHolderFn = Callable[[Path, MarkerInfo, str], None]
 
 
 def marker_path(data_dir: Path) -> Path:
@@ -96,11 +114,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def new_marker(snapshot_id: str, tenant_id: int, mode: str) -> MarkerInfo:
+def new_marker(snapshot_id: str, tenant_id: int, mode: str, run: RunRef | None = None) -> MarkerInfo:
     return MarkerInfo(
         snapshot_id=snapshot_id,
         tenant_id=tenant_id,
         mode=mode,
+        flow_run_id=run.flow_run_id if run else None,
+        prefect_api_url=run.api_url if run else None,
         pid=os.getpid(),
         host=socket.gethostname(),
         started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -28,7 +28,9 @@ from tasks.failpoints import crash_point
 from tasks.layout import (
     MARKER_NAME,
     OURS_PREFIX,
+    DeadHolderFn,
     Phase,
+    RunRef,
     aside_dir,
     create_marker,
     describe_marker,
@@ -97,7 +99,8 @@ def _check_leftovers(data_dir: Path) -> None:
                 os.unlink(path)
 
 
-def _check_resumable(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> Phase:
+def _check_resumable(plan: RestorePlan, data_dir: Path, mode: RestoreMode, run: RunRef | None,
+                     on_dead_holder: DeadHolderFn | None) -> Phase:
     """The phase to resume from, if the marker is ours and names this very restore; the marker
     then names this process as its holder."""
     info = read_marker(data_dir)
@@ -117,8 +120,11 @@ def _check_resumable(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> Ph
             f"{plan.snapshot_id!r}, tenant {plan.tenant_id}, mode {mode.value}. Resume it with "
             f"those arguments, or undo it with `memrestore abort --data-dir {data_dir}` first."
         )
-    me = new_marker(plan.snapshot_id, plan.tenant_id, mode.value)
-    update_marker(data_dir, info.model_copy(update={"pid": me.pid, "host": me.host}))
+    if on_dead_holder is not None:
+        on_dead_holder(data_dir, info, "resume")
+    me = new_marker(plan.snapshot_id, plan.tenant_id, mode.value, run)
+    update_marker(data_dir, info.model_copy(update={
+        "pid": me.pid, "host": me.host, "flow_run_id": me.flow_run_id, "prefect_api_url": me.prefect_api_url}))
     return info.phase
 
 
@@ -143,8 +149,12 @@ def preflight(
     mode: RestoreMode,
     dry_run: bool = False,
     resume: bool = False,
+    run: RunRef | None = None,
+    on_dead_holder: DeadHolderFn | None = None,
 ) -> Phase | None:
     """Check the mode and take the lock and the marker; with ``dry_run``, check only, write nothing.
+    The marker records ``run``, the flow run this restore runs as (if any); ``on_dead_holder``
+    hears of a marker whose process died.
 
     Returns the phase an interrupted restore of this same snapshot reached (``resume`` and a
     marker of ours): staging, committing or cleanup; or None for a fresh restore. On return
@@ -173,16 +183,19 @@ def preflight(
         raise RestoreInProgressError(marker, "starting, or just finishing", locked=True)
     try:
         if resume and os.path.lexists(marker):
-            phase = _check_resumable(plan, data_dir, mode)
+            phase = _check_resumable(plan, data_dir, mode, run, on_dead_holder)
             if phase is not Phase.PREFLIGHT:
                 return phase
             # Interrupted before its checks passed: nothing was staged; check as a fresh restore.
             _checks_under_marker(plan, data_dir, mode)
             return None
         try:
-            create_marker(data_dir, new_marker(plan.snapshot_id, plan.tenant_id, mode.value))
+            create_marker(data_dir, new_marker(plan.snapshot_id, plan.tenant_id, mode.value, run))
             crash_point("marker-created")
         except FileExistsError:
+            held = read_marker(data_dir)  # we hold the lock: its restore's process is gone
+            if held is not None and on_dead_holder is not None:
+                on_dead_holder(data_dir, held, "restore")
             raise RestoreInProgressError(marker, describe_marker(data_dir)) from None
         except OSError as exc:
             raise DestinationIOError("taking the restore marker in", data_dir, exc) from exc
@@ -195,7 +208,11 @@ def preflight(
 
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight_task(
-    plan: RestorePlan, data_dir: str, mode: RestoreMode, dry_run: bool = False, resume: bool = False
+    plan: RestorePlan, data_dir: str, mode: RestoreMode, dry_run: bool = False, resume: bool = False,
+    run: RunRef | None = None,
 ) -> Phase | None:
-    """Take the lock and the marker, and check the mode's precondition (never retried)."""
-    return preflight(plan, Path(data_dir), mode, dry_run, resume)
+    """Take the lock and the marker, and check the mode's precondition (never retried); a dead
+    restore's flow run found on the way is marked Crashed."""
+    from tasks.orphans import mark_dead_run
+
+    return preflight(plan, Path(data_dir), mode, dry_run, resume, run, mark_dead_run)
