@@ -188,23 +188,32 @@ def _spawn(home: Path) -> ServerInfo:
             start_new_session=True, close_fds=True,
             env={**os.environ, "PREFECT_HOME": str(home)},
         )
-    proc.returncode = 0  # never waited for: it outlives this command by design
     info = ServerInfo(
         pid=proc.pid, port=port, api_url=f"http://127.0.0.1:{port}/api",
         started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         idle_seconds=idle, log=str(log),
     )
     _write_state(home, info)  # before it answers: a command that waits on the lock finds it
-    _wait_ready(info, START_TIMEOUT_SECONDS)
+    try:
+        _wait_ready(info, START_TIMEOUT_SECONDS, proc)
+    except LocalServerError:
+        _state_path(home).unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    proc.returncode = 0  # never waited for: it outlives this command by design
     return info
 
 
-def _wait_ready(info: ServerInfo, timeout: float) -> None:
+def _wait_ready(info: ServerInfo, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait for the server to answer; ``proc`` when this process started it (right after its
+    exec, its /proc entry is not yet the server's, so only the child's own status tells)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if healthy(info.api_url, timeout=1.0):
             return
-        if not _is_our_server(info.pid):
+        if (proc.poll() is not None) if proc is not None else not _is_our_server(info.pid):
             raise LocalServerError(
                 f"the local Prefect server (pid {info.pid}) exited while starting; its log "
                 f"{info.log} ends:\n{_log_tail(Path(info.log))}\nFix what it says, or set "

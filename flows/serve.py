@@ -249,6 +249,9 @@ def serve(
         # local server is stopped) instead of ending the process on the spot.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with prefect_api(log):
+        from flows.alerts import ensure_crashed_restore_automation
+
+        ensure_crashed_restore_automation(log)
         deployments = [on_demand_deployment(backend)]
         if backend:
             deployments.append(nightly_deployment(

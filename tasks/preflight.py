@@ -196,7 +196,8 @@ def preflight(
             held = read_marker(data_dir)  # we hold the lock: its restore's process is gone
             if held is not None and on_dead_holder is not None:
                 on_dead_holder(data_dir, held, "restore")
-            raise RestoreInProgressError(marker, describe_marker(data_dir)) from None
+            gone = "; its process is gone (nothing holds the data dir's lock)" if held is not None else ""
+            raise RestoreInProgressError(marker, describe_marker(data_dir) + gone) from None
         except OSError as exc:
             raise DestinationIOError("taking the restore marker in", data_dir, exc) from exc
         _checks_under_marker(plan, data_dir, mode)

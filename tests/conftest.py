@@ -25,6 +25,16 @@ from tests.seaweed import seaweedfs  # noqa: E402,F401  (session fixture)
 from tests.prefect_server import prefect_server  # noqa: E402,F401  (session fixture)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_local_server_left():
+    """A CLI run with no PREFECT_API_URL starts the shared local server of the session's
+    PREFECT_HOME (flows/localserver.py); it goes when the session ends, not 10 idle minutes later."""
+    yield
+    from flows.localserver import stop_server
+
+    stop_server(Path(_PREFECT_HOME), force=True)
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API server for the session; yields its URL (for subprocesses too)."""
