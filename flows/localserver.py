@@ -149,10 +149,26 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         conn.close()
 
 
-def _free_port() -> int:
+#: The port a local server takes when it is free: Prefect's own default (a bookmarkable UI at
+#: http://127.0.0.1:4200), or ``PREFECT_SERVER_API_PORT``; any free port otherwise.
+PREFERRED_PORT = 4200
+
+
+def _port(preferred: int | None) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if preferred:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _preferred_port() -> int:
+    raw = os.environ.get("PREFECT_SERVER_API_PORT")
+    return int(raw) if raw and raw.isdigit() else PREFERRED_PORT
 
 
 def _idle_seconds() -> float:
@@ -178,7 +194,7 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 def _spawn(home: Path) -> ServerInfo:
     """Start a server in a session of its own (a Ctrl-C of the command that started it does not
     reach it), record it, and return once it answers."""
-    port = _free_port()
+    port = _port(_preferred_port())
     log = home / LOG_NAME
     idle = _idle_seconds()
     with open(log, "ab") as out:
@@ -186,7 +202,9 @@ def _spawn(home: Path) -> ServerInfo:
             [sys.executable, "-m", COMMAND_TAG, "--port", str(port), "--idle", str(idle)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
-            env={**os.environ, "PREFECT_HOME": str(home)},
+            # The UI asks the server for its API's address, built from these two settings.
+            env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                 "PREFECT_SERVER_API_PORT": str(port)},
         )
     info = ServerInfo(
         pid=proc.pid, port=port, api_url=f"http://127.0.0.1:{port}/api",

@@ -4,10 +4,10 @@
                                  `prefect deployment run 'restore-snapshot/on-demand' -p ...`
     restore-drill/nightly        a cron schedule (default 03:00 UTC) with the drill's parameters
 
-They are served to the Prefect API in ``PREFECT_API_URL``. When that is unset, ``serve`` starts a
-local Prefect server (``prefect server start`` on loopback, with its UI and its scheduler) for as
-long as it runs: Prefect's in-process ephemeral API has no scheduler, so a nightly schedule there
-would never fire.
+They are served to the Prefect API in ``PREFECT_API_URL``. When that is unset, ``serve`` uses the
+shared local Prefect server of this ``PREFECT_HOME`` (flows/localserver.py: a full server on
+loopback, with its UI and its scheduler, which the other commands use too), started if none runs:
+Prefect's in-process ephemeral API has no scheduler, so a nightly schedule there would never fire.
 
 Stopping ``serve`` leaves the nightly schedule active (``pause_on_shutdown=False``): runs keep being
 scheduled and wait, Late, for the next ``serve`` or a worker, where Prefect's default would pause
@@ -19,15 +19,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from backends.errors import RestoreError
@@ -42,13 +35,6 @@ DRILL_TIMEZONE = "UTC"
 #: The nightly schedule's slug: a restarted ``serve`` updates this schedule instead of adding one.
 DRILL_SCHEDULE_SLUG = "nightly-drill"
 TAGS = ["memrestore"]
-
-#: A local server's cold start is 12-15 s on a 2-core machine with a fresh database; leave room
-#: for a loaded machine before giving up.
-SERVER_STARTUP_SECONDS = 90
-SERVER_POLL_SECONDS = 0.5
-#: How long a local server gets to exit on SIGTERM before it is killed.
-SERVER_STOP_SECONDS = 15
 
 
 class ServeError(RestoreError):
@@ -115,83 +101,6 @@ def nightly_deployment(
     )
 
 
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-@contextmanager
-def local_prefect_server(log: Callable[[str], None]) -> Iterator[str]:
-    """``prefect server start`` on loopback for the block's duration; yields its API URL.
-
-    The port is Prefect's ``PREFECT_SERVER_API_PORT`` (4200 by default); the database is
-    ``$PREFECT_HOME/prefect.db``, so deployments and run history outlive the server. Its output goes
-    to ``$PREFECT_HOME/memrestore-server.log``.
-    """
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    host, port = "127.0.0.1", settings.server.api.port
-    api_url = f"http://{host}:{port}/api"
-    if _port_taken(host, port):
-        raise ServeError(
-            f"PREFECT_API_URL is unset and port {port} on {host} is taken, so no local Prefect server "
-            f"can start there. If a Prefect server already runs on it, serve to it with "
-            f"PREFECT_API_URL={api_url}; otherwise pick another port with PREFECT_SERVER_API_PORT."
-        )
-    home = Path(settings.home)
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "memrestore-server.log"
-    prefect_cli = Path(sys.executable).with_name("prefect")
-    command = [str(prefect_cli), "server", "start", "--host", host, "--port", str(port)]
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-        # The UI takes its API URL from these settings, not from --host/--port.
-        "PREFECT_SERVER_API_HOST": host,
-        "PREFECT_SERVER_API_PORT": str(port),
-    }
-    with open(log_path, "ab") as server_log:
-        server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL)
-    try:
-        log(f"starting a local Prefect server on {host}:{port} (log: {log_path})")
-        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
-        while not _healthy(api_url):
-            if server.poll() is not None:
-                raise ServeError(
-                    f"the local Prefect server exited with status {server.returncode} before it was "
-                    f"ready; see {log_path}, or start one yourself and set PREFECT_API_URL."
-                )
-            if time.monotonic() > deadline:
-                raise ServeError(
-                    f"the local Prefect server was not healthy on {api_url}/health after "
-                    f"{SERVER_STARTUP_SECONDS} s; see {log_path}."
-                )
-            time.sleep(SERVER_POLL_SECONDS)
-        yield api_url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=SERVER_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def _check_reachable(api_url: str) -> None:
     from prefect.client.orchestration import get_client
 
@@ -207,22 +116,28 @@ def _check_reachable(api_url: str) -> None:
 
 @contextmanager
 def prefect_api(log: Callable[[str], None]) -> Iterator[str]:
-    """The API in ``PREFECT_API_URL``, or a local server started for the block's duration."""
+    """The API in ``PREFECT_API_URL``, or the shared local server of this ``PREFECT_HOME``
+    (flows/localserver.py: started if none runs, held while serving, stopped by itself once idle
+    after ``serve`` ends)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.localserver import ensure_server
 
     configured = PREFECT_API_URL.value()
     if configured:
         _check_reachable(configured)
         yield configured
         return
-    with local_prefect_server(log) as api_url:
-        # The environment too: the runner starts each flow run as a subprocess.
-        os.environ["PREFECT_API_URL"] = api_url
-        try:
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                yield api_url
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+    info, started = ensure_server()
+    log(f"{'started' if started else 'using'} the local Prefect server at {info.ui_url} "
+        f"(log: {info.log}; `memrestore server stop` ends it)")
+    # The environment too: the runner starts each flow run as a subprocess.
+    os.environ["PREFECT_API_URL"] = info.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: info.api_url}):
+            yield info.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

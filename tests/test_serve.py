@@ -101,7 +101,7 @@ def test_nightly_schedule_stays_active_after_serve_stops(prefect_server: Prefect
     assert "serving restore-drill/nightly" in log.read_text()
 
 
-def test_serve_without_an_api_url_starts_a_local_server_and_stops_it(tmp_path):
+def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
     backend = LocalBackend(tmp_path / "backend")
     write_sample_snapshot(backend, tenant_id=1, snapshot_id="snap-1")
     port = free_port()
@@ -130,9 +130,13 @@ def test_serve_without_an_api_url_starts_a_local_server_and_stops_it(tmp_path):
             assert json.load(response)["api_url"] == local.api_url
     finally:
         code = stop(serve, signal.SIGINT)
+        # The shared server stays for the next command (flows/localserver.py), until idle or stopped.
+        stopped = subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"], env=env,
+                                 capture_output=True, text=True, timeout=60)
     assert code == 0, tail(log)
-    assert not healthy(local.api_url), "the local Prefect server outlived serve"
-    assert f"starting a local Prefect server on 127.0.0.1:{port}" in log.read_text()
+    assert f"started the local Prefect server at {local.url}" in log.read_text()
+    assert stopped.returncode == 0 and "stopped the local Prefect server" in stopped.stdout, stopped.stderr
+    wait_until(lambda: not healthy(local.api_url), 30, "the local server to stop")
     assert (home / "prefect.db").exists()
 
 
