@@ -65,25 +65,39 @@ def prefect_home() -> Path:
 
 
 def configured_api_url() -> str | None:
-    """The Prefect API the user set up, if any: ``PREFECT_API_URL``, else the active profile's.
-
-    Read without importing Prefect (which costs a second): the environment, then
-    ``profiles.toml`` (``PREFECT_PROFILES_PATH``, else ``PREFECT_HOME/profiles.toml``) with the
-    profile ``PREFECT_PROFILE`` names, else its ``active`` one.
+    """The Prefect API the user set up, if any, from the sources Prefect reads it from, without
+    importing Prefect (which costs a second): ``PREFECT_API_URL``; ``.env``, ``prefect.toml``
+    (``[api] url``) and ``pyproject.toml`` (``[tool.prefect.api] url``) in the working directory;
+    the active profile in ``profiles.toml`` (``PREFECT_PROFILES_PATH``, else
+    ``PREFECT_HOME/profiles.toml``; the profile ``PREFECT_PROFILE`` names, else its ``active``).
     """
     if url := os.environ.get("PREFECT_API_URL"):
         return url
     import tomllib
 
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml").expanduser()
+    def toml(path: Path) -> dict:
+        try:
+            return tomllib.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def dig(data: dict, *keys: str):
+        for key in keys:
+            data = data.get(key) if isinstance(data, dict) else None
+        return data if isinstance(data, str) and data else None
+
     try:
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        for line in Path(".env").read_text().splitlines():
+            key, _, value = line.strip().removeprefix("export ").partition("=")
+            if key.strip() == "PREFECT_API_URL" and value.strip().strip("'\""):
+                return value.strip().strip("'\"")
+    except (OSError, UnicodeDecodeError):
+        pass
+    if url := dig(toml(Path("prefect.toml")), "api", "url") or dig(toml(Path("pyproject.toml")), "tool", "prefect", "api", "url"):
+        return url
+    profiles = toml(Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml").expanduser())
     name = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
-    profile = profiles.get("profiles", {}).get(name or "", {})
-    url = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
-    return url if isinstance(url, str) and url else None
+    return dig(profiles, "profiles", name or "", "PREFECT_API_URL")
 
 
 @dataclass

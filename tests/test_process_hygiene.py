@@ -328,3 +328,30 @@ def test_a_signal_stops_the_restore_promptly_and_leaves_it_recoverable(backend_u
     fresh = tmp_path / "fresh"
     assert memrestore(_restore_args(backend_url, fresh, "new_cluster"), env).returncode == 0
     assert tree(data_dir) == tree(fresh)
+
+
+# --- which API a command uses ------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["env", ".env", "prefect.toml", "pyproject.toml", "profile", "nothing"])
+def test_a_configured_api_is_found_where_prefect_reads_it(tmp_path, monkeypatch, where):
+    """The local server is only for users with no API set up: any source Prefect reads counts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    (home / "profiles.toml").write_text('active = "ephemeral"\n[profiles.ephemeral]\n'
+                                        'PREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n')
+    url = "http://prefect.example:4200/api"
+    if where == "env":
+        monkeypatch.setenv("PREFECT_API_URL", url)
+    elif where == ".env":
+        (tmp_path / ".env").write_text(f"OTHER=1\nPREFECT_API_URL='{url}'\n")
+    elif where == "prefect.toml":
+        (tmp_path / "prefect.toml").write_text(f'[api]\nurl = "{url}"\n')
+    elif where == "pyproject.toml":
+        (tmp_path / "pyproject.toml").write_text(f'[tool.prefect.api]\nurl = "{url}"\n')
+    elif where == "profile":
+        (home / "profiles.toml").write_text(f'active = "prod"\n[profiles.prod]\nPREFECT_API_URL = "{url}"\n')
+    assert localserver.configured_api_url() == (None if where == "nothing" else url)
