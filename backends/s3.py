@@ -113,6 +113,10 @@ def shared_client():
         return client
 
 
+#: ListObjectsV2 requests in flight at once while listing a root (over disjoint key ranges,
+#: backends/key_ranges.py). Measured in BENCHMARKS.md ("Listing at scale").
+LIST_RANGES = 8
+
 #: Reads of a manifest whose body breaks or ends short, as boto3's transfer manager allows a
 #: download (its ``num_download_attempts``).
 MANIFEST_READ_ATTEMPTS = 5
@@ -140,6 +144,11 @@ _TRANSIENT_CODES = {
 
 class S3Backend:
     """Snapshots under ``s3://bucket/prefix/``."""
+
+    #: ListObjectsV2 requests a listing keeps in flight (:meth:`list_manifests`; 1: one sequential
+    #: pass), and what the last listing took (requests, splits of its key ranges).
+    list_ranges: int = LIST_RANGES
+    last_listing: dict[str, int] = {}
 
     def __init__(self, bucket: str, prefix: str = "", client=None) -> None:
         self.bucket = bucket
@@ -226,25 +235,37 @@ class S3Backend:
         return [ref.snapshot_id for ref in self.list_manifests()]
 
     def list_manifests(self) -> list[ManifestRef]:
-        # One listing of the whole root, keeping ``<id>/manifest.json`` keys: a folder without
-        # its manifest is an unfinished snapshot and is not listed. Each key comes with its ETag,
-        # size and time at no extra cost: together they are the manifest's version.
+        # A listing of the whole root, keeping ``<id>/manifest.json`` keys: a folder without its
+        # manifest is an unfinished snapshot and is not listed. Each key comes with its ETag, size
+        # and time at no extra cost: together they are the manifest's version. ``list_ranges``
+        # ListObjectsV2 requests are in flight at once, over disjoint key ranges
+        # (backends/key_ranges.py); the keys found are the same whatever their number (1: one
+        # sequential pass), and so is the result, sorted by id.
+        from backends.key_ranges import list_key_ranges
+
         root = f"{self.prefix}/" if self.prefix else ""
-        refs = []
+
+        def page(start_after: str | None, max_keys: int) -> tuple[list[dict], bool]:
+            request = {"Bucket": self.bucket, "Prefix": root, "MaxKeys": max_keys}
+            if start_after is not None:
+                request["StartAfter"] = start_after
+            answer = self.client.list_objects_v2(**request)
+            return answer.get("Contents", []), bool(answer.get("IsTruncated"))
+
         try:
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=root):
-                for obj in page.get("Contents", []):
-                    name, _, rest = obj["Key"][len(root):].partition("/")
-                    if rest != MANIFEST_NAME:
-                        continue
-                    try:
-                        check_snapshot_id(name)
-                    except InvalidSnapshotIdError:
-                        continue  # not a snapshot folder
-                    refs.append(ManifestRef(name, _version(obj)))
+            objects, self.last_listing = list_key_ranges(page, root, self.list_ranges)
         except _S3_ERRORS as exc:
             raise self._fail(exc, "") from exc
+        refs = []
+        for obj in objects:
+            name, _, rest = obj["Key"][len(root):].partition("/")
+            if rest != MANIFEST_NAME:
+                continue
+            try:
+                check_snapshot_id(name)
+            except InvalidSnapshotIdError:
+                continue  # not a snapshot folder
+            refs.append(ManifestRef(name, _version(obj)))
         return sorted(refs, key=lambda ref: ref.snapshot_id)
 
     def _head(self, key: str) -> tuple[int, str | None]:

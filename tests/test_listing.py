@@ -3,8 +3,12 @@ a listing finds. Every test runs on a local folder and on a real SeaweedFS S3 se
 
 from __future__ import annotations
 
+import bisect
+import concurrent.futures
 import json
 import os
+import random
+import threading
 import pickle
 import sqlite3
 import subprocess
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import LocalBackend, ManifestCache, list_snapshots, open_backend, put_manifest
+from backends import LocalBackend, ManifestCache, key_ranges, list_snapshots, open_backend, put_manifest
 from backends.errors import TransientBackendError
 from backends.manifest import SnapshotManifest
 from backends.manifest_cache import CACHE_FILE, default_cache_dir
@@ -348,6 +352,196 @@ def test_s3_versions_name_the_endpoint_too(s3_env):
     assert backend.identity == f"s3://{bucket}/p at {s3_env.endpoint_url}"
 
 
+# -- the concurrent listing on S3 -------------------------------------------------------------------
+
+
+def _sorted_keys(keys):
+    keys = sorted(keys)
+
+    def fetch(start_after, max_keys):
+        i = 0 if start_after is None else bisect.bisect_right(keys, start_after)
+        return [{"Key": k} for k in keys[i:i + max_keys]], i + max_keys < len(keys)
+
+    return keys, fetch
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_key_ranges_list_every_key_once_whatever_the_layout(workers, monkeypatch):
+    """The range splitting against an in-memory sorted key list (a narrow unit test: S3's own
+    behaviour is tested against SeaweedFS below): every key once, on layouts meant to put split
+    points next to keys (ids that are prefixes of others, ``-`` and ``.`` sorting before ``/``,
+    characters outside the id alphabet, long shared prefixes, decimal counters)."""
+    monkeypatch.setattr(key_ranges, "PAGE_KEYS", 40)
+    monkeypatch.setattr(key_ranges, "PROBE_KEYS", 7)
+    rng = random.Random(workers)
+    alphabet = "-./09AZ_az~ \x7fé"
+    layouts = [
+        [f"p/tenant{t:05d}-snap{n:02d}/{f}" for t in range(70) for n in range(7) for f in ("a", "manifest.json")],
+        [f"p/{'a' * n}{sep}{i}" for n in range(1, 30) for sep in ("", "-", ".", "/") for i in range(12)],
+        ["p/" + "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))) for _ in range(3000)],
+        [f"p/{'z' * 40}{i:06d}" for i in range(900)] + [f"p/{'-' * 20}{i}" for i in range(500)],
+        [],
+        ["p/only"],
+    ]
+    for layout in layouts:
+        keys, fetch = _sorted_keys(set(layout))
+        found, stats = key_ranges.list_key_ranges(fetch, "p/", workers)
+        listed = [o["Key"] for o in found]
+        assert sorted(listed) == keys and len(set(listed)) == len(listed)
+        if workers == 1:
+            assert stats["splits"] == 0
+    assert stats["requests"] >= 1
+
+
+def test_midpoints_lie_strictly_between_their_bounds():
+    rng = random.Random(7)
+    chars = key_ranges.SYMBOLS + "~ é"
+    for _ in range(3000):
+        a, b = sorted("".join(rng.choice(chars) for _ in range(rng.randint(0, 12))) for _ in range(2))
+        for low, high in ((a or None, b), (a or None, None)):
+            cut = key_ranges.midpoint(low, high)
+            if cut is not None:
+                assert cut > (low or "") and (high is None or cut < high)
+
+
+def _tricky_fleet(store) -> set[str]:
+    """Many tenants, ids that sort around one another's keys (``a`` < ``a-b`` < ``a.b`` by folder,
+    but ``a-b/...`` < ``a/...`` by key), unfinished snapshots, an unparsable manifest, keys that are
+    no snapshot's; written 32 at a time. Returns the ids that should be listed as finished."""
+    jobs, finished = [], set()
+    for tenant in range(60):
+        for n in range(6):
+            sid = f"t{tenant:03d}-s{n}"
+            jobs.append((f"{sid}/sqlite.db", b""))
+            if n == 5 and tenant % 7 == 0:
+                continue  # unfinished: content, no manifest yet
+            jobs.append((f"{sid}/manifest.json", manifest(sid, tenant, 1_000 * n + tenant).to_json()))
+            finished.add(sid)
+    for i, sid in enumerate(["a", "a-b", "a.b", "a0", "a-", "a--", "a.", "_", "-", "Z", "z" * 128, "a" * 127 + "-"]):
+        jobs.append((f"{sid}/manifest.json", manifest(sid, 900 + i, 5).to_json()))
+        jobs.append((f"{sid}/z", b""))
+        finished.add(sid)
+    jobs += [
+        ("broken/manifest.json", b"{ not json"),  # listed, unreadable
+        ("t010-s9/manifest.json.tmp", b"half"),  # not a manifest
+        ("t011-s9/part/manifest.json", b"{}"),  # not at a snapshot's top
+        ("unfinished-only/hnsw.bin", b""),
+        ("manifest.json", b"{}"),
+    ]
+    finished.add("broken")
+    client = store.client
+    root = f"{store.prefix}/" if store.prefix else ""
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda job: client.put_object(Bucket=store.bucket, Key=root + job[0], Body=job[1]), jobs))
+    # Keys outside the prefix, on both sides of it, which no listing of it may see.
+    for key in ("fleeta/x/manifest.json", "flee/x/manifest.json", f"{root[:-1]}~/manifest.json"):
+        client.put_object(Bucket=store.bucket, Key=key, Body=manifest("x", 1, 1).to_json())
+    return finished
+
+
+@pytest.fixture
+def tricky(s3_env, monkeypatch):
+    """A SeaweedFS bucket holding :func:`_tricky_fleet` under ``fleet/``, listed in pages of 40 keys
+    so that a listing of its ~800 keys splits its key ranges many times."""
+    monkeypatch.setattr(key_ranges, "PAGE_KEYS", 40)
+    monkeypatch.setattr(key_ranges, "PROBE_KEYS", 5)
+    bucket = s3_env.create_bucket(f"ranges-{uuid.uuid4().hex[:12]}")
+    store = S3Backend(bucket, "fleet", client=s3_env.client())
+    return store, _tricky_fleet(store)
+
+
+def _paginated(store) -> list[str]:
+    """The ids of ``<id>/manifest.json`` keys, by boto3's own paginator: the oracle."""
+    ids = []
+    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix="fleet/"):
+        for obj in page.get("Contents", []):
+            sid, _, rest = obj["Key"][len("fleet/"):].partition("/")
+            if rest == "manifest.json" and sid:
+                ids.append(sid)
+    return sorted(ids)
+
+
+def test_concurrent_s3_listing_equals_the_sequential_pass(tricky):
+    store, finished = tricky
+    store.list_ranges = 1
+    sequential = store.list_manifests()
+    assert store.last_listing["splits"] == 0
+    assert [r.snapshot_id for r in sequential] == _paginated(store) == sorted(finished)
+    for ranges in (2, 8, 32):
+        store.list_ranges = ranges
+        assert store.list_manifests() == sequential  # ids, versions and order
+        assert store.last_listing["splits"] > 0
+    assert store.last_listing["requests"] > len(finished) * 2 // 40
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_concurrent_listing_finds_what_the_sequential_one_does_across_rewrites(tricky, tmp_path, monkeypatch,
+                                                                              with_cache):
+    store, _ = tricky
+    if with_cache:
+        monkeypatch.setenv("MEMRESTORE_CACHE_DIR", str(tmp_path / "cache"))
+    else:
+        monkeypatch.setenv("MEMRESTORE_NO_CACHE", "1")
+        assert default_cache_dir() is None
+
+    def both() -> tuple[dict, dict]:
+        store.list_ranges = 1
+        one = summary(list_snapshots(store))
+        store.list_ranges = 8
+        many = summary(list_snapshots(store))
+        return one, many
+
+    one, many = both()
+    assert one == many and "broken" in one["unreadable"] and len(one["entries"]) > 300
+    # Rewritten between listings: a newer snapshot for tenant 3, a tenant moved, one made unreadable,
+    # one made readable, one deleted, one finished.
+    put_manifest(store, manifest("t003-s0", 3, 999_999))
+    put_manifest(store, manifest("a-b", 4, 7))
+    store.put_object("t020-s1/manifest.json", b"[]")
+    put_manifest(store, manifest("broken", 5, 3))
+    delete_manifest(store, "t030-s2")
+    put_manifest(store, manifest("t014-s5", 14, 123_456))
+    again, again_many = both()
+    assert again == again_many and again != one
+    assert again["latest"][3] == "t003-s0" and again["latest"][14] == "t014-s5"
+    assert "t020-s1" in again["unreadable"] and "broken" not in again["unreadable"]
+    assert "t030-s2" not in {e[0] for e in again["entries"]}
+
+
+def test_the_s3_listing_really_keeps_requests_in_flight_at_once(tricky):
+    """Counted at the client: each ListObjectsV2 after the first waits, before it is sent, until
+    another one is in flight too (a barrier: a listing that sent them one after another would never
+    pass it and fails here), and the manifest reads wait for four of them in flight."""
+    store, finished = tricky
+    in_flight, most, lock = {"ListObjectsV2": 0, "GetObject": 0}, {"ListObjectsV2": 0, "GetObject": 0}, threading.Lock()
+    barriers = {"ListObjectsV2": threading.Barrier(2, timeout=30), "GetObject": threading.Barrier(4, timeout=30)}
+    seen = {"ListObjectsV2": 0, "GetObject": 0}
+
+    def before(model, **_):
+        name = model.name
+        with lock:
+            seen[name] += 1
+            in_flight[name] += 1
+            most[name] = max(most[name], in_flight[name])
+            wait = (name == "ListObjectsV2" and seen[name] in (2, 3)) or (name == "GetObject" and seen[name] <= 4)
+        if wait:
+            barriers[name].wait()
+
+    def after(model, **_):
+        with lock:
+            in_flight[model.name] -= 1
+
+    events = store.client.meta.events
+    for name in ("ListObjectsV2", "GetObject"):
+        events.register(f"before-call.s3.{name}", before)
+        events.register(f"after-call.s3.{name}", after)
+    store.list_ranges = 4
+    listing = list_snapshots(store, cache=False, concurrency=8)
+    assert len(listing) + len(listing.unreadable) == len(finished)
+    assert most["ListObjectsV2"] >= 2 and most["GetObject"] >= 4
+    assert seen["ListObjectsV2"] == store.last_listing["requests"]
+
+
 # -- the benchmark still runs ------------------------------------------------------------------------
 
 
@@ -361,8 +555,11 @@ def test_listing_benchmark_smoke(s3_env, tmp_path):
     others = f"# Benchmarks: issue 5\n\n| their table |\n\n{NOTES_MARKER}\nTheir notes.\n"
     output.write_text(others)
     args = ["--workdir", str(tmp_path / "work"), "--output", str(output), "--tenants", "4", "--snapshots", "2",
-            "--s3-tenants", "2", "--rounds", "1", "--sweep", "none", "--s3-endpoint-url", s3_env.endpoint_url]
+            "--s3-tenants", "2", "--rounds", "1", "--sweep", "none", "--s3-endpoint-url", s3_env.endpoint_url,
+            "--latency-ms", "2"]
     assert main(args) == 0
+    # Text after the section (another benchmark's, or people's notes) is kept as it is.
+    output.write_text(output.read_text() + "\nAfter the section.\n")
     # Writing the section again replaces it, and nothing else.
     assert main(["--rerender", str(tmp_path / "work" / "results.json"), "--output", str(output)]) == 0
     text = output.read_text()
@@ -370,3 +567,8 @@ def test_listing_benchmark_smoke(s3_env, tmp_path):
     section = text.split(START)[1]
     assert "local folder, 4 tenants x 2 = 8 snapshots" in section and "SeaweedFS (S3), 2 tenants x 2" in section
     assert "| warm run: cache hit |" in section and "| 0 |" in section  # a warm run reads no manifest
+    assert text.endswith(f"{END}\n\nAfter the section.\n")
+    # The concurrent cold listing and the one-pass one, both measured, on both S3 targets.
+    assert "| SeaweedFS (S3), 4 snapshots | list only |" in section
+    assert "| SeaweedFS (S3) + 2 ms a request, 4 snapshots | list only |" in section
+    assert section.count("|  | first run |") == 2
