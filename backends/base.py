@@ -18,6 +18,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from backends.errors import InvalidManifestError
 from backends.manifest import SnapshotManifest, check_snapshot_id, parse_manifest
+from backends.streams import RateLimit
 
 MANIFEST_NAME = "manifest.json"
 
@@ -89,12 +90,15 @@ class Backend(Protocol):
         """Size in bytes of the object at ``key``."""
         ...
 
-    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
+    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None,
+                 limit: RateLimit | None = None) -> int:
         """Stream the object at ``key`` into ``sink`` in order; return the byte count.
 
-        ``on_bytes`` is called with the size of each piece as it arrives. A backend that can
-        fetch parts of one object at once also has ``download_at(key, sink: PositionalSink,
-        on_bytes, streams) -> int`` (S3); the staging step uses it when it is there.
+        ``on_bytes`` is called with the size of each piece as it arrives; every read is first
+        reserved from ``limit`` (a rate limit shared with other downloads), when one is given.
+        A backend that can fetch parts of one object at once also has ``download_at(key, sink:
+        PositionalSink, on_bytes, pool: StreamPool) -> int`` (S3): the parts run on the pool's
+        streams, under its rate limit; the staging step uses it when it is there.
         """
         ...
 

@@ -19,6 +19,7 @@ from backends.errors import (
     TransientBackendError,
 )
 from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
+from backends.streams import RateLimit
 
 #: Read size for streaming: large enough that syscalls and hashing calls are few, small enough
 #: that memory stays flat (a download holds one chunk at a time).
@@ -168,20 +169,28 @@ class LocalBackend:
         os.close(fd)
         return size
 
-    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
+    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None,
+                 limit: RateLimit | None = None) -> int:
+        """The object's bytes to ``sink``, each chunk first reserved from ``limit`` if one is given."""
         fd, _ = self._open_regular(key)
         total = 0
         with open(fd, "rb", buffering=0, closefd=True) as f:
             if hasattr(sink, "copy_from") and hasattr(os, "copy_file_range"):
-                total, done = self._copy_in_kernel(fd, sink, on_bytes)
+                total, done = self._copy_in_kernel(fd, sink, on_bytes, limit)
                 if done:
                     return total
                 f.seek(total)
             while True:
+                if limit is not None:
+                    limit.reserve(READ_CHUNK)
+                chunk = b""
                 try:
                     chunk = f.read(READ_CHUNK)
                 except OSError as exc:
                     raise self._fail(exc, key) from exc
+                finally:
+                    if limit is not None:
+                        limit.refund(READ_CHUNK - len(chunk))
                 if not chunk:
                     return total
                 sink.write(chunk)  # a sink's own OSError (disk full) is not ours to map
@@ -190,18 +199,25 @@ class LocalBackend:
                     on_bytes(len(chunk))
 
     @staticmethod
-    def _copy_in_kernel(fd: int, sink: FileSink, on_bytes: ProgressFn | None) -> tuple[int, bool]:
+    def _copy_in_kernel(fd: int, sink: FileSink, on_bytes: ProgressFn | None,
+                        limit: RateLimit | None = None) -> tuple[int, bool]:
         """Have the kernel copy the object into a file sink: the bytes go from page cache to page
         cache, never through Python (half the time of reading and writing them here, measured in
         BENCHMARKS.md). Returns (bytes copied, whether that was all of it)."""
         total = 0
         while True:
+            if limit is not None:
+                limit.reserve(COPY_CHUNK)
+            n = 0
             try:
                 n = sink.copy_from(fd, total, COPY_CHUNK)
             except OSError as exc:
                 if exc.errno in _SINK_FULL:
                     raise
                 return total, False  # the rest goes the plain way: see _SINK_FULL
+            finally:
+                if limit is not None:
+                    limit.refund(COPY_CHUNK - n)
             if n == 0:
                 return total, True
             total += n

@@ -2,8 +2,8 @@
 
 Endpoint and credentials come from boto3's own chain, so ``AWS_ENDPOINT_URL``,
 ``AWS_PROFILE`` and the rest work as they do for the AWS CLI. Objects are read with streaming
-GETs that resume where a broken body stopped; a large object given several streams is read by
-that many ranged GETs at once, each part written at its offset (see READ_SIZE below).
+GETs that resume where a broken body stopped; an object of several parts is read by ranged GETs
+on the restore's shared streams, each part written at its offset (see READ_SIZE below).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +32,9 @@ from backends.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
+from backends import streams as _streams
 from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
+from backends.streams import MAX_STREAMS, RateLimit, StreamPool
 
 MiB = 1024 * 1024
 
@@ -44,26 +45,19 @@ MiB = 1024 * 1024
 #: its own, which cost 2.3-2.8 s of CPU per 2 GiB here against ~0.6 s for plain streams, and it
 #: can only give a non-seekable sink its parts in order by holding them in memory.
 #:
-#: An object above RANGED_MIN may be split into parts of PART_SIZE fetched by ranged GETs at
-#: once, each written where it belongs (:meth:`S3Backend.download_at`): on a real S3 one
-#: connection gives ~100 MB/s, so a blob of several GiB must not wait on a single stream. How many
-#: streams an object gets is the caller's (``streams``, at most MAX_STREAMS_PER_OBJECT): a
-#: restore shares its streams among its items by size (``tasks.execute.stream_shares``), so a
-#: snapshot of several blobs of like size reads each with one plain GET, hashed as it arrives,
-#: and a lone large blob is read by several. Splitting objects that already stream side by side
-#: costs CPU and gains nothing: 16 streams for four blobs of 512 MiB took 3.0-3.9 s of CPU per
-#: 2 GiB here, four plain GETs 1.9 s (BENCHMARKS.md, session 3).
-#: Memory stays one read buffer per stream, whatever the object's size: parts are not held for
-#: reordering, the sink writes them at their offsets and hashes them in order (tasks/stage.py).
+#: :meth:`S3Backend.download_at` cuts an object into parts of 8-16 MiB (``backends.streams``) and
+#: runs them as ranged GETs on a :class:`~backends.streams.StreamPool`: the restore's streams,
+#: shared by all of its blobs, so that as many GETs are in flight as the restore was given until
+#: its last part (a far store gives each connection a bounded rate). Each part is written where it
+#: belongs; an object of one part is read by one plain GET. Memory stays one read buffer per
+#: stream, whatever the object's size: parts are not held for reordering, the sink writes them at
+#: their offsets and hashes them in order (tasks/stage.py).
 #:
 #: A body that breaks or ends short is resumed from the byte where it stopped (MAX_STREAM_BREAKS
 #: times per stream). Every GET carries ``If-Match`` with the ETag the size was read with, and its
 #: answer's ETag is checked too (not every server honours If-Match): a resumed or ranged read
 #: never splices two versions of an object together.
 READ_SIZE = 1 * MiB
-RANGED_MIN = 64 * MiB
-PART_SIZE = 32 * MiB
-MAX_STREAMS_PER_OBJECT = 4
 MAX_STREAM_BREAKS = 4
 
 #: Uploads (writing snapshots: the demo, the tests, the benchmark) keep multipart parts of 8 MiB,
@@ -81,7 +75,9 @@ UPLOAD_TRANSFER = TransferConfig(
 #: transient, retried by the task with backoff.
 CLIENT_CONFIG = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 3},
-    max_pool_connections=32,
+    # A connection for each stream of the largest pool, and a few for HEADs and manifests: beyond
+    # its pool size urllib3 opens a connection per request and drops it after.
+    max_pool_connections=MAX_STREAMS + 8,
     connect_timeout=10,
     read_timeout=60,
 )
@@ -278,54 +274,57 @@ class S3Backend:
     def object_size(self, key: str) -> int:
         return self._head(key)[0]
 
-    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None) -> int:
+    def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None,
+                 limit: RateLimit | None = None) -> int:
         """The object's bytes to ``sink`` in order, from one streaming GET (resumed if it breaks),
         read by botocore, which checks S3's checksum of the object (a CRC32, when the server
         sends one) once the last byte is in (:meth:`_check_transport_checksum`)."""
         size, etag = self._head(key)
         self._stream(key, 0, size, size, etag, _reporting(lambda _offset, data: sink.write(data), on_bytes),
-                     threading.Event())
+                     threading.Event(), limit=limit)
         return size
 
     def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None,
-                    streams: int = MAX_STREAMS_PER_OBJECT, *, content_checked: bool = False) -> int:
-        """The object's bytes to ``sink.write_at(offset, data)``. With ``streams`` above 1, a large
-        object comes in parts, out of order, from that many ranged GETs at once (at most
-        MAX_STREAMS_PER_OBJECT); each part's bytes in order.
+                    pool: StreamPool | None = None, *, content_checked: bool = False) -> int:
+        """The object's bytes to ``sink.write_at(offset, data)``: cut into parts
+        (``backends.streams.part_size``), each a ranged GET run on ``pool`` (the restore's streams,
+        shared with its other blobs; without one, a pool of the default size for this object
+        alone), so parts arrive out of order, each part's bytes in order. An object of one part
+        is one plain GET.
 
         ``content_checked``: the caller checks the bytes against a digest of its own (the
         manifest's blake3), so S3's checksum of the object need not be computed too, and the body
         is read straight into a buffer (:func:`_body_reader`). Otherwise as :meth:`download` (a
         ranged GET carries no checksum of the whole object anyway)."""
+        if pool is None:
+            with StreamPool() as own:
+                return self.download_at(key, sink, on_bytes, own, content_checked=content_checked)
         size, etag = self._head(key)
         write = _reporting(sink.write_at, on_bytes)
-        stop = threading.Event()
-        streams = min(streams, MAX_STREAMS_PER_OBJECT)
-        if size <= RANGED_MIN or streams <= 1:
-            self._stream(key, 0, size, size, etag, write, stop, content_checked)
-            return size
-        parts = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
-        with ThreadPoolExecutor(streams, thread_name_prefix="s3-range") as pool:
-            futures = [pool.submit(self._stream, key, start, end, size, etag, write, stop, content_checked) for start, end in parts]
-            try:
-                wait(futures, return_when=FIRST_EXCEPTION)
-            finally:
-                stop.set()  # a failed part (or an interrupt) stops the others at their next read
-        for future in futures:
-            if future.exception() is not None:
-                raise future.exception()
+        part_size = _streams.part_size(size, pool.streams)
+        spans = [(start, min(start + part_size, size)) for start in range(0, size, part_size)] or [(0, 0)]
+
+        buffer_size = _streams.read_size(pool.streams)
+
+        def part(start: int, end: int):
+            return lambda stop: self._stream(key, start, end, size, etag, write, stop, content_checked,
+                                             pool.limit, buffer_size)
+
+        pool.run([part(start, end) for start, end in spans])
         return size
 
     def _stream(self, key: str, start: int, end: int, size: int, etag: str | None,
-                write: Callable[[int, bytes], None], stop: threading.Event, content_checked: bool = False) -> None:
-        """GET bytes ``[start, end)`` of ``key`` and pass them to ``write(offset, data)`` in order.
+                write: Callable[[int, bytes], None], stop: threading.Event, content_checked: bool = False,
+                limit: RateLimit | None = None, buffer_size: int = READ_SIZE) -> None:
+        """GET bytes ``[start, end)`` of ``key`` and pass them to ``write(offset, data)`` in order,
+        each read first reserved from ``limit`` when there is one.
 
         A body that breaks or ends short is asked for again from the first byte not yet written,
         up to MAX_STREAM_BREAKS times, then the failure is transient (the task retries it). With
         the object's ETag, every GET is ``If-Match``: a different version is refused, not mixed in.
         """
         offset, breaks = start, 0
-        buffer = memoryview(bytearray(READ_SIZE))  # this stream's one buffer, filled by each read
+        buffer = memoryview(bytearray(buffer_size))  # this stream's one buffer, filled by each read
         while offset < end and not stop.is_set():
             request = {"Bucket": self.bucket, "Key": self._key(key)}
             if offset > 0 or end < size:  # the whole object is asked for plainly
@@ -352,11 +351,17 @@ class S3Backend:
             readinto = _body_reader(body, content_checked)
             try:
                 while offset < end and not stop.is_set():
+                    want, n = min(buffer_size, end - offset), 0
+                    if limit is not None:
+                        limit.reserve(want, stop)
                     try:
-                        n = readinto(buffer[:min(READ_SIZE, end - offset)])
+                        n = readinto(buffer[:want])
                     except _STREAM_ERRORS as exc:
                         broken: BaseException | str = exc
                         break
+                    finally:
+                        if limit is not None:
+                            limit.refund(want - n)
                     if not n:
                         broken = f"the body ended {end - offset} bytes short"
                         break

@@ -118,10 +118,17 @@ def interleave(a: Command, b: Command, pairs: int, log: Callable[[str], None] = 
     """Run A B A B ... (``pairs`` runs of each). Each command's ``after`` leaves the machine as it
     found it (outputs deleted, dirty pages synced), so neither inherits the other's work; each
     run starts after ``settle`` seconds of quiet (see the module's docstring)."""
-    series_a, series_b = Series(a.label), Series(b.label)
-    for _ in range(pairs):
-        for command, series in ((a, series_a), (b, series_b)):
-            run = run_command(command, settle)
-            series.runs.append(run)
-            log(f"    {command.label}: {run.seconds:.2f} s, peak RSS {run.max_rss_bytes / 2**20:.0f} MiB")
+    series_a, series_b = interleave_all([a, b], pairs, log, settle)
     return series_a, series_b
+
+
+def interleave_all(commands: Sequence[Command], pairs: int, log: Callable[[str], None] = print,
+                   settle: float = 0.0) -> list[Series]:
+    """:func:`interleave` of any number of commands: A B C A B C ..., ``pairs`` rounds."""
+    series = [Series(c.label) for c in commands]
+    for _ in range(pairs):
+        for command, s in zip(commands, series):
+            run = run_command(command, settle)
+            s.runs.append(run)
+            log(f"    {command.label}: {run.seconds:.2f} s, peak RSS {run.max_rss_bytes / 2**20:.0f} MiB")
+    return series

@@ -36,6 +36,7 @@ from benchmarks.data import (
     ensure_snapshot,
     even_snapshot,
 )
+from benchmarks.farstore import FarStore, far_rows
 from benchmarks.measure import Command, CommandFailed, interleave
 from benchmarks.report import Row, write_report
 from benchmarks.servers import PREFECT_QUIET, PrefectServer
@@ -43,7 +44,10 @@ from benchmarks.servers import PREFECT_QUIET, PrefectServer
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / ".data"
 BUCKET = "memrestore-bench"
-ALL_ROWS = ("0", "1", "2", "3", "4", "5", "6")
+ALL_ROWS = ("0", "1", "2", "3", "4", "5", "6", "7", "8")
+#: Rows that read the big snapshot from S3 (SeaweedFS), and those that read it from a far store.
+S3_ROWS = {"2", "3", "7", "8"}
+FAR_ROWS = {"7", "8"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Sizes:
     pairs: int
     #: Seconds of quiet before each timed run (benchmarks/measure.py says why).
     settle: float
+    #: Rows 7 and 8: how far the far store is, and row 8's cap.
+    far: FarStore
 
 
 FULL = Sizes(
@@ -70,6 +76,9 @@ FULL = Sizes(
     drill_bytes=1 * MiB,
     pairs=3,
     settle=4.0,
+    # 6 MB/s a connection: the AWS CLI's 10 connections take ~36 s for 2 GiB, and 32 streams
+    # (~190 MB/s) leave this machine's two cores room (BENCHMARKS.md: the proxy's CPU per run).
+    far=FarStore(rate=6_000_000, delay=0.02, limit="64M", limit_bytes=64 * MiB),
 )
 QUICK = Sizes(
     tiny=even_snapshot("tiny-64k", 4, 64 * 1024),
@@ -80,6 +89,7 @@ QUICK = Sizes(
     drill_bytes=64 * 1024,
     pairs=1,
     settle=0.0,
+    far=FarStore(rate=4_000_000, delay=0.02, limit="2M", limit_bytes=2 * MiB),
 )
 
 
@@ -164,7 +174,7 @@ class Bench:
         specs = []
         if "0" in rows:
             specs.append(s.tiny)
-        if rows & {"1", "2", "3", "6"}:
+        if rows & {"1", "2", "3", "6"} | (rows & FAR_ROWS):
             specs.append(s.big)
         if "4" in rows:
             specs += [s.rss_small, s.rss_large]
@@ -436,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    for tool, rows_needing in (("rclone", {"3"}), ("b3sum", {"6"})):
+    for tool, rows_needing in (("rclone", {"3", "7"}), ("b3sum", {"6"})):
         if rows & rows_needing and shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed: run `make system-deps` (or apt-get install {tool})")
 
@@ -468,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                 "started by the benchmark; every `memrestore` command talks to it through PREFECT_API_URL, as "
                 "with a standing server in production. Prefect's embedded server would add its 12-15 s cold "
                 "start to every single CLI call.")
-        if rows & {"2", "3"}:
+        if rows & S3_ROWS:
             if args.s3_endpoint_url:
                 bench.s3_env = {
                     "AWS_ENDPOINT_URL": args.s3_endpoint_url,
@@ -503,7 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         steps = {"0": bench.row0_fixed_cost, "1": bench.row1_local_vs_cp, "2": bench.row2_s3_vs_boto3, "3": bench.row3_s3_vs_rclone,
                  "4": bench.row4_rss, "5": bench.row5_drill, "6": bench.row6_verify}
         for number in ALL_ROWS:
-            if number in rows:
+            if number in FAR_ROWS and number in rows and number == min(rows & FAR_ROWS):
+                log("rows 7 and 8 (far store)")
+                try:  # one interleaved run gives both rows
+                    results += [r for r in far_rows(bench, sizes.far, _remove) if r.number in rows]
+                except CommandFailed as exc:
+                    log(f"rows 7 and 8 failed: {exc}")
+                    results += [Row.failed(n, str(exc)) for n in sorted(rows & FAR_ROWS)]
+                    failed = True
+            if number in rows and number in steps:
                 log(f"row {number}")
                 try:
                     results.append(steps[number]())

@@ -10,7 +10,9 @@ import datetime
 import gc
 import json
 import os
+import signal
 import sys
+import time
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -20,6 +22,7 @@ import typer
 from rich.console import Console
 
 from backends import list_snapshots, open_backend
+from backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
 from backends.errors import RestoreError
 
 app = typer.Typer(
@@ -36,6 +39,9 @@ err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, widt
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # A heartbeat every 30 s (Prefect's least; its default is 180 s): a standing server's
+    # heartbeat automation (flows/alerts.py) marks a killed restore's run Crashed within ~2 min.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
 
@@ -56,6 +62,70 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
+
+
+def _connect_prefect() -> None:
+    """Point this command at a Prefect API before Prefect is imported (it reads its settings
+    once, at import): the one the user set up, else the shared local server of this
+    ``PREFECT_HOME``, started now if none is running (flows/localserver.py)."""
+    from flows.localserver import LocalServerError, configured_api_url, ensure_server
+
+    if configured_api_url():
+        return
+    try:
+        info, started = ensure_server()
+    except LocalServerError as exc:
+        fail(str(exc))
+    if started:
+        err.print(f"started a local Prefect server for this PREFECT_HOME at {info.ui_url} (UI and API; "
+                  f"later commands reuse it, it stops after {info.idle_seconds:.0f} idle seconds; "
+                  "`memrestore server status`)", highlight=False, soft_wrap=True)
+    os.environ["PREFECT_API_URL"] = info.api_url
+
+
+_SIGNALLED: list[int] = []
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM: the staging threads stop at their next chunk, the main thread unwinds
+    (KeyboardInterrupt), and the restore's marker keeps its phase for --resume or abort."""
+    from tasks.interrupt import request_stop
+
+    _SIGNALLED.append(signum)
+    request_stop()
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _handle_stop_signals() -> None:
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+
+
+def _interrupted(data_dir: Path) -> None:
+    """After a signal stopped a restore: its run's Crashed state and one message say what the
+    data dir holds and how to go on; exit 128 + the signal's number."""
+    from tasks.layout import read_marker
+    from tasks.orphans import mark_dead_run, what_is_left
+
+    signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT
+    name = signal.Signals(signum).name
+    info = read_marker(data_dir)
+    if info is None or info.pid != os.getpid():
+        fail(f"stopped by {name} before the restore took its marker: nothing in {data_dir} was changed",
+             code=128 + signum)
+    mark_dead_run(data_dir, info, "interrupted")
+    fail(f"stopped by {name}. {what_is_left(data_dir, info)}.", code=128 + signum)
+
+
+@contextmanager
+def _reporting_interrupts(data_dir: Path, is_interrupt, enabled: bool) -> Iterator[None]:
+    """A restore stopped by a signal ends with :func:`_interrupted`'s report."""
+    try:
+        yield
+    except BaseException as exc:
+        if enabled and is_interrupt(exc):
+            _interrupted(data_dir)
+        raise
 
 
 @contextmanager
@@ -196,6 +266,23 @@ def snapshots(
     out.print(table)
 
 
+def _limit_rate(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            parse_rate(value)
+        except RateSpellingError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+StreamsOpt = typer.Option(
+    DEFAULT_STREAMS, "--streams", min=1, max=MAX_STREAMS,
+    help="GETs a restore keeps in flight across all its blobs (S3; large blobs in ranged parts).")
+LimitRateOpt = typer.Option(
+    None, "--limit-rate", callback=_limit_rate, metavar="RATE",
+    help="Cap the total download rate, bytes a second: 50M, 1G, 500k (powers of 1024). Default: no cap.")
+
+
 def _wire_version(value: str) -> str:
     from backends.manifest import WireVersion
 
@@ -222,17 +309,23 @@ def restore(
         False, "--require-checksums", help="Refuse a snapshot with any blob lacking a checksum."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; write nothing."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted restore of this snapshot."),
+    streams: int = StreamsOpt,
+    limit_rate: Optional[str] = LimitRateOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Restore a tenant's snapshot into a data dir, through the restore-snapshot flow."""
     _quiet_prefect(verbose)
+    _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from flows.restore import Destination, restore_snapshot
+            from flows.restore import Destination, is_interrupt, restore_snapshot
             from tasks.plan import RestoreMode
 
-        with _progress_bar(err.is_terminal and not as_json and not dry_run):
+        _handle_stop_signals()
+
+        with _reporting_interrupts(data_dir.absolute(), is_interrupt, enabled=not dry_run), \
+                _progress_bar(err.is_terminal and not as_json and not dry_run):
             result = _run_flow(restore_snapshot(
                 backend=backend,
                 tenant_id=tenant,
@@ -247,6 +340,8 @@ def restore(
                 require_checksums=require_checksums,
                 dry_run=dry_run,
                 resume=resume,
+                streams=streams,
+                limit_rate=limit_rate,
             ))
         _print_outcome(result, as_json)
 
@@ -260,6 +355,7 @@ def verify(
 ) -> None:
     """Download and hash every blob of a snapshot, writing nothing."""
     _quiet_prefect(verbose)
+    _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
             from flows.restore import verify_snapshot
@@ -277,6 +373,7 @@ def abort(
 ) -> None:
     """Roll back an interrupted restore: the previous contents stay or are put back."""
     _quiet_prefect(verbose)
+    _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
             from flows.restore import abort_restore
@@ -306,6 +403,7 @@ def demo(
 ) -> None:
     """Build sample snapshots in a local folder backend and restore one through the flow."""
     _quiet_prefect(verbose)
+    _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
             from flows.demo import run_demo
@@ -341,7 +439,7 @@ def serve(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
-    _quiet_prefect(verbose)
+    _quiet_prefect(verbose)  # no PREFECT_API_URL: flows.serve takes the shared local server itself
     with _errors_as_messages(verbose):
         from flows.serve import serve as serve_deployments
 
@@ -403,11 +501,19 @@ def drill(
     child_timeout: Optional[float] = typer.Option(
         None, "--child-timeout", min=1, metavar="SECONDS",
         help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
+    streams: int = typer.Option(
+        DEFAULT_STREAMS, "--streams", min=1, max=MAX_STREAMS,
+        help="GETs each tenant's restore keeps in flight across all its blobs (S3)."),
+    limit_rate: Optional[str] = typer.Option(
+        None, "--limit-rate", callback=_limit_rate, metavar="RATE",
+        help="Cap the drill's total download rate, shared by the tenants it restores at once: 50M, 1G, "
+             "500k (bytes a second, powers of 1024). Default: no cap."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Restore each tenant's latest snapshot into scratch, check it, report. Exit 1 if any tenant failed."""
     _quiet_prefect(verbose)
+    _connect_prefect()
     with _importing_prefect():
         from tasks.drill import MAX_DRILL_CONCURRENCY
 
@@ -427,7 +533,10 @@ def drill(
             optional["via_deployment"] = via_deployment
         if child_timeout is not None:
             optional["child_timeout_seconds"] = child_timeout
+        if limit_rate is not None:
+            optional["limit_rate"] = limit_rate
         state = restore_drill(
+            streams=streams,
             backend=backend,
             tenants=tenant or None,
             max_age_hours=max_age_hours,
@@ -439,6 +548,84 @@ def drill(
         report = drill_report(state)
     _print_drill(report, as_json)
     raise typer.Exit(1 if report.failed else 0)
+
+
+server_app = typer.Typer(
+    no_args_is_help=True,
+    help="The shared local Prefect server that commands use when no PREFECT_API_URL is set up.",
+)
+app.add_typer(server_app, name="server")
+
+
+def _server_lines(info, home: Path) -> list[str]:
+    from flows.localserver import in_use, last_used
+
+    lines = [f"local Prefect server for PREFECT_HOME={home}: pid {info.pid}, UI {info.ui_url}, "
+             f"API {info.api_url}, started {info.started_at}"]
+    if in_use(home):
+        lines.append("in use by a running memrestore command")
+    else:
+        used = last_used(home)
+        idle = time.time() - used if used is not None else 0.0
+        left = max(0.0, info.idle_seconds - idle)
+        lines.append(f"idle for {idle:.0f} s; stops by itself in about {left:.0f} s")
+    lines.append(f"log: {info.log}")
+    return lines
+
+
+@server_app.command("status")
+def server_status(as_json: bool = JsonOpt) -> None:
+    """Show the local server of this PREFECT_HOME, if one is running."""
+    from flows.localserver import _is_our_server, configured_api_url, healthy, prefect_home, read_state
+
+    home = prefect_home()
+    info = read_state(home)
+    running = info is not None and _is_our_server(info.pid)
+    configured = configured_api_url()
+    if as_json:
+        print(json.dumps({"prefect_home": str(home), "running": running,
+                          "healthy": bool(running and healthy(info.api_url)),
+                          "server": info.__dict__ if running else None,
+                          "configured_api_url": configured}, indent=2))
+        return
+    if configured:
+        out.print(f"commands use the Prefect API set up at {configured}; the local server is not used",
+                  highlight=False, soft_wrap=True)
+    if not running:
+        out.print(f"no local Prefect server is running for PREFECT_HOME={home}", highlight=False, soft_wrap=True)
+        return
+    for line in _server_lines(info, home):
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the local server now (commands start it when they need it)."""
+    from flows.localserver import LocalServerError, ensure_server, prefect_home
+
+    try:
+        info, started = ensure_server()
+    except LocalServerError as exc:
+        fail(str(exc))
+    out.print(("started " if started else "already running: ") + _server_lines(info, prefect_home())[0],
+              highlight=False, soft_wrap=True)
+
+
+@server_app.command("stop")
+def server_stop(
+    force: bool = typer.Option(False, "--force", help="Stop it even while a command uses it."),
+) -> None:
+    """Stop the local server of this PREFECT_HOME (the next command starts a new one)."""
+    from flows.localserver import LocalServerError, prefect_home, stop_server
+
+    try:
+        info = stop_server(force=force)
+    except LocalServerError as exc:
+        fail(str(exc))
+    if info is None:
+        out.print(f"no local Prefect server was running for PREFECT_HOME={prefect_home()}", highlight=False)
+    else:
+        out.print(f"stopped the local Prefect server (pid {info.pid}, {info.ui_url})", highlight=False)
 
 
 def main() -> None:

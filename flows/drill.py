@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Sequence, TypeVar
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.events import emit_event
@@ -34,7 +33,8 @@ from pydantic import Field
 
 from backends import SnapshotListing, open_backend
 from backends.manifest import SnapshotManifest
-from flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, fan_out
+from backends.streams import RateLimit, parse_rate
+from flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
 from tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DRILL_FAILED_EVENT,
@@ -56,7 +56,9 @@ from tasks.drill import (
 )
 from tasks.errors import SnapshotNotFoundError
 from tasks.fetch import fetch_manifest
+from tasks.progress import ProgressArtifact
 from tasks.retry import retrying
+from tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 
 T = TypeVar("T")
 
@@ -73,10 +75,13 @@ def drill_tenant_task(
     max_age_hours: float | None,
     keep_failed: bool,
     unreadable: int,
+    streams: int = DEFAULT_STREAMS,
+    limit: RateLimit | None = None,
 ) -> TenantDrillResult:
-    """Drill one tenant in this task run: restore, check and delete each snapshot tried."""
+    """Drill one tenant in this task run: restore, check and delete each snapshot tried, on
+    ``streams`` streams, under the drill's shared rate ``limit``."""
     return _drill_in_this_run(backend, tenant_id, candidates, Path(scratch_root), now, max_age_hours,
-                              keep_failed, unreadable)
+                              keep_failed, unreadable, streams, limit)
 
 
 def _drill_in_this_run(
@@ -88,12 +93,14 @@ def _drill_in_this_run(
     max_age_hours: float | None,
     keep_failed: bool,
     unreadable: int,
+    streams: int = DEFAULT_STREAMS,
+    limit: RateLimit | None = None,
 ) -> TenantDrillResult:
     """One tenant's drill inside the current task or flow run, each attempt a line of its log."""
     return drill_tenant(
         tenant_id,
         candidates,
-        attempt_plain(open_backend(backend), scratch_root, get_run_logger()),
+        attempt_plain(open_backend(backend), scratch_root, get_run_logger(), streams, limit),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -116,6 +123,8 @@ def drill_tenant_flow(
     max_age_hours: Annotated[float, Field(ge=0)] | None = None,
     scratch_dir: str | None = None,
     keep_failed: bool = False,
+    streams: StreamsParam = DEFAULT_STREAMS,
+    limit_rate: RateParam | None = None,
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
     snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
@@ -131,13 +140,18 @@ def drill_tenant_flow(
         scratch_dir: Where the copy is restored (and deleted), on this run's machine. Empty: a new
             temp dir.
         keep_failed: Keep a failed copy in the scratch dir for inspection.
+        streams: How many GETs the tenant's restore keeps in flight across its blobs (S3).
+        limit_rate: A cap on this run's download rate, bytes a second (50M, 1G, 500k). A fleet
+            drill gives each run its share of the drill's cap. Empty: no cap.
     """
+    limit = RateLimit(parse_rate(limit_rate)) if limit_rate is not None else None
     now = time.time() if drilled_at is None else drilled_at
     root, created = open_scratch_root(scratch_dir)
     try:
         store, read = open_backend(backend), retrying(fetch_manifest)  # here too: no task run per read
         candidates = ManifestsById(snapshots, lambda sid: read(store, tenant_id, sid))
-        result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0)
+        result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0,
+                                    streams, limit)
     finally:
         close_scratch_root(root, created)
     # Completed either way, the verdict in the result and the message (and each failed attempt a
@@ -211,6 +225,8 @@ def restore_drill(
     concurrency: Annotated[int, Field(ge=1, le=MAX_DRILL_CONCURRENCY)] = DEFAULT_DRILL_CONCURRENCY,
     via_deployment: str | None = None,
     child_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_CHILD_TIMEOUT_SECONDS,
+    streams: StreamsParam = DEFAULT_STREAMS,
+    limit_rate: RateParam | None = None,
 ) -> dict | State:
     """Prove that every tenant's backups restore: restore each latest snapshot into scratch,
     check it, measure it, delete it; walk back to older snapshots when the latest fails.
@@ -227,8 +243,13 @@ def restore_drill(
             restore on their disks. Empty: drill here.
         child_timeout_seconds: With via_deployment: how long a tenant's run may take once a worker
             has it before it is given up as lost (and run once more).
+        streams: How many GETs each tenant's restore keeps in flight across its blobs (S3).
+        limit_rate: A cap on the drill's total download rate, bytes a second (50M, 1G, 500k),
+            shared by the tenants it restores at once; with via_deployment, split evenly among
+            the runs the deployment lets run at once. Empty: no cap.
     """
     logger = get_run_logger()
+    rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
     drilled_at = time.time()
     listing = list_snapshots_task(backend)
     for sid, why in sorted(listing.unreadable.items()):
@@ -243,24 +264,25 @@ def restore_drill(
 
     if via_deployment:  # the children restore on the workers' disks: no scratch dir here
         root, created = None, False
+        child = {"backend": backend, "drilled_at": drilled_at, "max_age_hours": max_age_hours,
+                 "scratch_dir": scratch_dir, "keep_failed": keep_failed, "streams": streams}
+        if rate is not None:  # one bucket cannot span workers: each run at once gets its share
+            child["limit_rate"] = str(max(1024, rate // children_at_once(via_deployment, len(chosen))))
         outcomes: Iterator[tuple[int, Any]] = _fleet_outcomes(
-            via_deployment, listing, chosen,
-            {"backend": backend, "drilled_at": drilled_at, "max_age_hours": max_age_hours,
-             "scratch_dir": scratch_dir, "keep_failed": keep_failed},
-            child_timeout_seconds, logger.warning,
+            via_deployment, listing, chosen, child, child_timeout_seconds, logger.warning,
         )
     else:
         root, created = open_scratch_root(scratch_dir)
+        limit = RateLimit(rate) if rate is not None else None  # one bucket, every tenant's streams
 
         def submit(tenant_id: int) -> PrefectFuture:
             return drill_tenant_task.submit(
                 backend, tenant_id, drill_candidates(listing, tenant_id), str(root), drilled_at,
-                max_age_hours, keep_failed, len(listing.unreadable),
+                max_age_hours, keep_failed, len(listing.unreadable), streams, limit,
             )
 
         outcomes = _bounded(submit, chosen, concurrency)
-    progress = create_progress_artifact(
-        0.0, key="drill-progress", description=f"0 of {len(chosen)} tenants drilled")
+    progress = ProgressArtifact("drill-progress", f"0 of {len(chosen)} tenants drilled")
     results: dict[int, TenantDrillResult] = {}
 
     try:
@@ -270,9 +292,7 @@ def restore_drill(
             if result.status == "failed":
                 logger.error("tenant %s failed the drill: %s", tenant_id, result.reason)
                 _emit_failed(result, backend)
-            update_progress_artifact(
-                progress, 100.0 * len(results) / len(chosen),
-                description=f"{len(results)} of {len(chosen)} tenants drilled")
+            progress.update(100.0 * len(results) / len(chosen), f"{len(results)} of {len(chosen)} tenants drilled")
     finally:
         if root is not None:
             close_scratch_root(root, created)

@@ -118,6 +118,16 @@ def fan_out(
     return _gather(deployment_name, deployment, parameters, child_timeout_seconds, poll_seconds, log)
 
 
+def children_at_once(deployment_name: str, children: int) -> int:
+    """How many of ``children`` runs of the deployment can run at once: its concurrency limit
+    (``prefect.yaml``), or all of them when it has none. Raises FleetError when it is missing."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = _deployment(client, deployment_name).global_concurrency_limit
+    return max(1, min(children, limit.limit if limit is not None and limit.limit else children))
+
+
 def _deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL

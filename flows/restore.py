@@ -18,20 +18,25 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import SyncClientContext
 from prefect.events import emit_event
+from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from backends.manifest import WireVersion
+from backends.streams import parse_rate
 from tasks.commit import abort_task, cleanup_task, commit_task, roll_back
 from tasks.errors import RollbackFailedError
-from tasks.execute import ITEM_CONCURRENCY, stream_shares
+from tasks.execute import ITEM_CONCURRENCY
 from tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from tasks.plan import DestinationState, RestoreMode, RestorePlan
 from tasks.preflight import preflight_task
-from tasks.layout import Phase, unlock_data_dir
+from tasks.interrupt import request_stop
+from tasks.layout import Phase, RunRef, unlock_data_dir
+from tasks.progress import bytes_artifact
 from tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
+from tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
 from tasks.validate import plan_items, unverified_warnings, validate_task
 
 
@@ -87,6 +92,21 @@ def _steps_client() -> AbstractContextManager:
     return SyncClientContext.get_or_create()
 
 
+def _this_run() -> RunRef | None:
+    """The flow run this restore runs as, for its marker."""
+    from prefect.runtime import flow_run
+    from prefect.settings import get_current_settings
+
+    run_id = flow_run.get_id()
+    return RunRef(flow_run_id=str(run_id), api_url=get_current_settings().api.url) if run_id else None
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, SIGTERM (Prefect's TerminationSignal, or ours), a stop request: the process is
+    being told to stop, not the restore failing."""
+    return isinstance(exc, (KeyboardInterrupt, TerminationSignal))
+
+
 def _roll_back_after(exc: BaseException, data_dir: str, tenant_id: int) -> None:
     """Undo the unfinished restore; if even that fails, keep the marker and say what is left."""
     try:
@@ -112,6 +132,8 @@ async def restore_snapshot(
     require_checksums: bool = False,
     dry_run: bool = False,
     resume: bool = False,
+    streams: StreamsParam = DEFAULT_STREAMS,
+    limit_rate: RateParam | None = None,
 ) -> dict:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -126,10 +148,14 @@ async def restore_snapshot(
         require_checksums: Refuse a snapshot with any blob lacking a checksum.
         dry_run: Fetch, validate and preflight; print the plan; write nothing.
         resume: Continue an interrupted restore of the same snapshot.
+        streams: How many GETs the restore keeps in flight across all of its blobs (S3; large
+            blobs come down as ranged parts). More fill a far link; a local folder ignores it.
+        limit_rate: A cap on the restore's total download rate, bytes a second: 50M, 1G, 500k
+            (powers of 1024). Empty: no cap.
     """
     with _steps_client():
         outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
-                           dry_run, resume)
+                           dry_run, resume, streams, limit_rate)
     await publish_outcome_task(outcome)
     return outcome.model_dump(mode="json")
 
@@ -144,16 +170,19 @@ def _restore(
     require_checksums: bool,
     dry_run: bool,
     resume: bool,
+    streams: int = DEFAULT_STREAMS,
+    limit_rate: str | None = None,
 ) -> RestoreOutcome:
     """The restore-snapshot flow's steps, up to its outcome."""
     logger = get_run_logger()
     started = time.monotonic()
+    rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before anything is read
     manifest = fetch_manifest_task(backend, tenant_id, snapshot)
     plan = validate_task(manifest, destination.state(), backend, require_checksums)
     for warning in plan.warnings:
         logger.warning(warning)
     plan = measure_plan_task(plan)
-    phase = preflight_task(plan, data_dir, mode, dry_run, resume)
+    phase = preflight_task(plan, data_dir, mode, dry_run, resume, None if dry_run else _this_run())
 
     if dry_run:
         outcome = build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
@@ -161,13 +190,22 @@ def _restore(
         try:
             try:
                 if phase in (None, Phase.STAGING):  # a fresh restore, or one interrupted while staging
-                    staged: list[StagedItem] = _results(stage_item_task.map(
-                        unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
-                        stream_shares(plan.items)))
+                    # The blobs share the restore's streams and rate limit; the UI watches the bytes.
+                    with Transfer(streams, rate) as transfer, bytes_artifact(
+                            f"restore-progress-tenant-{plan.tenant_id}",
+                            sum(item.size or 0 for item in plan.items), lambda: transfer.received):
+                        staged: list[StagedItem] = _results(stage_item_task.map(
+                            unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
+                            unmapped(transfer)))
                 else:  # interrupted mid-commit: everything was staged and verified already
                     staged = _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
                 commit_task(data_dir, plan.tenant_id, mode)
             except BaseException as exc:
+                if is_interrupt(exc):
+                    # Told to stop: the staging threads stop at their next chunk, and the marker
+                    # keeps the phase for a resume or an abort (no undo that could itself be cut).
+                    request_stop()
+                    raise
                 _roll_back_after(exc, data_dir, plan.tenant_id)
                 _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id, {"reason": str(exc)})
                 raise

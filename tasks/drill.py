@@ -40,15 +40,17 @@ from backends import Backend, SnapshotListing, list_snapshots, open_backend
 from backends.errors import RestoreError
 from backends.manifest import SnapshotManifest
 from tasks.errors import RestoredCopyCheckError, ScratchDirError
+from backends.streams import DEFAULT_STREAMS, RateLimit
 from tasks.execute import execute
 from tasks.outcome import RestoreOutcome
 from tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_destination
 from tasks.retry import RETRIES, RETRY_OPTIONS, retrying
+from tasks.transfer import Transfer
 from tasks.validate import validate
 
-#: Tenants drilled at once. Each restore already downloads its blobs four at a time (and S3
-#: restores split large objects into ranged GETs), so four tenants keep a bucket and a small machine busy without
-#: taking every core from the service the drill runs beside.
+#: Tenants drilled at once. Each restore already stages its blobs four at a time (and S3
+#: restores keep ``--streams`` ranged GETs in flight), so four tenants keep a bucket and a small
+#: machine busy without taking every core from the service the drill runs beside.
 DEFAULT_DRILL_CONCURRENCY = 4
 #: The most tenants drilled at once: the drill flow's thread pool is sized to it.
 MAX_DRILL_CONCURRENCY = 16
@@ -470,12 +472,15 @@ def drill_tenant(
 # -- a whole drill with no Prefect ----------------------------------------------------------------
 
 
-def restore_plain(backend: Backend) -> RestoreFn:
-    """Restore with plain function calls (:func:`tasks.execute.execute`)."""
+def restore_plain(backend: Backend, streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None) -> RestoreFn:
+    """Restore with plain function calls (:func:`tasks.execute.execute`), each restore on
+    ``streams`` streams of its own, all of them under ``limit`` (the drill's, shared by the
+    tenants it restores at once) when one is given."""
 
     def restore(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
         plan = validate(manifest, drill_destination(manifest), backend.url)
-        return execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER)
+        with Transfer(streams, limit=limit) as transfer:
+            return execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER, transfer=transfer)
 
     return restore
 
@@ -488,7 +493,8 @@ def check_plain(backend: Backend) -> CheckFn:
 
 
 def attempt_plain(
-    backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log
+    backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
+    streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
     flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
@@ -498,7 +504,7 @@ def attempt_plain(
     which :func:`tasks.execute.execute` emptied when it rolled the failed try back. Any other
     error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``.
     """
-    restore, check = restore_plain(backend), check_plain(backend)
+    restore, check = restore_plain(backend, streams, limit), check_plain(backend)
 
     def attempt(manifest: SnapshotManifest) -> AttemptResult:
         def on_retry(step: str):

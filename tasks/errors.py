@@ -3,6 +3,7 @@
     RestoreError                                   backends.errors
     ├── BadInputError                              backends.errors: input that can never work
     │   ├── InvalidKeyError, InvalidSnapshotIdError, InvalidManifestError
+    │   ├── RateSpellingError                      backends.streams: a --limit-rate that is not a rate
     │   └── SnapshotNotFoundError                  no such snapshot (or none for the tenant)
     ├── BackendError                               backends.errors
     │   ├── TransientBackendError                  retried with backoff

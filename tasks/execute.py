@@ -20,25 +20,13 @@ from tasks.outcome import RestoreOutcome, build_outcome
 from tasks.plan import PlanItem, RestoreMode, RestorePlan
 from tasks.preflight import preflight
 from tasks.stage import StagedItem, recheck_item, stage_item
+from tasks.transfer import Transfer
 
 #: Items staged at once, here and in the ``restore-snapshot`` flow (its task runner): a snapshot
-#: has a SQLite checkpoint and a few HNSW blobs, so four covers them; a large S3 object gets the
-#: streams the others leave (:func:`stream_shares`) as ranged GETs (backends/s3.py).
+#: has a SQLite checkpoint and a few HNSW blobs, so four covers them. How many GETs are in flight
+#: is the restore's streams' (:class:`tasks.transfer.Transfer`): from S3, the staged items' parts
+#: share them, so a lone large blob gets them all.
 ITEM_CONCURRENCY = 4
-#: Streams a restore reads at once, shared among its items by :func:`stream_shares`.
-STREAMS = ITEM_CONCURRENCY
-
-
-def stream_shares(items: list[PlanItem]) -> list[int]:
-    """How many streams each item may read with (S3's ranged GETs; a folder has one): the
-    restore's STREAMS shared in proportion to the items' sizes, at least one each. Four blobs of
-    like size get one each, read in order and hashed as they arrive; one blob of 4 GiB beside a
-    small checkpoint gets nearly all. Items of unknown size get one."""
-    sizes = [item.size or 0 for item in items]
-    total = sum(sizes)
-    if total == 0 or len(items) >= STREAMS:
-        return [1] * len(items)
-    return [max(1, round(STREAMS * size / total)) for size in sizes]
 
 
 def stage_all(stage: Callable[[PlanItem], StagedItem], items: list[PlanItem]) -> list[StagedItem]:
@@ -67,18 +55,22 @@ def execute(
     data_dir: Path,
     mode: RestoreMode,
     resume: bool = False,
+    transfer: Transfer | None = None,
 ) -> RestoreOutcome:
-    """Preflight, stage and verify every item (concurrently), commit, clean up; roll back on any
-    failure."""
+    """Preflight, stage and verify every item (concurrently, on ``transfer``'s streams and under
+    its rate limit; without one, on streams of the default number), commit, clean up; roll back
+    on any failure."""
+    if transfer is None:
+        with Transfer() as own:
+            return execute(backend, plan, data_dir, mode, resume, own)
     started = time.monotonic()
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan)
     phase = preflight(plan, data_dir, mode, resume=resume)
     try:
         if phase in (None, Phase.STAGING):
-            streams = dict(zip((item.destination for item in plan.items), stream_shares(plan.items)))
-            staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None,
-                                                       streams[item.destination]), plan.items)
+            staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None, transfer),
+                               plan.items)
         else:
             staged = stage_all(lambda item: recheck_item(data_dir, item), plan.items)
         commit_staged(data_dir, plan.tenant_id, mode)

@@ -22,12 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from backends import Backend, open_backend
-from tasks import progress
+from tasks import interrupt, progress
 from tasks.errors import ChecksumMismatchError, DestinationIOError
 from tasks.failpoints import crash_point
 from tasks.layout import fsync_dir, staging_dir
 from tasks.plan import PlanItem
 from tasks.retry import RETRY_OPTIONS
+from tasks.transfer import Transfer
 
 PART_SUFFIX = ".part"
 #: Read size when hashing a staged file's bytes back from it (parts written ahead; a resume).
@@ -137,7 +138,8 @@ class _StagedFile:
 
     def _written(self, offset: int, n: int) -> None:
         """Count ``n`` bytes now in the file at ``offset`` for the hash, and have the disk start
-        on them."""
+        on them; stop here if the process was asked to stop (Ctrl-C, SIGTERM)."""
+        interrupt.check()
         with self._lock:
             self._spans[offset] = offset + n
             self.size += n
@@ -215,8 +217,9 @@ def _hash_file(path: Path) -> tuple[int, str]:
     return size, hasher.hexdigest()
 
 
-def reuse_staged(data_dir: Path, item: PlanItem) -> StagedItem | None:
-    """A staged file from an interrupted restore, if it is complete and still hashes right."""
+def reuse_staged(data_dir: Path, item: PlanItem, advance=progress.advance) -> StagedItem | None:
+    """A staged file from an interrupted restore, if it is complete and still hashes right; its
+    bytes are counted as received (``advance``)."""
     final = staged_path(data_dir, item)
     if item.expected_checksum is None or not final.is_file() or final.is_symlink():
         return None
@@ -224,7 +227,7 @@ def reuse_staged(data_dir: Path, item: PlanItem) -> StagedItem | None:
     if actual != item.expected_checksum:
         final.unlink()
         return None
-    progress.advance(size)
+    advance(size)
     return StagedItem(item=item, bytes=size, checksum=actual, verified=True, reused=True)
 
 
@@ -237,15 +240,18 @@ def recheck_item(data_dir: Path, item: PlanItem) -> StagedItem:
 
 
 def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False,
-               streams: int = 1) -> StagedItem:
+               transfer: Transfer | None = None) -> StagedItem:
     """Stream ``item`` into its staged file, verify it, and make it durable under its final name.
-    A backend that can read parts of an object at once (S3) uses up to ``streams`` for it.
+    A backend that can read parts of an object at once (S3) runs them on the ``transfer``'s
+    streams, shared with the restore's other blobs; every backend reads under its rate limit, and
+    the bytes are counted in it. Without a transfer, S3 reads with streams of its own.
 
     Raises ChecksumMismatchError (the ``.part`` file is removed), a BackendError, or
     DestinationIOError (disk full, permissions). Nothing outside the staging tree is touched.
     """
     data_dir = Path(data_dir)
-    if resume and (kept := reuse_staged(data_dir, item)) is not None:
+    advance = transfer.advance if transfer is not None else progress.advance
+    if resume and (kept := reuse_staged(data_dir, item, advance)) is not None:
         return kept
     final = staged_path(data_dir, item)
     part = final.with_name(final.name + PART_SUFFIX)
@@ -262,15 +268,17 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
         nonlocal received
         with counting:
             received += n
-        progress.advance(n)
+        advance(n)
 
     try:
         try:
             staged = _StagedFile(fd)
             download_at = getattr(backend, "download_at", None)  # parts at once (S3)
             if download_at is not None:
-                size = download_at(item.content_key, staged, on_bytes, streams,
+                size = download_at(item.content_key, staged, on_bytes, transfer.pool if transfer else None,
                                    content_checked=item.expected_checksum is not None)
+            elif transfer is not None and transfer.limit is not None:
+                size = backend.download(item.content_key, staged, on_bytes, limit=transfer.limit)
             else:
                 size = backend.download(item.content_key, staged, on_bytes)
             actual = staged.hexdigest()
@@ -283,20 +291,21 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
         crash_point("item-staged")
     except OSError as exc:
         part.unlink(missing_ok=True)
-        progress.advance(-received)
+        advance(-received)
         raise DestinationIOError("writing", part, exc) from exc
     except BaseException:
         part.unlink(missing_ok=True)
-        progress.advance(-received)
+        advance(-received)
         raise
     return StagedItem(item=item, bytes=size, checksum=actual, verified=verified)
 
 
 @task(name="download-and-verify", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def stage_item_task(backend_url: str, item: PlanItem, data_dir: str, resume: bool = False,
-                    streams: int = 1) -> StagedItem:
-    """Stage one blob; transient backend errors are retried with backoff, nothing else is."""
-    return stage_item(open_backend(backend_url), item, Path(data_dir), resume, streams)
+                    transfer: Transfer | None = None) -> StagedItem:
+    """Stage one blob on the restore's ``transfer``; transient backend errors are retried with
+    backoff, nothing else is."""
+    return stage_item(open_backend(backend_url), item, Path(data_dir), resume, transfer)
 
 
 @task(name="recheck-staged", cache_policy=NO_CACHE, persist_result=False)

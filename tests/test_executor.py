@@ -357,21 +357,3 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
     assert at_roll_back == [0]  # no item was still staging when the roll-back began
     assert sorted(staging.staged) == sorted(i.content_key for i in plan.items if i is not bad)
     assert tree(data_dir) == before  # no staging, no .part, no marker: as it was
-
-
-def test_stream_shares_follow_the_items_sizes():
-    from tasks.execute import STREAMS, stream_shares
-    from tasks.plan import PlanItem
-
-    def items(*sizes):
-        return [PlanItem(kind="hnsw_snapshot", embedding_model=None, content_key=f"s/{i}", expected_checksum=None,
-                         destination=f"d{i}", size=size) for i, size in enumerate(sizes)]
-
-    assert STREAMS == 4
-    assert stream_shares(items(512, 512, 512, 512)) == [1, 1, 1, 1]  # one plain GET each
-    assert stream_shares(items(4096)) == [4]  # a lone blob gets them all
-    assert stream_shares(items(10, 4096)) == [1, 4]  # a small checkpoint beside a large blob
-    assert stream_shares(items(1024, 1024)) == [2, 2]
-    assert stream_shares(items(1, 2, 3, 4, 5, 6)) == [1] * 6  # more items than streams
-    assert stream_shares(items(None, 100)) == [1, 4]  # unknown sizes get one
-    assert stream_shares(items(0, 0)) == [1, 1]

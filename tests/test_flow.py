@@ -48,7 +48,8 @@ def _flow_run(flow_run_id, task_runs: int):
 
     def recorded():
         run, tasks, result = asyncio.run(read())
-        done = len(tasks) >= task_runs and all(t.state.is_final() for t in tasks)
+        # A task run can be readable before its first state is (the server records both from events).
+        done = len(tasks) >= task_runs and all(t.state is not None and t.state.is_final() for t in tasks)
         return (run, tasks, result) if done else None
 
     return wait_until(recorded, TASK_RUNS_WAIT_SECONDS, f"the {task_runs} task runs of flow run {flow_run_id}")

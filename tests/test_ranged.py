@@ -16,8 +16,10 @@ import pytest
 
 from backends import open_backend
 from backends import s3 as s3_module
+from backends import streams as streams_module
 from backends.errors import PermanentBackendError, TransientBackendError
 from backends.sample import write_sample_snapshot
+from backends.streams import StreamPool
 from tasks.errors import DestinationIOError
 from tasks.execute import execute
 from tasks.fetch import fetch_manifest
@@ -25,6 +27,7 @@ from tasks.plan import DestinationState, RestoreMode
 from tasks.stage import _StagedFile
 from tasks.validate import validate
 from tests.conftest import tree
+from tests.farproxy import FarProxy
 from tests.faultproxy import Fault
 from tests.restorekit import ours
 from tests.test_disk_full import fill, volume  # noqa: F401  (a small tmpfs, and filling it)
@@ -37,9 +40,9 @@ BLOB = 3 * MiB + 12345  # 13 parts, the last one short
 
 @pytest.fixture
 def small_parts(monkeypatch):
-    """Objects above 1 MiB are ranged, in parts of 256 KiB, four at once."""
-    monkeypatch.setattr(s3_module, "RANGED_MIN", 1 * MiB)
-    monkeypatch.setattr(s3_module, "PART_SIZE", PART)
+    """Objects come down in parts of 256 KiB, on the restore's streams."""
+    monkeypatch.setattr(streams_module, "PART_SIZE", PART)
+    monkeypatch.setattr(streams_module, "MIN_PART_SIZE", PART)
 
 
 @pytest.fixture
@@ -93,19 +96,39 @@ def test_a_large_object_comes_down_in_ranged_parts_exactly(seaweedfs, snapshot, 
     assert len(ranged) > 2 * 2  # more parts than a blob's two streams: the pool was kept full
 
 
-def test_blobs_of_like_size_come_down_by_one_plain_get_each(seaweedfs, small_parts, monkeypatch, tmp_path):
-    """Four blobs of one size: the restore's four streams go one to each, so none is split into
-    ranges (which would cost CPU and gain nothing); every blob is still exact and verified."""
+def test_blobs_of_like_size_share_the_streams_one_each_and_nothing_is_read_back(
+        seaweedfs, small_parts, monkeypatch, tmp_path):
+    """Four blobs of one size on four streams: a free stream takes the next part of the blob with
+    the fewest parts running, so once all four have joined each is read by one stream at a time,
+    in order, and hashed as its bytes arrive: nothing is read back from a staged file to be hashed
+    (which parts written ahead of the hash cost). Every blob is still exact and verified."""
+    from tasks.transfer import Transfer
+
     for key, value in seaweedfs.env().items():
         monkeypatch.setenv(key, value)
     bucket = seaweedfs.create_bucket(f"ranged-{uuid.uuid4().hex[:10]}")
     models = (("minilm", 384), ("e5-base", 768), ("bge-large", 1024))
     backend = open_backend(f"s3://{bucket}")
     write_sample_snapshot(backend, tenant_id=1, snapshot_id="big", models=models, sqlite_bytes=BLOB, hnsw_bytes=BLOB)
-    ranges = _ranges_sent(backend)
-    outcome = _restore(backend, tmp_path / "data")
+    read_back: list[int] = []
+    hash_back = _StagedFile._hash_back
+    monkeypatch.setattr(_StagedFile, "_hash_back",
+                        lambda self, start, end: (read_back.append(end - start), hash_back(self, start, end)))
+    # Through a far-store proxy (2 MB/s a connection), so that a part takes longer than the other
+    # blobs take to join: on loopback the first blob could run a dozen parts before they do.
+    with FarProxy(seaweedfs.endpoint_url, rate=2_000_000) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        backend = open_backend(f"s3://{bucket}")
+        ranges = _ranges_sent(backend)
+        plan = validate(fetch_manifest(backend, 1, "big"), DestinationState(embedding_model="minilm"), backend.url)
+        with Transfer(4) as transfer:
+            outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
     assert len(outcome.items) == 4 and all(item.verified and item.bytes > 1 * MiB for item in outcome.items)
-    assert ranges == [""] * (1 + 4), ranges  # the manifest, then each blob whole
+    assert len(ranges) > 1 + 4 * 4  # every blob in many parts
+    # Only at the start, before the other blobs join, may the first take several streams (a few
+    # parts, more on a loaded machine); all four streams on one blob at a time would read ~3/4 back.
+    total = sum(item.bytes for item in outcome.items)
+    assert sum(read_back) <= total / 8, (sum(read_back), total)
 
 
 def test_broken_parts_resume_where_they_stopped(seaweedfs, faultproxy, snapshot, small_parts,
@@ -155,8 +178,9 @@ def test_an_object_rewritten_during_its_download_is_refused(seaweedfs, snapshot,
                     seaweedfs.client().put_object(Bucket=bucket, Key=key, Body=os.urandom(BLOB))
                     rewritten.append(offset)
 
-    with pytest.raises(PermanentBackendError, match="changed while it was being downloaded"):
-        backend.download_at(key, RewritesOnFirstWrite())
+    # Two streams for 13 parts: most parts are asked for after the rewrite.
+    with pytest.raises(PermanentBackendError, match="changed while it was being downloaded"), StreamPool(2) as pool:
+        backend.download_at(key, RewritesOnFirstWrite(), pool=pool)
 
 
 def test_staged_file_hashes_out_of_order_writes_in_file_order(tmp_path):
@@ -230,7 +254,7 @@ def test_a_disk_that_fills_during_ranged_parts_fails_clearly_and_leaves_the_data
     lock, filled = threading.Lock(), []
 
     class FillsTheVolume(type(open_backend(f"s3://{bucket}"))):
-        def download_at(self, k, sink, on_bytes=None, streams=s3_module.MAX_STREAMS_PER_OBJECT, **kw):
+        def download_at(self, k, sink, on_bytes=None, pool=None, **kw):
             outer = sink
 
             class Sink:
@@ -240,7 +264,7 @@ def test_a_disk_that_fills_during_ranged_parts_fails_clearly_and_leaves_the_data
                             filled.append(fill(vol.path / "another-writer"))
                     outer.write_at(offset, data)
 
-            return super().download_at(k, Sink(), on_bytes, streams, **kw)
+            return super().download_at(k, Sink(), on_bytes, pool, **kw)
 
     backend = FillsTheVolume(bucket)
     plan = validate(fetch_manifest(backend, 1, "big"), DestinationState(embedding_model="minilm"), backend.url)

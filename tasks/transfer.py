@@ -1,0 +1,61 @@
+"""What the downloads of one restore share: its streams (``--streams``: the GETs kept in flight
+across all of its blobs, ``backends.streams.StreamPool``), its rate limit (``--limit-rate``: a
+token bucket over all of those streams, or over every restore of a drill), and the count of the
+bytes received so far, which the ``restore-snapshot`` flow publishes as a progress artifact.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+from pydantic import Field
+
+from backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RATE_PATTERN, RateLimit, StreamPool, parse_rate
+from tasks import progress
+
+#: The flows' parameter types, so that the Prefect UI's form shows (and checks) them.
+StreamsParam = Annotated[int, Field(ge=1, le=MAX_STREAMS)]
+RateParam = Annotated[str, Field(pattern=RATE_PATTERN)]
+
+
+class Transfer:
+    """One restore's streams, rate limit and byte count; close it (or use ``with``) when done.
+
+    ``limit`` is a rate limit shared with other transfers (a drill's); ``limit_rate`` (``50M``,
+    bytes a second) makes one of this transfer's own. Give at most one of them.
+    """
+
+    def __init__(self, streams: int = DEFAULT_STREAMS, limit_rate: str | int | None = None,
+                 limit: RateLimit | None = None) -> None:
+        if limit_rate is not None and limit is not None:
+            raise ValueError("give a rate (limit_rate) or a shared limit, not both")
+        if limit is None and limit_rate is not None:
+            limit = RateLimit(parse_rate(limit_rate))
+        self.pool = StreamPool(streams, limit)
+        self._received = 0
+        self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> RateLimit | None:
+        return self.pool.limit
+
+    @property
+    def received(self) -> int:
+        """Bytes received so far (less those of a blob that failed and starts over)."""
+        return self._received
+
+    def advance(self, nbytes: int) -> None:
+        """Count ``nbytes`` more (negative when an item starts over), and tell the CLI's bar."""
+        with self._lock:
+            self._received += nbytes
+        progress.advance(nbytes)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "Transfer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,305 @@
+"""A restore's streams and rate limit (``--streams``, ``--limit-rate``): the spelling of a rate, the
+shared pool of ranged parts, the token bucket, and the proof at real servers: GETs really in
+flight, counted at a far-store proxy (tests/farproxy.py) in front of SeaweedFS, and a
+rate-limited restore measured within 10% of its cap. Also the restore's live progress artifact,
+read back from a real Prefect API while the blobs come down."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from backends import LocalBackend, open_backend
+from backends import streams as streams_module
+from backends.errors import BadInputError
+from backends.sample import write_sample_snapshot
+from backends.streams import MAX_STREAMS, RateLimit, RateSpellingError, StreamPool, parse_rate, part_size
+from tasks.execute import execute
+from tasks.fetch import fetch_manifest
+from tasks.plan import DestinationState, RestoreMode
+from tasks.transfer import Transfer
+from tasks.validate import validate
+from tests.conftest import tree
+from tests.farproxy import FarProxy
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+# -- the spelling of a rate -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("50M", 50 * MiB), ("1G", 1024 * MiB), ("500k", 500 * KiB), ("500K", 500 * KiB),
+    ("1.5MiB/s", int(1.5 * MiB)), ("2MB", 2 * MiB), ("8m/s", 8 * MiB), ("65536", 65536), (" 3 G ", 3 * 1024 * MiB),
+    ("1T", 1024 * 1024 * MiB),
+])
+def test_rates_read_as_rclone_and_restic_spell_them(text, expected):
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["fast", "", "-5M", "5X", "5 M B", "M", "1,5M", "0", "100"])
+def test_a_bad_rate_is_refused_saying_what_was_given_and_what_to_give(text):
+    with pytest.raises(RateSpellingError) as caught:
+        parse_rate(text)
+    message = str(caught.value)
+    assert repr(text) in message
+    assert "e.g. 50M" in message or "lowest limit" in message
+    assert isinstance(caught.value, BadInputError)
+
+
+def test_part_size_stays_within_aws_guidance_and_spreads_a_blob_over_the_streams():
+    assert part_size(2048 * MiB, 16) == 16 * MiB
+    assert part_size(48 * MiB, 16) == 8 * MiB  # six parts rather than three
+    assert part_size(1 * MiB, 16) == 8 * MiB  # one part: a plain GET
+    assert part_size(100 * MiB, 4) == 16 * MiB
+
+
+# -- the pool and the bucket, as plain objects ------------------------------------------------
+
+
+def test_the_pool_runs_at_most_its_streams_at_once_and_a_lone_blob_gets_all_of_them():
+    running, most, lock = 0, 0, threading.Lock()
+    started = threading.Barrier(5, timeout=10)  # all five streams busy at once, or this times out
+
+    def part(stop):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            started.wait()
+        except threading.BrokenBarrierError:
+            pass
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+
+    with StreamPool(5) as pool:
+        pool.run([part] * 5 + [lambda stop: None] * 20)  # one blob, 25 parts
+    assert most == 5 and not started.broken
+
+
+def test_a_failed_part_stops_its_blob_only_and_is_raised_once_none_runs():
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def failing(stop):
+        raise OSError("the disk said no")
+
+    def waits_for_stop(stop):
+        while not stop.is_set():  # told to stop when its sibling fails
+            time.sleep(0.005)
+        ran.append("stopped")
+
+    def other(stop):
+        gate.wait(5)
+        ran.append("other blob")
+
+    with StreamPool(3) as pool:
+        elsewhere = threading.Thread(target=pool.run, args=([other],))
+        elsewhere.start()
+        with pytest.raises(OSError, match="the disk said no"):
+            pool.run([waits_for_stop, failing] + [lambda stop: ran.append("never")] * 10)
+        gate.set()
+        elsewhere.join()
+    assert "never" not in ran and ran.count("stopped") == 1 and "other blob" in ran
+
+
+def test_the_bucket_holds_many_threads_to_its_rate():
+    limit = RateLimit(4 * MiB, burst=64 * KiB)
+    taken = [0]
+    lock = threading.Lock()
+
+    def reader():
+        for _ in range(12):
+            limit.reserve(128 * KiB)
+            with lock:
+                taken[0] += 128 * KiB
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - began
+    # 12 MiB at 4 MiB/s with 64 KiB of credit: 3 s (never sooner; later only if the machine is slow)
+    assert taken[0] == 12 * MiB
+    assert seconds >= (12 * MiB - 64 * KiB - 8 * 128 * KiB) / (4 * MiB), seconds
+
+
+# -- at the servers -----------------------------------------------------------------------------
+
+
+def _plan(backend, snapshot_id: str, model: str):
+    manifest = fetch_manifest(backend, None, snapshot_id)
+    return validate(manifest, DestinationState(embedding_model=model), backend.url)
+
+
+@pytest.fixture
+def lopsided(seaweedfs, monkeypatch):
+    """The issue's shape, scaled down: one large HNSW blob beside a small one and a small
+    checkpoint, in a bucket of its own; boto3's chain pointed at SeaweedFS. Returns the bucket."""
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = seaweedfs.create_bucket(f"streams-{uuid.uuid4().hex[:10]}")
+    backend = open_backend(f"s3://{bucket}")
+    write_sample_snapshot(backend, tenant_id=1, snapshot_id="lop", models=(("big", 8),),
+                          sqlite_bytes=None, hnsw_bytes=24 * MiB)
+    write_sample_snapshot(backend, tenant_id=1, snapshot_id="lop2", models=(("big", 8), ("small", 8)),
+                          sqlite_bytes=None, hnsw_bytes=12 * MiB)
+    return bucket
+
+
+@pytest.mark.parametrize("streams", [3, 8])
+def test_streams_really_in_flight_at_a_far_store_proxy(seaweedfs, lopsided, monkeypatch, tmp_path, streams):
+    """Through a proxy that caps each connection at 2 MB/s and delays each request 20 ms, the
+    restore keeps exactly ``streams`` GETs moving bytes until its last parts, never more: counted
+    at the proxy, per 0.1 s. (A fixed share per blob left the large blob on one connection.)"""
+    monkeypatch.setattr(streams_module, "PART_SIZE", 1 * MiB)  # many parts of a small blob
+    monkeypatch.setattr(streams_module, "MIN_PART_SIZE", 1 * MiB)
+    with FarProxy(seaweedfs.endpoint_url, rate=2_000_000, delay=0.02) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        backend = open_backend(f"s3://{lopsided}")
+        plan = _plan(backend, "lop", "big")
+        proxy.reset()
+        with Transfer(streams) as transfer:
+            outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+        timeline = proxy.timeline()
+    assert all(item.verified for item in outcome.items)
+    assert transfer.received == outcome.total_bytes
+    # Never more than ``streams`` at once, once the HEADs before the first GETs are past.
+    shown = " ".join(map(str, timeline))
+    assert max(timeline[3:]) == streams, shown
+    # The middle of the transfer (after the first parts started, before the last ones): full.
+    middle = timeline[len(timeline) // 10: len(timeline) * 8 // 10]
+    assert statistics.median(middle) == streams, shown
+    assert sum(n == streams for n in middle) >= 0.8 * len(middle), shown
+    # and the bytes are the snapshot's
+    expected = seaweedfs.client().get_object(Bucket=lopsided, Key=plan.items[1].content_key)["Body"].read()
+    assert (tmp_path / "data" / "tenant_1" / "hnsw" / "big.bin").read_bytes() == expected
+
+
+def test_a_rate_limited_s3_restore_holds_its_cap(seaweedfs, lopsided, tmp_path):
+    """Against SeaweedFS on loopback (which gives far more), 16 streams under a cap of 12 MiB/s:
+    the measured rate is within 10% of the cap."""
+    backend = open_backend(f"s3://{lopsided}")
+    plan = _plan(backend, "lop2", "big")
+    cap = parse_rate("12M")
+    began = time.monotonic()
+    with Transfer(16, cap) as transfer:
+        outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+    rate = outcome.total_bytes / (time.monotonic() - began)
+    assert outcome.total_bytes > 24 * MiB
+    assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
+
+
+def test_a_rate_limited_local_restore_holds_its_cap_and_restores_exactly(tmp_path):
+    backend = LocalBackend(tmp_path / "backend")
+    write_sample_snapshot(backend, tenant_id=1, snapshot_id="s", models=(("m", 8),), hnsw_bytes=16 * MiB)
+    plan = _plan(backend, "s", "m")
+    cap = parse_rate("8M")
+    began = time.monotonic()
+    with Transfer(limit_rate="8M") as transfer:
+        outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+    rate = outcome.total_bytes / (time.monotonic() - began)
+    assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
+    assert tree(tmp_path / "data" / "tenant_1")["hnsw/m.bin"] == (tmp_path / "backend" / "s" / "hnsw-0.bin").read_bytes()
+
+
+# -- the flows: typed parameters, the drill's one limit, live progress ------------------------
+
+
+@pytest.mark.parametrize("flow_path", ["flows.restore:restore_snapshot", "flows.drill:restore_drill",
+                                       "flows.drill:drill_tenant_flow"])
+def test_streams_and_limit_rate_are_typed_parameters_of_every_restoring_flow(flow_path):
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+
+    module, name = flow_path.split(":")
+    props = parameter_schema(getattr(importlib.import_module(module), name)).model_dump()["properties"]
+    assert props["streams"]["minimum"] == 1 and props["streams"]["maximum"] == MAX_STREAMS
+    assert props["streams"]["default"] == streams_module.DEFAULT_STREAMS
+    rate = props["limit_rate"]
+    patterns = [rate.get("pattern")] + [alt.get("pattern") for alt in rate.get("anyOf", [])]
+    assert streams_module.RATE_PATTERN in patterns
+    assert props["streams"].get("description") and rate.get("description")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_flow_refuses_a_bad_rate_before_it_runs(backend, snapshot, data_dir):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.restore import restore_snapshot
+
+    with pytest.raises(ParameterTypeError, match="limit_rate"):
+        asyncio.run(restore_snapshot(backend=backend.url, tenant_id=1, data_dir=str(data_dir),
+                                     mode=RestoreMode.NEW_CLUSTER, destination={"embedding_model": "minilm"},
+                                     limit_rate="fast"))
+    assert not data_dir.exists()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_drills_limit_is_shared_by_the_tenants_it_restores_at_once(tmp_path):
+    """Two tenants drilled at once under 8M: together they hold 8 MiB/s, not 8 each."""
+    from flows.drill import drill_report, restore_drill
+
+    backend = LocalBackend(tmp_path / "backend")
+    for tenant in (1, 2):
+        write_sample_snapshot(backend, tenant_id=tenant, snapshot_id=f"t{tenant}", models=(("m", 8),),
+                              hnsw_bytes=10 * MiB)
+    cap = parse_rate("8M")
+    report = drill_report(restore_drill(backend=backend.url, scratch_dir=str(tmp_path / "scratch"),
+                                        concurrency=2, limit_rate="8M", return_state=True))
+    assert report.ok == 2, report
+    together = sum(t.bytes for t in report.tenants) / max(t.restore_seconds for t in report.tenants)
+    assert 0.8 * cap <= together <= 1.1 * cap, f"{together / MiB:.2f} MiB/s against {cap / MiB:.0f} MiB/s"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_restore_shows_live_progress_in_a_prefect_artifact(tmp_path):
+    """The restore-snapshot flow's progress artifact, read back from the API while the blobs come
+    down (capped at 6 MiB/s, so that it takes ~3 s): it moves between 0 and 100, and ends at 100."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.restore import restore_snapshot
+
+    backend = LocalBackend(tmp_path / "backend")
+    write_sample_snapshot(backend, tenant_id=7, snapshot_id="p", models=(("m", 8),), hnsw_bytes=18 * MiB)
+    key = "restore-progress-tenant-7"
+    seen: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.extend((float(a.data), a.description or "") for a in asyncio.run(read()))
+            time.sleep(0.25)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = asyncio.run(restore_snapshot(
+            backend=backend.url, tenant_id=7, data_dir=str(tmp_path / "data"), mode=RestoreMode.NEW_CLUSTER,
+            destination={"embedding_model": "m"}, limit_rate="6M"))
+    finally:
+        done.set()
+        watcher.join()
+    final = asyncio.run(read())
+    assert len(final) == 1 and float(final[0].data) == 100.0
+    total = result["total_bytes"]
+    assert final[0].description.startswith(f"{total / MiB:.1f} MiB of {total / MiB:.1f} MiB received")
+    assert any(0 < value < 100 for value, _ in seen), seen  # seen part-way, while it ran
+    assert [v for v, _ in seen] == sorted(v for v, _ in seen)  # never backwards
