@@ -33,10 +33,11 @@ MiB = 1024 * 1024
 #: (BENCHMARKS.md, "Choosing --streams"): through a proxy that caps each connection at 6 MB/s and
 #: delays each request 20 ms, a 2 GiB restore went at 46, 88, 139 and 167 MB/s with 8, 16, 32 and
 #: 48 streams, and peak RSS was 136, 150, 172 and 189 MiB; on loopback SeaweedFS, 32 streams took
-#: 8.1 s against 6.8 s for 4 (CPU for more requests, on a machine whose two cores the server
-#: shares). 32 fills a link whose connections are each slow, as a far store's are, more than the
-#: peers an operator would pick instead (the AWS CLI and boto3: 10 requests; rclone: 4 files x 4
-#: streams), and keeps memory well under 200 MiB.
+#: 4.4-4.9 s in the flow against 3.9-4.3 s for 4 (CPU for more requests and parts hashed back, on
+#: a machine whose two cores the server shares). 32 fills a link whose connections are each slow,
+#: as a far store's are, more than the peers an operator would pick instead (the AWS CLI and
+#: boto3: 10 requests; rclone: 4 files x 4 streams; 8-10 seen in flight), and keeps peak RSS at
+#: 170-175 MiB, under 200. A store on the same host or LAN may do better with ``--streams 4``.
 DEFAULT_STREAMS = 32
 #: The most a restore may ask for. Every stream holds a connection and a read buffer, the buffers
 #: sharing READ_BUFFERS between them beyond 32 streams (:func:`read_size`), so that peak memory

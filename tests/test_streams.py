@@ -303,3 +303,27 @@ def test_a_restore_shows_live_progress_in_a_prefect_artifact(tmp_path):
     assert final[0].description.startswith(f"{total / MiB:.1f} MiB of {total / MiB:.1f} MiB received")
     assert any(0 < value < 100 for value, _ in seen), seen  # seen part-way, while it ran
     assert [v for v, _ in seen] == sorted(v for v, _ in seen)  # never backwards
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--limit-rate", "fast"], "'fast' is not a rate"),
+    (["--limit-rate", "100"], "below the lowest limit"),
+    (["--streams", "0"], "--streams"),
+    (["--streams", str(MAX_STREAMS + 1)], "--streams"),
+])
+@pytest.mark.parametrize("command", ["restore", "drill"])
+def test_the_cli_refuses_bad_streams_and_rates_as_usage_errors(tmp_path, command, args, needle):
+    import subprocess
+    import sys
+
+    common = ["--backend", str(tmp_path)]
+    if command == "restore":
+        common += ["--tenant", "1", "--snapshot", "latest", "--data-dir", str(tmp_path / "data"),
+                   "--mode", "new_cluster"]
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", command, *common, *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    import re
+
+    assert needle in " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split()), proc.stderr  # rich's box
+    assert not (tmp_path / "data").exists()
