@@ -327,3 +327,19 @@ def test_the_cli_refuses_bad_streams_and_rates_as_usage_errors(tmp_path, command
 
     assert needle in " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split()), proc.stderr  # rich's box
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_fleet_drill_splits_its_cap_among_the_runs_its_deployment_lets_run_at_once():
+    from flows.drill import drill_tenant_flow
+    from flows.fleet import FleetError, children_at_once
+
+    name = f"cap-{uuid.uuid4().hex[:8]}"
+    drill_tenant_flow.to_deployment(name=name, concurrency_limit=3).apply()
+    assert children_at_once(f"drill-tenant/{name}", 10) == 3  # 10 tenants, 3 at once: a third each
+    assert children_at_once(f"drill-tenant/{name}", 2) == 2
+    unlimited = f"{name}-unlimited"
+    drill_tenant_flow.to_deployment(name=unlimited).apply()
+    assert children_at_once(f"drill-tenant/{unlimited}", 7) == 7
+    with pytest.raises(FleetError, match="not found"):
+        children_at_once("drill-tenant/no-such-deployment", 3)
