@@ -65,13 +65,20 @@ class ProgressArtifact:
         self.id = create_progress_artifact(0.0, key=key, description=description, _sync=True)
         self._shown: tuple[float, str] = (0.0, description)
 
-    def update(self, percent: float, description: str) -> None:
+    def update(self, percent: float, description: str, client=None) -> None:
+        """Show ``percent`` and ``description``; through ``client`` (a sync Prefect client kept open
+        by the caller) when given, else through a client of Prefect's own for this call."""
         from prefect.artifacts import update_progress_artifact
+        from prefect.client.schemas.actions import ArtifactUpdate
 
         shown = (round(min(100.0, max(0.0, percent)), 1), description)
-        if shown != self._shown:
+        if shown == self._shown:
+            return
+        if client is None:
             update_progress_artifact(self.id, shown[0], description=description, _sync=True)
-            self._shown = shown
+        else:
+            client.update_artifact(artifact_id=self.id, artifact=ArtifactUpdate(data=shown[0], description=description))
+        self._shown = shown
 
 
 def _size(n: float) -> str:
@@ -101,15 +108,21 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
     artifact = ProgressArtifact(key, f"0 B of {_size(total)} received")
     stop = threading.Event()
 
-    def bring_up_to_date() -> None:
+    def bring_up_to_date(client=None) -> None:
         try:
-            artifact.update(*describe())
+            artifact.update(*describe(), client=client)
         except Exception:  # noqa: BLE001 - see the docstring
             pass
 
     def publish() -> None:
-        while not stop.wait(every):
-            bring_up_to_date()
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:  # one client for every update
+                while not stop.wait(every):
+                    bring_up_to_date(client)
+        except Exception:  # noqa: BLE001 - no client: the last update, at the end, still tries
+            pass
 
     thread = threading.Thread(target=contextvars.copy_context().run, args=(publish,),
                               name="memrestore-progress-artifact", daemon=True)
