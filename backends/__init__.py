@@ -3,16 +3,16 @@
 Knows nothing of Prefect, restore modes or destinations.
 """
 
-from backends.base import (
+from memrestore.backends.base import (
     Backend,
     ManifestRef,
     put_manifest,
     read_manifest,
 )
-from backends.listing import SnapshotEntry, SnapshotListing, list_snapshots
-from backends.local import LocalBackend
-from backends.manifest_cache import ManifestCache
-from backends.url import open_backend
+from memrestore.backends.listing import SnapshotEntry, SnapshotListing, list_snapshots
+from memrestore.backends.local import LocalBackend
+from memrestore.backends.manifest_cache import ManifestCache
+from memrestore.backends.url import open_backend
 
 __all__ = [
     "Backend",

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
-from backends.errors import InvalidManifestError
-from backends.manifest import SnapshotManifest, check_snapshot_id, parse_manifest
-from backends.streams import RateLimit
+from memrestore.backends.errors import InvalidManifestError
+from memrestore.backends.manifest import SnapshotManifest, check_snapshot_id, parse_manifest
+from memrestore.backends.streams import RateLimit
 
 MANIFEST_NAME = "manifest.json"
 

@@ -26,10 +26,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from backends.base import Backend, ManifestRef, manifest_key, parse_manifest_of, read_manifest
-from backends.errors import BadInputError, ObjectNotFoundError, TransientBackendError
-from backends.manifest import SnapshotManifest
-from backends.manifest_cache import CachedManifest, ManifestCache, ManifestCacheError, default_cache
+from memrestore.backends.base import Backend, ManifestRef, manifest_key, parse_manifest_of, read_manifest
+from memrestore.backends.errors import BadInputError, ObjectNotFoundError, TransientBackendError
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.manifest_cache import CachedManifest, ManifestCache, ManifestCacheError, default_cache
 
 log = logging.getLogger(__name__)
 

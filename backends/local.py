@@ -8,8 +8,8 @@ import stat
 import time
 from pathlib import Path
 
-from backends.base import MANIFEST_NAME, FileSink, ManifestRef, ProgressFn, Sink
-from backends.errors import (
+from memrestore.backends.base import MANIFEST_NAME, FileSink, ManifestRef, ProgressFn, Sink
+from memrestore.backends.errors import (
     AccessDeniedError,
     InvalidKeyError,
     InvalidManifestError,
@@ -18,8 +18,8 @@ from backends.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
-from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
-from backends.streams import RateLimit
+from memrestore.backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
+from memrestore.backends.streams import RateLimit
 
 #: Read size for streaming: large enough that syscalls and hashing calls are few, small enough
 #: that memory stays flat (a download holds one chunk at a time).

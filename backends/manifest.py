@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError, shown
+from memrestore.backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError, shown
 
 #: The newest manifest version memrestore understands; a newer one is refused.
 CURRENT_MANIFEST_VERSION = 1

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, TypeVar
 
 import blake3
 
-import backends.manifest
+from memrestore.backends import manifest as manifest_module
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,7 +78,7 @@ def _parser_fingerprint() -> str:
     """Changes whenever the manifest parser's source does: rows parsed by another parser are
     not reused (a stricter parser may refuse what an older one accepted)."""
     try:
-        source = Path(backends.manifest.__file__).read_bytes()
+        source = Path(manifest_module.__file__).read_bytes()
     except OSError:  # no source file (a zipped install): the installed version says as much
         from importlib.metadata import PackageNotFoundError, version
 
@@ -86,7 +86,7 @@ def _parser_fingerprint() -> str:
             source = f"memrestore {version('memrestore')}".encode()
         except PackageNotFoundError:
             source = b"unknown"
-    return f"{backends.manifest.CURRENT_MANIFEST_VERSION}:{blake3.blake3(source).hexdigest()[:32]}"
+    return f"{manifest_module.CURRENT_MANIFEST_VERSION}:{blake3.blake3(source).hexdigest()[:32]}"
 
 
 PARSER_FINGERPRINT = _parser_fingerprint()

@@ -22,8 +22,8 @@ import s3transfer.exceptions
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from backends.base import MANIFEST_NAME, ManifestRef, PositionalSink, ProgressFn, Sink
-from backends.errors import (
+from memrestore.backends.base import MANIFEST_NAME, ManifestRef, PositionalSink, ProgressFn, Sink
+from memrestore.backends.errors import (
     AccessDeniedError,
     BackendError,
     InvalidManifestError,
@@ -32,9 +32,9 @@ from backends.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
-from backends import streams as _streams
-from backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
-from backends.streams import MAX_STREAMS, RateLimit, StreamPool
+from memrestore.backends import streams as _streams
+from memrestore.backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
+from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool
 
 MiB = 1024 * 1024
 
@@ -237,7 +237,7 @@ class S3Backend:
         # ListObjectsV2 requests are in flight at once, over disjoint key ranges
         # (backends/key_ranges.py); the keys found are the same whatever their number (1: one
         # sequential pass), and so is the result, sorted by id.
-        from backends.key_ranges import list_key_ranges
+        from memrestore.backends.key_ranges import list_key_ranges
 
         root = f"{self.prefix}/" if self.prefix else ""
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import blake3
 
-from backends.base import Backend, put_manifest
-from backends.manifest import SnapshotManifest
+from memrestore.backends.base import Backend, put_manifest
+from memrestore.backends.manifest import SnapshotManifest
 
 DEFAULT_MODELS: tuple[tuple[str, int], ...] = (("minilm", 384), ("e5-base", 768))
 #: Payload size of one sample commit-log row, when growing a checkpoint to a target size.

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from backends.errors import BadInputError
+from memrestore.backends.errors import BadInputError
 
 MiB = 1024 * 1024
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from backends.base import Backend
-from backends.errors import BadInputError
-from backends.local import LocalBackend
+from memrestore.backends.base import Backend
+from memrestore.backends.errors import BadInputError
+from memrestore.backends.local import LocalBackend
 
 
 class BackendUrlError(BadInputError):
@@ -22,7 +22,7 @@ def open_backend(url: str) -> Backend:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise BackendUrlError(f"backend {url!r} names no bucket; use s3://bucket[/prefix]")
-        from backends.s3 import S3Backend  # boto3 is only loaded when S3 is used
+        from memrestore.backends.s3 import S3Backend  # boto3 is only loaded when S3 is used
 
         return S3Backend(parsed.netloc, parsed.path.strip("/"))
     if parsed.scheme == "file":

@@ -14,9 +14,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from backends import LocalBackend
-from backends.base import read_manifest
-from backends.sample import write_sample_snapshot
+from memrestore.backends import LocalBackend
+from memrestore.backends.base import read_manifest
+from memrestore.backends.sample import write_sample_snapshot
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -232,7 +232,7 @@ class _Counting:
 
 def measure(mode: str, backend_url: str, cache_path: str | None, concurrency: int) -> dict:
     """List ``backend_url`` and pick every tenant's latest, the way ``mode`` says; what it took."""
-    from backends import ManifestCache, list_snapshots, open_backend, read_manifest
+    from memrestore.backends import ManifestCache, list_snapshots, open_backend, read_manifest
 
     inner = open_backend(backend_url)
     if mode.endswith(", one pass"):
@@ -402,7 +402,7 @@ LIST_CONCURRENCY_TEXT = "concurrently as before (`LIST_CONCURRENCY` threads)"
 
 
 def render(targets: list[Target], command: str, rounds: int, concurrency: int, info: dict[str, str], when: str) -> str:
-    from backends.s3 import LIST_RANGES
+    from memrestore.backends.s3 import LIST_RANGES
 
     lines = [
         START,
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                                      saved["when"]))
         return 0
 
-    from backends.listing import LIST_CONCURRENCY
+    from memrestore.backends.listing import LIST_CONCURRENCY
 
     quick = args.quick
     snapshots = args.snapshots or (3 if quick else 30)

@@ -29,11 +29,11 @@ def boto3_download(bucket: str, dest: Path, keys: list[str]) -> None:
 def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
     """One restore per snapshot (each into its own new data dir), one after the other, with the
     plain functions of ``tasks/``: ``tasks.execute.execute``, no Prefect flow, task or API."""
-    from backends import open_backend
-    from tasks.execute import execute
-    from tasks.fetch import fetch_manifest
-    from tasks.plan import DestinationState, RestoreMode
-    from tasks.validate import validate
+    from memrestore.backends import open_backend
+    from memrestore.tasks.execute import execute
+    from memrestore.tasks.fetch import fetch_manifest
+    from memrestore.tasks.plan import DestinationState, RestoreMode
+    from memrestore.tasks.validate import validate
 
     backend = open_backend(backend_url)
     for snapshot_id in snapshot_ids:
@@ -47,8 +47,8 @@ def flow_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedd
     (against the Prefect API in ``PREFECT_API_URL``), one after the other."""
     import asyncio
 
-    from flows.restore import Destination, restore_snapshot
-    from tasks.plan import RestoreMode
+    from memrestore.flows.restore import Destination, restore_snapshot
+    from memrestore.tasks.plan import RestoreMode
 
     for snapshot_id in snapshot_ids:
         tenant_id = 1000 + int(snapshot_id.rsplit("-", 1)[1])  # as benchmarks.data names them

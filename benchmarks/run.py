@@ -191,7 +191,7 @@ class Bench:
     def upload_big(self, client) -> None:
         """Put the big snapshot in the bucket, content first and manifest last, unless the same
         objects are already there (SeaweedFS keeps its data in the cache dir across runs)."""
-        from backends.s3 import S3Backend
+        from memrestore.backends.s3 import S3Backend
 
         backend = S3Backend(BUCKET, "", client=client)
         spec = self.sizes.big

@@ -41,8 +41,8 @@ BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 #: The flow as every command ran it before: Prefect's temporary server per process.
 PER_PROCESS = """
 import asyncio, sys
-from flows.restore import restore_snapshot
-from tasks.plan import RestoreMode
+from memrestore.flows.restore import restore_snapshot
+from memrestore.tasks.plan import RestoreMode
 asyncio.run(restore_snapshot(backend=sys.argv[1], tenant_id=1, data_dir=sys.argv[2],
             mode=RestoreMode.NEW_CLUSTER, snapshot="latest", destination={"embedding_model": "minilm"}))
 """
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="Print the table; leave BENCHMARKS.md alone.")
     args = parser.parse_args(argv)
 
-    from backends import LocalBackend
-    from backends.sample import write_sample_snapshot
+    from memrestore.backends import LocalBackend
+    from memrestore.backends.sample import write_sample_snapshot
 
     work = Path(tempfile.mkdtemp(prefix="memrestore-startup-"))
     memrestore = str(Path(sys.executable).parent / "memrestore")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {r + 1}: {label}: {run.seconds:.2f} s, {run.max_rss_bytes / 2**20:.0f} MiB", flush=True)
     finally:
         standing.stop()
-        from flows.localserver import stop_server
+        from memrestore.flows.localserver import stop_server
 
         stop_server(work / "local-home", force=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -7,7 +7,7 @@ automation reacts to each one (one notification per tenant, not one per drill) t
 notification block: Slack, Microsoft Teams, PagerDuty, Opsgenie, email, a custom webhook, ...
 
     from prefect.blocks.notifications import SlackWebhook
-    from flows.alerts import drill_failed_automation
+    from memrestore.flows.alerts import drill_failed_automation
 
     block_id = SlackWebhook(url="https://hooks.slack.com/services/...").save("memrestore-pager")
     drill_failed_automation(block_id).create()
@@ -23,7 +23,7 @@ from prefect.automations import Automation, EventTrigger, SendNotification
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 
-from tasks.drill import DRILL_FAILED_EVENT
+from memrestore.tasks.drill import DRILL_FAILED_EVENT
 AUTOMATION_NAME = "memrestore: restore drill failed"
 
 SUBJECT = "memrestore: {{ event.resource.name }} failed its restore drill"

@@ -21,9 +21,9 @@ from typing import Any, Coroutine, Iterator, Optional, TypeVar
 import typer
 from rich.console import Console
 
-from backends import list_snapshots, open_backend
-from backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
-from backends.errors import RestoreError
+from memrestore.backends import list_snapshots, open_backend
+from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
+from memrestore.backends.errors import RestoreError
 
 app = typer.Typer(
     add_completion=False,
@@ -68,7 +68,7 @@ def _connect_prefect() -> None:
     """Point this command at a Prefect API before Prefect is imported (it reads its settings
     once, at import): the one the user set up, else the shared local server of this
     ``PREFECT_HOME``, started now if none is running (flows/localserver.py)."""
-    from flows.localserver import LocalServerError, configured_api_url, ensure_server
+    from memrestore.flows.localserver import LocalServerError, configured_api_url, ensure_server
 
     if configured_api_url():
         return
@@ -89,7 +89,7 @@ _SIGNALLED: list[int] = []
 def _stop_on_signal(signum: int, frame: Any) -> None:
     """SIGINT and SIGTERM: the staging threads stop at their next chunk, the main thread unwinds
     (KeyboardInterrupt), and the restore's marker keeps its phase for --resume or abort."""
-    from tasks.interrupt import request_stop
+    from memrestore.tasks.interrupt import request_stop
 
     _SIGNALLED.append(signum)
     request_stop()
@@ -104,8 +104,8 @@ def _handle_stop_signals() -> None:
 def _interrupted(data_dir: Path) -> None:
     """After a signal stopped a restore: its run's Crashed state and one message say what the
     data dir holds and how to go on; exit 128 + the signal's number."""
-    from tasks.layout import read_marker
-    from tasks.orphans import mark_dead_run, what_is_left
+    from memrestore.tasks.layout import read_marker
+    from memrestore.tasks.orphans import mark_dead_run, what_is_left
 
     signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT
     name = signal.Signals(signum).name
@@ -183,7 +183,7 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from tasks import progress
+    from memrestore.tasks import progress
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), console=err, transient=True) as bar:
@@ -209,7 +209,7 @@ def _when(micros: int) -> str:
 
 
 def _print_outcome(result: dict, as_json: bool) -> None:
-    from tasks.outcome import RestoreOutcome, human_summary
+    from memrestore.tasks.outcome import RestoreOutcome, human_summary
 
     outcome = RestoreOutcome.model_validate(result)
     for warning in outcome.warnings:
@@ -284,7 +284,7 @@ LimitRateOpt = typer.Option(
 
 
 def _wire_version(value: str) -> str:
-    from backends.manifest import WireVersion
+    from memrestore.backends.manifest import WireVersion
 
     try:
         return str(WireVersion.parse(value))
@@ -319,8 +319,8 @@ def restore(
     _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from flows.restore import Destination, is_interrupt, restore_snapshot
-            from tasks.plan import RestoreMode
+            from memrestore.flows.restore import Destination, is_interrupt, restore_snapshot
+            from memrestore.tasks.plan import RestoreMode
 
         _handle_stop_signals()
 
@@ -358,7 +358,7 @@ def verify(
     _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from flows.restore import verify_snapshot
+            from memrestore.flows.restore import verify_snapshot
 
         with _progress_bar(err.is_terminal and not as_json):
             result = _run_flow(verify_snapshot(backend=backend, snapshot=snapshot))
@@ -376,8 +376,8 @@ def abort(
     _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from flows.restore import abort_restore
-            from tasks.errors import NothingToAbortError
+            from memrestore.flows.restore import abort_restore
+            from memrestore.tasks.errors import NothingToAbortError
 
         try:
             result = _run_flow(abort_restore(data_dir=str(data_dir.absolute())))
@@ -406,7 +406,7 @@ def demo(
     _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from flows.demo import run_demo
+            from memrestore.flows.demo import run_demo
 
         result = _run_flow(run_demo(workdir.absolute(), log=err.print))
         _print_outcome(result, as_json)
@@ -441,7 +441,7 @@ def serve(
     """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
     _quiet_prefect(verbose)  # no PREFECT_API_URL: flows.serve takes the shared local server itself
     with _errors_as_messages(verbose):
-        from flows.serve import serve as serve_deployments
+        from memrestore.flows.serve import serve as serve_deployments
 
         serve_deployments(
             backend=backend,
@@ -458,7 +458,7 @@ def _print_drill(report, as_json: bool) -> None:
     """The drill report: JSON on stdout, or a table and each failed tenant's reason."""
     from rich.table import Table
 
-    from tasks.drill import table_rows
+    from memrestore.tasks.drill import table_rows
 
     for sid, why in sorted(report.unreadable.items()):
         err.print(f"[yellow]warning:[/] skipped {sid}: {why}", highlight=False, soft_wrap=True)
@@ -515,7 +515,7 @@ def drill(
     _quiet_prefect(verbose)
     _connect_prefect()
     with _importing_prefect():
-        from tasks.drill import MAX_DRILL_CONCURRENCY
+        from memrestore.tasks.drill import MAX_DRILL_CONCURRENCY
 
     if concurrency is not None and concurrency > MAX_DRILL_CONCURRENCY:
         raise typer.BadParameter(f"at most {MAX_DRILL_CONCURRENCY} tenants at once", param_hint="--concurrency")
@@ -526,7 +526,7 @@ def drill(
         raise typer.BadParameter("only with --via-deployment", param_hint="--child-timeout")
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from flows.drill import drill_report, restore_drill
+            from memrestore.flows.drill import drill_report, restore_drill
 
         optional = {"concurrency": concurrency} if concurrency is not None else {}
         if via_deployment:
@@ -558,7 +558,7 @@ app.add_typer(server_app, name="server")
 
 
 def _server_lines(info, home: Path) -> list[str]:
-    from flows.localserver import in_use, last_used
+    from memrestore.flows.localserver import in_use, last_used
 
     lines = [f"local Prefect server for PREFECT_HOME={home}: pid {info.pid}, UI {info.ui_url}, "
              f"API {info.api_url}, started {info.started_at}"]
@@ -576,7 +576,7 @@ def _server_lines(info, home: Path) -> list[str]:
 @server_app.command("status")
 def server_status(as_json: bool = JsonOpt) -> None:
     """Show the local server of this PREFECT_HOME, if one is running."""
-    from flows.localserver import _is_our_server, configured_api_url, healthy, prefect_home, read_state
+    from memrestore.flows.localserver import _is_our_server, configured_api_url, healthy, prefect_home, read_state
 
     home = prefect_home()
     info = read_state(home)
@@ -601,7 +601,7 @@ def server_status(as_json: bool = JsonOpt) -> None:
 @server_app.command("start")
 def server_start() -> None:
     """Start the local server now (commands start it when they need it)."""
-    from flows.localserver import LocalServerError, ensure_server, prefect_home
+    from memrestore.flows.localserver import LocalServerError, ensure_server, prefect_home
 
     try:
         info, started = ensure_server()
@@ -616,7 +616,7 @@ def server_stop(
     force: bool = typer.Option(False, "--force", help="Stop it even while a command uses it."),
 ) -> None:
     """Stop the local server of this PREFECT_HOME (the next command starts a new one)."""
-    from flows.localserver import LocalServerError, prefect_home, stop_server
+    from memrestore.flows.localserver import LocalServerError, prefect_home, stop_server
 
     try:
         info = stop_server(force=force)

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from backends import LocalBackend
-from backends.sample import write_sample_snapshot
-from flows.restore import restore_snapshot
-from tasks.plan import RestoreMode
+from memrestore.backends import LocalBackend
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.flows.restore import restore_snapshot
+from memrestore.tasks.plan import RestoreMode
 
 
 async def run_demo(workdir: Path, log: Callable[[str], None] = print) -> dict:

@@ -31,11 +31,11 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from backends import SnapshotListing, open_backend
-from backends.manifest import SnapshotManifest
-from backends.streams import RateLimit, parse_rate
-from flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
-from tasks.drill import (
+from memrestore.backends import SnapshotListing, open_backend
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.streams import RateLimit, parse_rate
+from memrestore.flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
+from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DRILL_FAILED_EVENT,
     MAX_DRILL_CONCURRENCY,
@@ -54,11 +54,11 @@ from tasks.drill import (
     publish_report_task,
     tenants_to_drill,
 )
-from tasks.errors import SnapshotNotFoundError
-from tasks.fetch import fetch_manifest
-from tasks.progress import ProgressArtifact
-from tasks.retry import retrying
-from tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
+from memrestore.tasks.errors import SnapshotNotFoundError
+from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.progress import ProgressArtifact
+from memrestore.tasks.retry import retrying
+from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 
 T = TypeVar("T")
 

@@ -43,8 +43,8 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from backends.errors import RestoreError
-from tasks.drill import TenantDrillResult, crashed_result, describe_failure
+from memrestore.backends.errors import RestoreError
+from memrestore.tasks.drill import TenantDrillResult, crashed_result, describe_failure
 
 if TYPE_CHECKING:
     from prefect.automations import Automation

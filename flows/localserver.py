@@ -15,7 +15,7 @@ The server stops itself once no command has held ``.users`` for ``idle_seconds``
 :data:`IDLE_SECONDS`; ``MEMRESTORE_SERVER_IDLE_SECONDS``), or as soon as ``.json`` no longer
 names it (``memrestore server stop``, or ``PREFECT_HOME`` removed). A command killed however it
 dies drops its ``flock``, so it never keeps the server up, and the next command reuses the same
-server: they never pile up. ``python -m flows.localserver`` is the server process itself.
+server: they never pile up. ``python -m memrestore.flows.localserver`` is the server process itself.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from backends.errors import RestoreError
+from memrestore.backends.errors import RestoreError
 
 #: Default idle time before the server stops itself: an operator's incident is a run of commands
 #: minutes apart, each of which would otherwise pay the server's start again (3-12 s); ten idle
@@ -53,7 +53,7 @@ LOCK_NAME = "memrestore-server.lock"
 USERS_NAME = "memrestore-server.users"
 LOG_NAME = "memrestore-server.log"
 #: What the server process's command line holds, to tell it from a process that took over its pid.
-COMMAND_TAG = "flows.localserver"
+COMMAND_TAG = "memrestore.flows.localserver"
 
 
 class LocalServerError(RestoreError):
@@ -407,7 +407,7 @@ def _serve(port: int, idle: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.localserver",
+    parser = argparse.ArgumentParser(prog="python -m memrestore.flows.localserver",
                                      description="memrestore's shared local Prefect server (started by the CLI)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--idle", type=float, default=IDLE_SECONDS)

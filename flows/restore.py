@@ -23,21 +23,21 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from backends.manifest import WireVersion
-from backends.streams import parse_rate
-from tasks.commit import abort_task, cleanup_task, commit_task, roll_back
-from tasks.errors import RollbackFailedError
-from tasks.execute import ITEM_CONCURRENCY
-from tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
-from tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
-from tasks.plan import DestinationState, RestoreMode, RestorePlan
-from tasks.preflight import preflight_task
-from tasks.interrupt import request_stop
-from tasks.layout import Phase, RunRef, unlock_data_dir
-from tasks.progress import bytes_artifact
-from tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
-from tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
-from tasks.validate import plan_items, unverified_warnings, validate_task
+from memrestore.backends.manifest import WireVersion
+from memrestore.backends.streams import parse_rate
+from memrestore.tasks.commit import abort_task, cleanup_task, commit_task, roll_back
+from memrestore.tasks.errors import RollbackFailedError
+from memrestore.tasks.execute import ITEM_CONCURRENCY
+from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
+from memrestore.tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
+from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
+from memrestore.tasks.preflight import preflight_task
+from memrestore.tasks.interrupt import request_stop
+from memrestore.tasks.layout import Phase, RunRef, unlock_data_dir
+from memrestore.tasks.progress import bytes_artifact
+from memrestore.tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
+from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
+from memrestore.tasks.validate import plan_items, unverified_warnings, validate_task
 
 
 class Destination(BaseModel):

@@ -23,7 +23,7 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from backends.errors import RestoreError
+from memrestore.backends.errors import RestoreError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -45,7 +45,7 @@ def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:
     """``restore-snapshot/on-demand``: no schedule; ``backend``, when given, prefills the form."""
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.restore import restore_snapshot
+    from memrestore.flows.restore import restore_snapshot
 
     return restore_snapshot.to_deployment(
         name=ON_DEMAND,
@@ -89,7 +89,7 @@ def nightly_deployment(
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.drill import restore_drill
+    from memrestore.flows.drill import restore_drill
 
     return restore_drill.to_deployment(
         name=NIGHTLY,
@@ -121,7 +121,7 @@ def prefect_api(log: Callable[[str], None]) -> Iterator[str]:
     after ``serve`` ends)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.localserver import ensure_server
+    from memrestore.flows.localserver import ensure_server
 
     configured = PREFECT_API_URL.value()
     if configured:
@@ -164,7 +164,7 @@ def serve(
         # local server is stopped) instead of ending the process on the spot.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with prefect_api(log):
-        from flows.alerts import ensure_crashed_restore_automation
+        from memrestore.flows.alerts import ensure_crashed_restore_automation
 
         ensure_crashed_restore_automation(log)
         deployments = [on_demand_deployment(backend)]

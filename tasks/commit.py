@@ -26,7 +26,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import (
+from memrestore.tasks.errors import (
     DestinationIOError,
     NothingToAbortError,
     RestoreInProgressError,
@@ -34,8 +34,8 @@ from tasks.errors import (
     ResumeRefusedError,
     TenantPathOccupiedError,
 )
-from tasks.failpoints import crash_point
-from tasks.layout import (
+from memrestore.tasks.failpoints import crash_point
+from memrestore.tasks.layout import (
     MARKER_NAME,
     OURS_PREFIX,
     DeadHolderFn,
@@ -54,7 +54,7 @@ from tasks.layout import (
     unlock_data_dir,
     update_marker,
 )
-from tasks.plan import RestoreMode, tenant_dir_name
+from memrestore.tasks.plan import RestoreMode, tenant_dir_name
 
 
 def _set_phase(data_dir: Path, phase: Phase) -> None:
@@ -225,7 +225,7 @@ def abort(data_dir: Path, on_dead_holder: DeadHolderFn | None = None) -> MarkerI
 def abort_task(data_dir: str) -> MarkerInfo:
     """Roll back the interrupted restore in the data dir (never retried); its dead restore's flow
     run is marked Crashed first."""
-    from tasks.orphans import mark_dead_run
+    from memrestore.tasks.orphans import mark_dead_run
 
     return abort(Path(data_dir), mark_dead_run)
 

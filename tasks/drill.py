@@ -36,17 +36,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from backends import Backend, SnapshotListing, list_snapshots, open_backend
-from backends.errors import RestoreError
-from backends.manifest import SnapshotManifest
-from tasks.errors import RestoredCopyCheckError, ScratchDirError
-from backends.streams import DEFAULT_STREAMS, RateLimit
-from tasks.execute import execute
-from tasks.outcome import RestoreOutcome
-from tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_destination
-from tasks.retry import RETRIES, RETRY_OPTIONS, retrying
-from tasks.transfer import Transfer
-from tasks.validate import validate
+from memrestore.backends import Backend, SnapshotListing, list_snapshots, open_backend
+from memrestore.backends.errors import RestoreError
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.tasks.errors import RestoredCopyCheckError, ScratchDirError
+from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
+from memrestore.tasks.execute import execute
+from memrestore.tasks.outcome import RestoreOutcome
+from memrestore.tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_destination
+from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
+from memrestore.tasks.transfer import Transfer
+from memrestore.tasks.validate import validate
 
 #: Tenants drilled at once. Each restore already stages its blobs four at a time (and S3
 #: restores keep ``--streams`` ranged GETs in flight), so four tenants keep a bucket and a small

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.errors import BadInputError, RestoreError
+from memrestore.backends.errors import BadInputError, RestoreError
 
 
 class SnapshotNotFoundError(BadInputError):

@@ -11,16 +11,16 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
-from backends import Backend
-from tasks import failpoints
-from tasks.commit import commit_staged, remove_leftovers, roll_back
-from tasks.fetch import measure_plan
-from tasks.layout import Phase
-from tasks.outcome import RestoreOutcome, build_outcome
-from tasks.plan import PlanItem, RestoreMode, RestorePlan
-from tasks.preflight import preflight
-from tasks.stage import StagedItem, recheck_item, stage_item
-from tasks.transfer import Transfer
+from memrestore.backends import Backend
+from memrestore.tasks import failpoints
+from memrestore.tasks.commit import commit_staged, remove_leftovers, roll_back
+from memrestore.tasks.fetch import measure_plan
+from memrestore.tasks.layout import Phase
+from memrestore.tasks.outcome import RestoreOutcome, build_outcome
+from memrestore.tasks.plan import PlanItem, RestoreMode, RestorePlan
+from memrestore.tasks.preflight import preflight
+from memrestore.tasks.stage import StagedItem, recheck_item, stage_item
+from memrestore.tasks.transfer import Transfer
 
 #: Items staged at once, here and in the ``restore-snapshot`` flow (its task runner): a snapshot
 #: has a SQLite checkpoint and a few HNSW blobs, so four covers them. How many GETs are in flight

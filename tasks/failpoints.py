@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 
-from tasks import interrupt
+from memrestore.tasks import interrupt
 
 ENV = "MEMRESTORE_CRASH_AT"
 PAUSE_ENV = "MEMRESTORE_PAUSE_AT"

@@ -7,13 +7,13 @@ import logging
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from backends import Backend, list_snapshots, open_backend, read_manifest
-from backends.errors import ObjectNotFoundError
-from backends.manifest import SnapshotManifest, check_snapshot_id
-from tasks import progress
-from tasks.errors import SnapshotNotFoundError
-from tasks.plan import RestorePlan
-from tasks.retry import RETRY_OPTIONS
+from memrestore.backends import Backend, list_snapshots, open_backend, read_manifest
+from memrestore.backends.errors import ObjectNotFoundError
+from memrestore.backends.manifest import SnapshotManifest, check_snapshot_id
+from memrestore.tasks import progress
+from memrestore.tasks.errors import SnapshotNotFoundError
+from memrestore.tasks.plan import RestorePlan
+from memrestore.tasks.retry import RETRY_OPTIONS
 
 LATEST = "latest"
 

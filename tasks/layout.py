@@ -32,7 +32,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from backends.errors import shown
+from memrestore.backends.errors import shown
 
 OURS_PREFIX = ".restore"
 MARKER_NAME = ".restore-in-progress"

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from uuid import UUID
 
-from tasks.layout import MarkerInfo, Phase
+from memrestore.tasks.layout import MarkerInfo, Phase
 
 log = logging.getLogger("memrestore")
 

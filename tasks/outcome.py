@@ -14,8 +14,8 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from tasks.plan import RestoreMode, RestorePlan
-from tasks.stage import StagedItem
+from memrestore.tasks.plan import RestoreMode, RestorePlan
+from memrestore.tasks.stage import StagedItem
 
 
 class ItemOutcome(BaseModel):

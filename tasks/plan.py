@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends.manifest import WireVersion
+from memrestore.backends.manifest import WireVersion
 
 #: The newest wire version memrestore speaks, and the default destination's.
 NEWEST_WIRE_VERSION = WireVersion(major=1, minor=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import (
+from memrestore.tasks.errors import (
     DataDirNotEmptyError,
     DestinationIOError,
     InsufficientSpaceError,
@@ -24,8 +24,8 @@ from tasks.errors import (
     TenantPathOccupiedError,
     UnsafeDestinationError,
 )
-from tasks.failpoints import crash_point
-from tasks.layout import (
+from memrestore.tasks.failpoints import crash_point
+from memrestore.tasks.layout import (
     MARKER_NAME,
     OURS_PREFIX,
     DeadHolderFn,
@@ -43,7 +43,7 @@ from tasks.layout import (
     unlock_data_dir,
     update_marker,
 )
-from tasks.plan import RestoreMode, RestorePlan
+from memrestore.tasks.plan import RestoreMode, RestorePlan
 
 #: Headroom kept free beyond the snapshot's bytes: directory blocks, the marker, and a margin so
 #: that the restore does not leave the service's own volume at zero bytes.
@@ -214,6 +214,6 @@ def preflight_task(
 ) -> Phase | None:
     """Take the lock and the marker, and check the mode's precondition (never retried); a dead
     restore's flow run found on the way is marked Crashed."""
-    from tasks.orphans import mark_dead_run
+    from memrestore.tasks.orphans import mark_dead_run
 
     return preflight(plan, Path(data_dir), mode, dry_run, resume, run, mark_dead_run)

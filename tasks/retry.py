@@ -13,7 +13,7 @@ from typing import Callable, ParamSpec, TypeVar
 from prefect.tasks import exponential_backoff
 from prefect.utilities.math import clamped_poisson_interval
 
-from backends.errors import TransientBackendError
+from memrestore.backends.errors import TransientBackendError
 
 P = ParamSpec("P")
 T = TypeVar("T")

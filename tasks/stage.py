@@ -21,14 +21,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from backends import Backend, open_backend
-from tasks import interrupt, progress
-from tasks.errors import ChecksumMismatchError, DestinationIOError
-from tasks.failpoints import crash_point
-from tasks.layout import fsync_dir, staging_dir
-from tasks.plan import PlanItem
-from tasks.retry import RETRY_OPTIONS
-from tasks.transfer import Transfer
+from memrestore.backends import Backend, open_backend
+from memrestore.tasks import interrupt, progress
+from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
+from memrestore.tasks.failpoints import crash_point
+from memrestore.tasks.layout import fsync_dir, staging_dir
+from memrestore.tasks.plan import PlanItem
+from memrestore.tasks.retry import RETRY_OPTIONS
+from memrestore.tasks.transfer import Transfer
 
 PART_SUFFIX = ".part"
 #: Read size when hashing a staged file's bytes back from it (parts written ahead; a resume).

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RATE_PATTERN, RateLimit, StreamPool, parse_rate
-from tasks import progress
+from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RATE_PATTERN, RateLimit, StreamPool, parse_rate
+from memrestore.tasks import progress
 
 #: The flows' parameter types, so that the Prefect UI's form shows (and checks) them.
 StreamsParam = Annotated[int, Field(ge=1, le=MAX_STREAMS)]

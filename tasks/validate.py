@@ -8,10 +8,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from backends.errors import shown
-from backends.manifest import SnapshotManifest
-from tasks.errors import IncompatibleSnapshotError
-from tasks.plan import (
+from memrestore.backends.errors import shown
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.tasks.errors import IncompatibleSnapshotError
+from memrestore.tasks.plan import (
     DestinationState,
     ItemKind,
     PlanItem,

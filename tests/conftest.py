@@ -18,8 +18,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MEMRESTORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="memrestore-cache-")
 os.environ.pop("MEMRESTORE_NO_CACHE", None)
 
-from backends import LocalBackend  # noqa: E402
-from backends.sample import write_sample_snapshot  # noqa: E402
+from memrestore.backends import LocalBackend  # noqa: E402
+from memrestore.backends.sample import write_sample_snapshot  # noqa: E402
 from tests.faultproxy import faultproxy  # noqa: E402,F401  (a fault proxy before SeaweedFS)
 from tests.seaweed import seaweedfs  # noqa: E402,F401  (session fixture)
 from tests.prefect_server import prefect_server  # noqa: E402,F401  (session fixture)
@@ -30,7 +30,7 @@ def _no_local_server_left():
     """A CLI run with no PREFECT_API_URL starts the shared local server of the session's
     PREFECT_HOME (flows/localserver.py); it goes when the session ends, not 10 idle minutes later."""
     yield
-    from flows.localserver import stop_server
+    from memrestore.flows.localserver import stop_server
 
     stop_server(Path(_PREFECT_HOME), force=True)
 

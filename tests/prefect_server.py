@@ -166,7 +166,7 @@ def serving(server: PrefectServer, *args: str, log: Path, expect: tuple[str, ...
     started = datetime.datetime.now(datetime.timezone.utc)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", *args],
+            [sys.executable, "-m", "memrestore.flows.cli", "serve", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # A runner polls every 10 s by default; every second keeps the tests short.
             env=server.env(PREFECT_RUNNER_POLL_FREQUENCY="1"),

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from backends import LocalBackend
-from backends.sample import write_sample_snapshot
-from tasks.layout import OURS_PREFIX
-from tasks.plan import DestinationState, RestoreMode, RestorePlan
-from tasks.validate import validate
+from memrestore.backends import LocalBackend
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.tasks.layout import OURS_PREFIX
+from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
+from memrestore.tasks.validate import validate
 from tests.conftest import tree
 
 TENANT = 1

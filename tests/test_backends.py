@@ -9,15 +9,15 @@ import uuid
 import blake3
 import pytest
 
-from backends import LocalBackend, list_snapshots, open_backend, put_manifest, read_manifest
-from backends.errors import (
+from memrestore.backends import LocalBackend, list_snapshots, open_backend, put_manifest, read_manifest
+from memrestore.backends.errors import (
     AccessDeniedError,
     InvalidKeyError,
     InvalidManifestError,
     ObjectNotFoundError,
 )
-from backends.s3 import S3Backend
-from backends.sample import write_sample_snapshot
+from memrestore.backends.s3 import S3Backend
+from memrestore.backends.sample import write_sample_snapshot
 
 MiB = 1024 * 1024
 
@@ -197,7 +197,7 @@ def test_open_backend_urls(url, kind):
 
 @pytest.mark.parametrize("url", ["", "s3://", "http://host/x", "file://host/x"])
 def test_open_backend_refuses_unusable_urls(url):
-    from backends.errors import BadInputError
+    from memrestore.backends.errors import BadInputError
 
     with pytest.raises(BadInputError):
         open_backend(url)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backends import open_backend
-from backends.sample import write_sample_snapshot
-from tasks.layout import MARKER_NAME
+from memrestore.backends import open_backend
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.tasks.layout import MARKER_NAME
 from tests.conftest import tree
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 def memrestore(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *map(str, args)],
+        [sys.executable, "-m", "memrestore.flows.cli", *map(str, args)],
         capture_output=True, text=True, env=full_env, timeout=300,
     )
 

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import pytest
 
-from backends.local import READ_CHUNK
-from tasks.commit import abort
-from tasks.errors import DataDirNotEmptyError, LeftoverAsideError, NothingToAbortError, RestoreRefusedError
-from tasks.execute import execute
-from tasks.failpoints import ENV as CRASH_ENV
-from tasks.layout import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
-from tasks.plan import RestoreMode
+from memrestore.backends.local import READ_CHUNK
+from memrestore.tasks.commit import abort
+from memrestore.tasks.errors import DataDirNotEmptyError, LeftoverAsideError, NothingToAbortError, RestoreRefusedError
+from memrestore.tasks.execute import execute
+from memrestore.tasks.failpoints import ENV as CRASH_ENV
+from memrestore.tasks.layout import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
+from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
 from tests.restorekit import (
     LAYOUTS,
@@ -316,7 +316,7 @@ CLI_KILLS = [
 
 
 def memrestore(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", *map(str, args)], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 

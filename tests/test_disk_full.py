@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from backends.errors import RestoreError
-from tasks.errors import DestinationIOError, InsufficientSpaceError
-from tasks.execute import execute
-from tasks.preflight import SPACE_HEADROOM
-from tasks.stage import PART_SUFFIX
+from memrestore.backends.errors import RestoreError
+from memrestore.tasks.errors import DestinationIOError, InsufficientSpaceError
+from memrestore.tasks.execute import execute
+from memrestore.tasks.preflight import SPACE_HEADROOM
+from memrestore.tasks.stage import PART_SUFFIX
 from tests.conftest import tree
 from tests.restorekit import (
     LAYOUTS,

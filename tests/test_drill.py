@@ -16,12 +16,12 @@ from pathlib import Path
 import blake3
 import pytest
 
-from backends import LocalBackend, list_snapshots, open_backend, put_manifest
-from backends.errors import AccessDeniedError, TransientBackendError
-from backends.manifest import SnapshotManifest
-from backends.s3 import CLIENT_CONFIG
-from backends.sample import make_sqlite_checkpoint, write_sample_snapshot
-from tasks.drill import (
+from memrestore.backends import LocalBackend, list_snapshots, open_backend, put_manifest
+from memrestore.backends.errors import AccessDeniedError, TransientBackendError
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.s3 import CLIENT_CONFIG
+from memrestore.backends.sample import make_sqlite_checkpoint, write_sample_snapshot
+from memrestore.tasks.drill import (
     DRILL_FAILED_EVENT,
     attempt_snapshot,
     check_hnsw_files,
@@ -37,8 +37,8 @@ from tasks.drill import (
     snapshot_age_seconds,
     stale_reason,
 )
-from tasks.errors import RestoredCopyCheckError
-from tasks.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retrying
+from memrestore.tasks.errors import RestoredCopyCheckError
+from memrestore.tasks.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retrying
 from tests.conftest import tree
 from tests.faultproxy import Fault
 
@@ -237,8 +237,8 @@ def test_walk_back_stops_after_its_limit_and_says_so(backend, tmp_path):
 def test_a_drill_given_snapshot_ids_reads_only_the_manifests_it_tries(backend, tmp_path):
     """A fleet drill's child gets its tenant's snapshot ids, newest first, and reads a manifest
     only when the walk back reaches it."""
-    from backends import read_manifest
-    from tasks.drill import ManifestsById
+    from memrestore.backends import read_manifest
+    from memrestore.tasks.drill import ManifestsById
 
     write_fleet(backend, NOW_MICROS)
     for age in (10, 20):
@@ -387,7 +387,7 @@ def _drill_failed_events(flow_run_id, expected: int) -> list:
 
 @pytest.mark.usefixtures("prefect_api")
 def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_tenant(backend, tmp_path):
-    from flows.drill import drill_report, restore_drill
+    from memrestore.flows.drill import drill_report, restore_drill
 
     write_fleet(backend, int(time.time() * 10**6))
     scratch = tmp_path / "scratch"
@@ -448,7 +448,7 @@ def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_
 def test_drill_parameters_are_typed_for_the_ui_form():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.drill import restore_drill
+    from memrestore.flows.drill import restore_drill
 
     schema = parameter_schema(restore_drill).model_dump()
     props = schema["properties"]
@@ -477,7 +477,7 @@ def drill_through_proxy(seaweedfs, faultproxy, monkeypatch) -> tuple[str, Snapsh
 @pytest.mark.usefixtures("prefect_api")
 def test_a_transient_error_in_a_drills_restore_is_retried_and_the_tenant_passes(faultproxy, drill_through_proxy,
                                                                                 tmp_path):
-    from flows.drill import drill_report, restore_drill
+    from memrestore.flows.drill import drill_report, restore_drill
 
     url, manifest = drill_through_proxy
     key = manifest.hnsw_snapshots[0].content_key
@@ -506,7 +506,7 @@ def test_a_transient_error_in_a_drills_restore_is_retried_and_the_tenant_passes(
 @pytest.mark.parametrize("fault,says", [(Fault.FORBIDDEN, "access denied to"), (Fault.NOT_FOUND, "object not found:")])
 def test_a_permanent_error_in_a_drills_restore_fails_the_tenant_on_the_first_try(faultproxy, drill_through_proxy,
                                                                                  tmp_path, fault, says):
-    from flows.drill import drill_report, restore_drill
+    from memrestore.flows.drill import drill_report, restore_drill
 
     url, manifest = drill_through_proxy
     key = manifest.hnsw_snapshots[0].content_key
@@ -533,7 +533,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         if env:
             environment.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", "drill", *args], cwd=REPO, env=environment,
+    return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", "drill", *args], cwd=REPO, env=environment,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT)
 
 
@@ -583,7 +583,7 @@ def test_cli_drill_refuses_a_missing_backend_with_one_message(tmp_path):
 
 @pytest.mark.usefixtures("prefect_api")
 def test_cli_drill_over_seaweedfs(seaweedfs, tmp_path):
-    from backends.s3 import S3Backend
+    from memrestore.backends.s3 import S3Backend
 
     bucket = seaweedfs.create_bucket()
     s3 = S3Backend(bucket, "nightly", client=seaweedfs.client())

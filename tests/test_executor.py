@@ -8,19 +8,19 @@ from pathlib import Path
 import blake3
 import pytest
 
-from backends import LocalBackend, put_manifest
-from backends.manifest import SnapshotManifest
-from tasks.errors import (
+from memrestore.backends import LocalBackend, put_manifest
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.tasks.errors import (
     ChecksumMismatchError,
     DataDirNotEmptyError,
     RestoreInProgressError,
     TenantPathOccupiedError,
 )
-from tasks.execute import execute
-from tasks.layout import MARKER_NAME
-from tasks.plan import DestinationState, RestoreMode, RestorePlan
-from tasks.validate import validate
-from backends.manifest import WireVersion
+from memrestore.tasks.execute import execute
+from memrestore.tasks.layout import MARKER_NAME
+from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
+from memrestore.tasks.validate import validate
+from memrestore.backends.manifest import WireVersion
 from tests.conftest import tree
 
 
@@ -239,7 +239,7 @@ def test_outcome_records_bytes_per_item(backend, data_dir):
 def _many_items_plan(backend: LocalBackend, models: int = 5) -> RestorePlan:
     """Tenant 1's snapshot with a SQLite checkpoint and ``models`` HNSW blobs: more items than
     are staged at once."""
-    from backends.sample import write_sample_snapshot
+    from memrestore.backends.sample import write_sample_snapshot
 
     manifest = write_sample_snapshot(backend, tenant_id=1, snapshot_id="many", created_at_unix_micros=1,
                                      models=tuple((f"m{i}", 8) for i in range(models)), hnsw_bytes=48 * 1024)
@@ -248,21 +248,21 @@ def _many_items_plan(backend: LocalBackend, models: int = 5) -> RestorePlan:
 
 
 class _Staging:
-    """Wraps ``tasks.execute.stage_item``: counts the items being staged, the most at once, and
+    """Wraps ``memrestore.tasks.execute.stage_item``: counts the items being staged, the most at once, and
     the items staged; ``first`` items wait for each other (a barrier), so that staging them one
     after another never gets past the first."""
 
     def __init__(self, monkeypatch, first: int = 0) -> None:
         import threading
 
-        import tasks.execute
+        from memrestore.tasks import execute as execute_module
 
         self.lock = threading.Lock()
         self.in_flight = self.most = self.started = 0
         self.staged: list[str] = []
         self.barrier = threading.Barrier(first, timeout=120) if first else None
         self.first = first
-        real = tasks.execute.stage_item
+        real = execute_module.stage_item
 
         def stage(backend, item, data_dir, resume=False, streams=1):
             with self.lock:
@@ -281,15 +281,15 @@ class _Staging:
                 with self.lock:
                     self.in_flight -= 1
 
-        monkeypatch.setattr(tasks.execute, "stage_item", stage)
+        monkeypatch.setattr(execute_module, "stage_item", stage)
 
     def around(self, item, stage):
         return stage()
 
 
 def test_items_are_staged_concurrently_and_every_one_lands(backend, data_dir, monkeypatch):
-    from tasks import progress
-    from tasks.execute import ITEM_CONCURRENCY
+    from memrestore.tasks import progress
+    from memrestore.tasks.execute import ITEM_CONCURRENCY
 
     plan = _many_items_plan(backend)
     assert len(plan.items) > ITEM_CONCURRENCY
@@ -320,7 +320,7 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
     back (nothing staged is left) and raises that item's error; the data dir is as it was."""
     import threading
 
-    import tasks.execute
+    from memrestore.tasks import execute as execute_module
 
     plan = _many_items_plan(backend)
     bad = plan.items[1]  # among the first started: the others wait for it to fail
@@ -339,13 +339,13 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
 
     staging.around = around
     at_roll_back: list[int] = []
-    real_roll_back = tasks.execute.roll_back
+    real_roll_back = execute_module.roll_back
 
     def roll_back(data_dir, tenant_id):
         at_roll_back.append(staging.in_flight)
         real_roll_back(data_dir, tenant_id)
 
-    monkeypatch.setattr(tasks.execute, "roll_back", roll_back)
+    monkeypatch.setattr(execute_module, "roll_back", roll_back)
     (data_dir / "tenant_1").mkdir(parents=True)
     (data_dir / "tenant_1" / "data.sqlite").write_bytes(b"previous")
     (data_dir / "tenant_7").mkdir()

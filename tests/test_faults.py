@@ -12,15 +12,15 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
-from backends import open_backend
-from backends.errors import AccessDeniedError, ObjectNotFoundError
-from backends.s3 import CLIENT_CONFIG
-from backends.sample import write_sample_snapshot
-from flows.restore import restore_snapshot
-from tasks.execute import execute
-from tasks.fetch import fetch_manifest
-from tasks.plan import DestinationState, RestoreMode
-from tasks.validate import validate
+from memrestore.backends import open_backend
+from memrestore.backends.errors import AccessDeniedError, ObjectNotFoundError
+from memrestore.backends.s3 import CLIENT_CONFIG
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.flows.restore import restore_snapshot
+from memrestore.tasks.execute import execute
+from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.validate import validate
 from tests.conftest import tree
 from tests.faultproxy import Fault
 from tests.prefect_server import wait_until

@@ -33,9 +33,9 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 
-from backends import LocalBackend
-from backends.sample import write_sample_snapshot
-from flows.fleet import FLEET_DEPLOYMENT, lost_run_automation, worker_of
+from memrestore.backends import LocalBackend
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.flows.fleet import FLEET_DEPLOYMENT, lost_run_automation, worker_of
 from tests.prefect_server import VENV_BIN, PrefectServer, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -258,7 +258,7 @@ def _drill(fleet: Fleet, backend: LocalBackend, scratch: Path, log_dir: Path, *a
     the whole test session pointed at this server). Its JSON goes to ``log_dir/drill.json``."""
     with open(log_dir / "drill.json", "wb") as stdout, open(log_dir / "drill.log", "wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "drill", "--backend", backend.url, "--scratch-dir", str(scratch),
+            [sys.executable, "-m", "memrestore.flows.cli", "drill", "--backend", backend.url, "--scratch-dir", str(scratch),
              "--via-deployment", FLEET_DEPLOYMENT, "--child-timeout", str(CHILD_TIMEOUT_SECONDS), "--json", *args],
             cwd=REPO, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=fleet.server.env())
 
@@ -415,14 +415,14 @@ def test_runs_no_worker_takes_are_given_up_and_a_missing_deployment_is_refused(f
     A deployment that does not exist is refused before any run is made."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.fleet import FleetError, fan_out
+    from memrestore.flows.fleet import FleetError, fan_out
 
     idle = f"idle-{uuid.uuid4().hex[:8]}"
     _prefect(fleet.server, "work-pool", "create", idle, "--type", "process")
     with fleet.server.client() as client:
         flow_id = client.create_flow_from_name("drill-tenant")
         client.create_deployment(flow_id=flow_id, name=idle, work_pool_name=idle,
-                                 entrypoint="flows.drill.drill_tenant_flow")
+                                 entrypoint="memrestore.flows.drill.drill_tenant_flow")
     parameters = {t: {"backend": "file:///nowhere", "tenant_id": t, "snapshots": [f"t{t}"]} for t in (1, 2)}
     seen: list[str] = []
     with temporary_settings({PREFECT_API_URL: fleet.server.api_url}):

@@ -9,10 +9,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.utilities.callables import parameter_schema
 
-from backends.sample import write_sample_snapshot
-from flows.restore import restore_snapshot, verify_snapshot
-from tasks.errors import ChecksumMismatchError
-from tasks.plan import RestoreMode
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.flows.restore import restore_snapshot, verify_snapshot
+from memrestore.tasks.errors import ChecksumMismatchError
+from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
 from tests.prefect_server import wait_until
 

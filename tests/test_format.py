@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError
-from backends.manifest import (
+from memrestore.backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError
+from memrestore.backends.manifest import (
     DistanceMetric,
     SnapshotManifest,
     WireVersion,
@@ -16,9 +16,9 @@ from backends.manifest import (
     check_snapshot_id,
     parse_manifest,
 )
-from tasks.errors import IncompatibleSnapshotError
-from tasks.plan import DestinationState
-from tasks.validate import validate
+from memrestore.tasks.errors import IncompatibleSnapshotError
+from memrestore.tasks.plan import DestinationState
+from memrestore.tasks.validate import validate
 
 H = "a" * 64
 BASE = {

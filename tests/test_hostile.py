@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from backends import LocalBackend, list_snapshots, read_manifest
-from backends.errors import (
+from memrestore.backends import LocalBackend, list_snapshots, read_manifest
+from memrestore.backends.errors import (
     InvalidKeyError,
     InvalidManifestError,
     InvalidSnapshotIdError,
@@ -42,18 +42,18 @@ from backends.errors import (
     RestoreError,
     TransientBackendError,
 )
-from backends.manifest import (
+from memrestore.backends.manifest import (
     SnapshotManifest,
     check_content_key,
     check_snapshot_id,
     parse_manifest,
 )
-from tasks.errors import RestoreInProgressError
-from tasks.execute import execute
-from tasks.fetch import fetch_manifest
-from tasks.layout import MARKER_NAME, OURS_PREFIX
-from tasks.plan import DestinationState, RestoreMode, RestorePlan, safe_model_file_name
-from tasks.validate import validate
+from memrestore.tasks.errors import RestoreInProgressError
+from memrestore.tasks.execute import execute
+from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.layout import MARKER_NAME, OURS_PREFIX
+from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan, safe_model_file_name
+from memrestore.tasks.validate import validate
 
 PROJECT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -686,8 +686,8 @@ MANIFEST_MEMORY_BUDGET = 512 * MiB
 _MEASURE = textwrap.dedent(
     """
     import json, resource, sys
-    from backends import LocalBackend, read_manifest
-    from backends.errors import RestoreError
+    from memrestore.backends import LocalBackend, read_manifest
+    from memrestore.backends.errors import RestoreError
 
     def vm_hwm_kib():
         with open("/proc/self/status") as status:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from backends import LocalBackend, ManifestCache, key_ranges, list_snapshots, open_backend, put_manifest
-from backends.errors import TransientBackendError
-from backends.manifest import SnapshotManifest
-from backends.manifest_cache import CACHE_FILE, default_cache_dir
-from backends.s3 import S3Backend
-from tasks.fetch import fetch_manifest
+from memrestore.backends import LocalBackend, ManifestCache, key_ranges, list_snapshots, open_backend, put_manifest
+from memrestore.backends.errors import TransientBackendError
+from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.manifest_cache import CACHE_FILE, default_cache_dir
+from memrestore.backends.s3 import S3Backend
+from memrestore.tasks.fetch import fetch_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 #: Files changed less than this before a listing get no version; the tests wait it out.

@@ -29,11 +29,11 @@ from uuid import UUID
 
 import pytest
 
-from backends import LocalBackend
-from backends.sample import write_sample_snapshot
-from flows import localserver
-from tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
-from tasks.layout import MARKER_NAME, read_marker
+from memrestore.backends import LocalBackend
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.flows import localserver
+from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
+from memrestore.tasks.layout import MARKER_NAME, read_marker
 from tests.conftest import tree
 from tests.prefect_server import tail, wait_until
 
@@ -64,14 +64,14 @@ def _restore_args(backend_url: str, data_dir: Path, mode: str = "wipe_and_restor
 
 
 def memrestore(args: list[str], env: dict[str, str], timeout: float = COMMAND_SECONDS) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """A command in a session of its own (its session id is its pid), output to ``log``."""
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "memrestore.flows.cli", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -263,7 +263,7 @@ def test_sigkill_leaves_no_process_behind_and_the_next_command_marks_the_run_cra
 
 def test_standing_server_automation_marks_a_killed_restore_crashed(backend_url, tmp_path, prefect_server):
     """No command touches the data dir again: the heartbeat automation alone ends the run."""
-    from flows.alerts import CRASHED_MESSAGE, crashed_restore_automation
+    from memrestore.flows.alerts import CRASHED_MESSAGE, crashed_restore_automation
 
     silence = timedelta(seconds=40)  # the CLI's heartbeat is every 30 s; 90 s in production
     with prefect_server.client():

@@ -14,18 +14,18 @@ import uuid
 import blake3
 import pytest
 
-from backends import open_backend
-from backends import s3 as s3_module
-from backends import streams as streams_module
-from backends.errors import PermanentBackendError, TransientBackendError
-from backends.sample import write_sample_snapshot
-from backends.streams import StreamPool
-from tasks.errors import DestinationIOError
-from tasks.execute import execute
-from tasks.fetch import fetch_manifest
-from tasks.plan import DestinationState, RestoreMode
-from tasks.stage import _StagedFile
-from tasks.validate import validate
+from memrestore.backends import open_backend
+from memrestore.backends import s3 as s3_module
+from memrestore.backends import streams as streams_module
+from memrestore.backends.errors import PermanentBackendError, TransientBackendError
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.streams import StreamPool
+from memrestore.tasks.errors import DestinationIOError
+from memrestore.tasks.execute import execute
+from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.stage import _StagedFile
+from memrestore.tasks.validate import validate
 from tests.conftest import tree
 from tests.farproxy import FarProxy
 from tests.faultproxy import Fault
@@ -102,7 +102,7 @@ def test_blobs_of_like_size_share_the_streams_one_each_and_nothing_is_read_back(
     the fewest parts running, so once all four have joined each is read by one stream at a time,
     in order, and hashed as its bytes arrive: nothing is read back from a staged file to be hashed
     (which parts written ahead of the hash cost). Every blob is still exact and verified."""
-    from tasks.transfer import Transfer
+    from memrestore.tasks.transfer import Transfer
 
     for key, value in seaweedfs.env().items():
         monkeypatch.setenv(key, value)
@@ -207,7 +207,7 @@ def test_staged_file_writes_a_large_chunk_in_small_slices(monkeypatch, tmp_path)
     """A 1 MiB chunk goes to the file as writes of at most WRITE_SLICE: the kernel sizes its
     page-cache pages to the write, and large ones cost several times more to fill here
     (BENCHMARKS.md). The bytes and the hash are the chunk's, whole."""
-    import tasks.stage as stage_module
+    import memrestore.tasks.stage as stage_module
 
     sizes: list[int] = []
     real_pwrite = os.pwrite
@@ -281,7 +281,7 @@ def test_a_body_damaged_in_transit_is_caught(seaweedfs, faultproxy, monkeypatch,
     blake3, that check refuses it; without one, the CRC32 that S3 sent with the object does
     (a transient failure: the download is retried). Either way the data dir is left as it was,
     and the next restore is exact."""
-    from tasks.errors import ChecksumMismatchError
+    from memrestore.tasks.errors import ChecksumMismatchError
 
     for key, value in faultproxy.env(seaweedfs).items():
         monkeypatch.setenv(key, value)

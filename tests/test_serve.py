@@ -24,8 +24,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from backends import LocalBackend
-from backends.sample import write_sample_snapshot
+from memrestore.backends import LocalBackend
+from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import (
     PrefectServer,
@@ -83,9 +83,9 @@ def test_nightly_schedule_stays_active_after_serve_stops(prefect_server: Prefect
             "backend": backend.url, "tenants": [1, 3], "max_age_hours": 26.0,
             "scratch_dir": str(tmp_path / "scratch"),
         }
-        assert nightly.entrypoint == "flows.drill.restore_drill"
+        assert nightly.entrypoint == "memrestore.flows.drill.restore_drill"
         assert on_demand.schedules == [] and on_demand.parameters == {"backend": backend.url}
-        assert on_demand.entrypoint == "flows.restore.restore_snapshot"
+        assert on_demand.entrypoint == "memrestore.flows.restore.restore_snapshot"
         # Every parameter of the on-demand restore is typed, so the UI renders a form.
         props = on_demand.parameter_openapi_schema["properties"]
         assert {"backend", "tenant_id", "data_dir", "mode", "snapshot", "destination"} <= set(props)
@@ -111,7 +111,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port), PREFECT_RUNNER_POLL_FREQUENCY="1")
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--backend", backend.url],
+        serve = subprocess.Popen([sys.executable, "-m", "memrestore.flows.cli", "serve", "--backend", backend.url],
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         def ready():
@@ -131,7 +131,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
     finally:
         code = stop(serve, signal.SIGINT)
         # The shared server stays for the next command (flows/localserver.py), until idle or stopped.
-        stopped = subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"], env=env,
+        stopped = subprocess.run([sys.executable, "-m", "memrestore.flows.cli", "server", "stop"], env=env,
                                  capture_output=True, text=True, timeout=60)
     assert code == 0, tail(log)
     assert f"started the local Prefect server at {local.url}" in log.read_text()
@@ -142,7 +142,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
 
 def test_serve_refuses_a_bad_cron_and_an_unreachable_api():
     def serve(*args: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", "serve", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", "serve", *args], capture_output=True,
                               text=True, timeout=300, env={**os.environ, **env})
 
     proc = serve("--drill-cron", "61 3 * * *")
@@ -173,8 +173,8 @@ def test_prefect_yaml_deploys_both_to_a_process_pool_and_a_worker_runs_them(tmp_
         on_demand = client.read_deployment_by_name(ON_DEMAND)
         nightly = client.read_deployment_by_name(NIGHTLY)
         assert (on_demand.work_pool_name, nightly.work_pool_name) == ("memrestore", "memrestore")
-        assert on_demand.schedules == [] and on_demand.entrypoint == "flows.restore.restore_snapshot"
-        assert nightly.entrypoint == "flows.drill.restore_drill"
+        assert on_demand.schedules == [] and on_demand.entrypoint == "memrestore.flows.restore.restore_snapshot"
+        assert nightly.entrypoint == "memrestore.flows.drill.restore_drill"
         [schedule] = nightly.schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 3 * * *", "UTC", True)
         assert nightly.parameters == {"backend": backend.url} and nightly.paused is False
@@ -217,8 +217,8 @@ def test_a_failed_drill_notifies_through_the_automation(tmp_path):
     from prefect.automations import Automation
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from flows.alerts import drill_failed_automation
-    from flows.drill import restore_drill
+    from memrestore.flows.alerts import drill_failed_automation
+    from memrestore.flows.drill import restore_drill
 
     receiver = _Receiver()
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)

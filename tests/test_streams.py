@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from backends import LocalBackend, open_backend
-from backends import streams as streams_module
-from backends.errors import BadInputError
-from backends.sample import write_sample_snapshot
-from backends.streams import MAX_STREAMS, RateLimit, RateSpellingError, StreamPool, parse_rate, part_size
-from tasks.execute import execute
-from tasks.fetch import fetch_manifest
-from tasks.plan import DestinationState, RestoreMode
-from tasks.transfer import Transfer
-from tasks.validate import validate
+from memrestore.backends import LocalBackend, open_backend
+from memrestore.backends import streams as streams_module
+from memrestore.backends.errors import BadInputError
+from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.streams import MAX_STREAMS, RateLimit, RateSpellingError, StreamPool, parse_rate, part_size
+from memrestore.tasks.execute import execute
+from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.transfer import Transfer
+from memrestore.tasks.validate import validate
 from tests.conftest import tree
 from tests.farproxy import FarProxy
 
@@ -238,7 +238,7 @@ def test_streams_and_limit_rate_are_typed_parameters_of_every_restoring_flow(flo
 def test_a_flow_refuses_a_bad_rate_before_it_runs(backend, snapshot, data_dir):
     from prefect.exceptions import ParameterTypeError
 
-    from flows.restore import restore_snapshot
+    from memrestore.flows.restore import restore_snapshot
 
     with pytest.raises(ParameterTypeError, match="limit_rate"):
         asyncio.run(restore_snapshot(backend=backend.url, tenant_id=1, data_dir=str(data_dir),
@@ -250,7 +250,7 @@ def test_a_flow_refuses_a_bad_rate_before_it_runs(backend, snapshot, data_dir):
 @pytest.mark.usefixtures("prefect_api")
 def test_a_drills_limit_is_shared_by_the_tenants_it_restores_at_once(tmp_path):
     """Two tenants drilled at once under 8M: together they hold 8 MiB/s, not 8 each."""
-    from flows.drill import drill_report, restore_drill
+    from memrestore.flows.drill import drill_report, restore_drill
 
     backend = LocalBackend(tmp_path / "backend")
     for tenant in (1, 2):
@@ -271,7 +271,7 @@ def test_a_restore_shows_live_progress_in_a_prefect_artifact(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.restore import restore_snapshot
+    from memrestore.flows.restore import restore_snapshot
 
     backend = LocalBackend(tmp_path / "backend")
     write_sample_snapshot(backend, tenant_id=7, snapshot_id="p", models=(("m", 8),), hnsw_bytes=18 * MiB)
@@ -320,7 +320,7 @@ def test_the_cli_refuses_bad_streams_and_rates_as_usage_errors(tmp_path, command
     if command == "restore":
         common += ["--tenant", "1", "--snapshot", "latest", "--data-dir", str(tmp_path / "data"),
                    "--mode", "new_cluster"]
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", command, *common, *args],
+    proc = subprocess.run([sys.executable, "-m", "memrestore.flows.cli", command, *common, *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     import re
@@ -331,8 +331,8 @@ def test_the_cli_refuses_bad_streams_and_rates_as_usage_errors(tmp_path, command
 
 @pytest.mark.usefixtures("prefect_api")
 def test_a_fleet_drill_splits_its_cap_among_the_runs_its_deployment_lets_run_at_once():
-    from flows.drill import drill_tenant_flow
-    from flows.fleet import FleetError, children_at_once
+    from memrestore.flows.drill import drill_tenant_flow
+    from memrestore.flows.fleet import FleetError, children_at_once
 
     name = f"cap-{uuid.uuid4().hex[:8]}"
     drill_tenant_flow.to_deployment(name=name, concurrency_limit=3).apply()

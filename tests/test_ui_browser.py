@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import LocalBackend
-from backends.sample import write_sample_snapshot
+from memrestore.backends import LocalBackend
+from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, serving
 
