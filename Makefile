@@ -22,7 +22,7 @@ test: setup system-deps
 	$(BIN)/python -m pytest
 
 system-deps:
-	@bash .ci/system-deps chromium rclone b3sum time
+	@bash .ci/system-deps chromium rclone b3sum time sqlite3
 
 bench: setup system-deps
 	$(BIN)/python -m benchmarks

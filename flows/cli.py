@@ -48,6 +48,14 @@ PREFECT_DEFAULTS = {
 T = TypeVar("T")
 
 
+class CheckOpt(str, Enum):
+    """--check: how the staged copy is checked before the commit (memrestore.tasks.checks)."""
+
+    quick = "quick"
+    full = "full"
+    none = "none"
+
+
 class Mode(str, Enum):
     new_cluster = "new_cluster"
     single_tenant = "single_tenant"
@@ -311,6 +319,9 @@ def restore(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted restore of this snapshot."),
     streams: int = StreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
+    check: CheckOpt = typer.Option(
+        CheckOpt.quick, "--check", help="Check the staged copy before the commit: quick (SQLite quick_check "
+        "and the manifest's tables), full (integrity_check), or none."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -320,6 +331,7 @@ def restore(
     with _errors_as_messages(verbose):
         with _importing_prefect():
             from memrestore.flows.restore import Destination, is_interrupt, restore_snapshot
+            from memrestore.tasks.checks import CheckLevel
             from memrestore.tasks.plan import RestoreMode
 
         _handle_stop_signals()
@@ -342,6 +354,7 @@ def restore(
                 resume=resume,
                 streams=streams,
                 limit_rate=limit_rate,
+                check=CheckLevel(check.value),
             ))
         _print_outcome(result, as_json)
 
@@ -458,7 +471,7 @@ def _print_drill(report, as_json: bool) -> None:
     """The drill report: JSON on stdout, or a table and each failed tenant's reason."""
     from rich.table import Table
 
-    from memrestore.tasks.drill import table_rows
+    from memrestore.tasks.drill_report import table_rows
 
     for sid, why in sorted(report.unreadable.items()):
         err.print(f"[yellow]warning:[/] skipped {sid}: {why}", highlight=False, soft_wrap=True)

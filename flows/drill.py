@@ -39,20 +39,22 @@ from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DRILL_FAILED_EVENT,
     MAX_DRILL_CONCURRENCY,
-    DrillReport,
     ManifestsById,
-    TenantDrillResult,
     attempt_plain,
-    build_report,
     close_scratch_root,
-    crashed_result,
     drill_candidates,
     drill_tenant,
     list_snapshots_task,
-    no_snapshot_result,
     open_scratch_root,
-    publish_report_task,
     tenants_to_drill,
+)
+from memrestore.tasks.drill_report import (
+    DrillReport,
+    TenantDrillResult,
+    build_report,
+    crashed_result,
+    no_snapshot_result,
+    publish_report_task,
 )
 from memrestore.tasks.errors import SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest

@@ -44,7 +44,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from memrestore.backends.errors import RestoreError
-from memrestore.tasks.drill import TenantDrillResult, crashed_result, describe_failure
+from memrestore.tasks.drill_report import TenantDrillResult, crashed_result, describe_failure
 
 if TYPE_CHECKING:
     from prefect.automations import Automation

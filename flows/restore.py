@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from memrestore.backends.manifest import WireVersion
 from memrestore.backends.streams import parse_rate
+from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task, roll_back
 from memrestore.tasks.errors import RollbackFailedError
 from memrestore.tasks.execute import ITEM_CONCURRENCY
@@ -134,6 +135,7 @@ async def restore_snapshot(
     resume: bool = False,
     streams: StreamsParam = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
+    check: CheckLevel = CheckLevel.QUICK,
 ) -> dict:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -152,10 +154,12 @@ async def restore_snapshot(
             blobs come down as ranged parts). More fill a far link; a local folder ignores it.
         limit_rate: A cap on the restore's total download rate, bytes a second: 50M, 1G, 500k
             (powers of 1024). Empty: no cap.
+        check: How the staged copy is checked before the commit moves anything: quick (SQLite's
+            quick_check, the manifest's tables), full (integrity_check), or none.
     """
     with _steps_client():
         outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
-                           dry_run, resume, streams, limit_rate)
+                           dry_run, resume, streams, limit_rate, check)
     await publish_outcome_task(outcome)
     return outcome.model_dump(mode="json")
 
@@ -172,6 +176,7 @@ def _restore(
     resume: bool,
     streams: int = DEFAULT_STREAMS,
     limit_rate: str | None = None,
+    check: CheckLevel = CheckLevel.QUICK,
 ) -> RestoreOutcome:
     """The restore-snapshot flow's steps, up to its outcome."""
     logger = get_run_logger()
@@ -184,6 +189,7 @@ def _restore(
     plan = measure_plan_task(plan)
     phase = preflight_task(plan, data_dir, mode, dry_run, resume, None if dry_run else _this_run())
 
+    check_seconds = None
     if dry_run:
         outcome = build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
     else:
@@ -197,6 +203,7 @@ def _restore(
                         staged: list[StagedItem] = _results(stage_item_task.map(
                             unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
                             unmapped(transfer)))
+                    check_seconds = check_staged_task(plan, data_dir, check)
                 else:  # interrupted mid-commit: everything was staged and verified already
                     staged = _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
                 commit_task(data_dir, plan.tenant_id, mode)
@@ -212,7 +219,8 @@ def _restore(
             cleanup_task(data_dir)
         finally:
             unlock_data_dir(Path(data_dir))  # normally already released by the cleanup or the undo
-        outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started)
+        outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
+                                check.value if check_seconds is not None else None, check_seconds)
         _emit(
             "memrestore.restore.completed",
             tenant_id,

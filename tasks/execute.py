@@ -19,6 +19,8 @@ from memrestore.tasks.layout import Phase
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome
 from memrestore.tasks.plan import PlanItem, RestoreMode, RestorePlan
 from memrestore.tasks.preflight import preflight
+from memrestore.tasks.checks import CheckLevel, check_staged
+from memrestore.tasks.layout import staging_dir
 from memrestore.tasks.stage import StagedItem, recheck_item, stage_item
 from memrestore.tasks.transfer import Transfer
 
@@ -56,21 +58,26 @@ def execute(
     mode: RestoreMode,
     resume: bool = False,
     transfer: Transfer | None = None,
+    check: CheckLevel = CheckLevel.NONE,
 ) -> RestoreOutcome:
     """Preflight, stage and verify every item (concurrently, on ``transfer``'s streams and under
     its rate limit; without one, on streams of the default number), commit, clean up; roll back
-    on any failure."""
+    on any failure. Before the commit, the staged copy is checked at ``check`` (tasks/checks.py):
+    the caller's choice here (a drill checks its copy afterwards, in full); the restore-snapshot
+    flow and the command line check ``quick`` unless told otherwise."""
     if transfer is None:
         with Transfer() as own:
-            return execute(backend, plan, data_dir, mode, resume, own)
+            return execute(backend, plan, data_dir, mode, resume, own, check)
     started = time.monotonic()
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan)
     phase = preflight(plan, data_dir, mode, resume=resume)
+    check_seconds = None
     try:
         if phase in (None, Phase.STAGING):
             staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None, transfer),
                                plan.items)
+            check_seconds = check_staged(plan, staging_dir(data_dir), check)
         else:
             staged = stage_all(lambda item: recheck_item(data_dir, item), plan.items)
         commit_staged(data_dir, plan.tenant_id, mode)
@@ -78,4 +85,5 @@ def execute(
         roll_back(data_dir, plan.tenant_id)
         raise
     remove_leftovers(data_dir)
-    return build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started)
+    return build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
+                         check.value if check_seconds is not None else None, check_seconds)

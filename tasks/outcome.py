@@ -38,6 +38,9 @@ class RestoreOutcome(BaseModel):
     total_bytes: int | None
     seconds: float
     warnings: list[str] = []
+    #: How the staged copy was checked before the commit (tasks/checks.py), and how long it took.
+    check: str | None = None
+    check_seconds: float | None = None
 
     @property
     def mib_per_second(self) -> float | None:
@@ -53,6 +56,8 @@ def build_outcome(
     data_dir: Path | None,
     staged: list[StagedItem] | None,
     seconds: float,
+    check: str | None = None,
+    check_seconds: float | None = None,
 ) -> RestoreOutcome:
     """Combine the plan with what staging found (``staged`` is None for a dry run)."""
     by_key = {s.item.content_key: s for s in staged or []}
@@ -82,6 +87,8 @@ def build_outcome(
         total_bytes=None if None in sizes else sum(sizes),  # type: ignore[arg-type]
         seconds=round(seconds, 3),
         warnings=plan.warnings,
+        check=check,
+        check_seconds=round(check_seconds, 3) if check_seconds is not None else None,
     )
 
 
@@ -139,6 +146,10 @@ def human_summary(outcome: RestoreOutcome) -> str:
         lines.append(f"  {i.kind:<24} {_size(i.bytes):>10}  {i.content_key} -> {i.destination}  {mark}".rstrip())
     rate = f", {outcome.mib_per_second:.1f} MiB/s" if outcome.mib_per_second else ""
     lines.append(f"  total {_size(outcome.total_bytes)} in {outcome.seconds:.2f} s{rate}")
+    if outcome.check is not None:
+        took = f" in {outcome.check_seconds:.2f} s" if outcome.check_seconds is not None else ""
+        lines.append(f"  staged copy checked before the commit: {outcome.check}{took}"
+                     if outcome.check != "none" else "  staged copy not checked before the commit (--check none)")
     return "\n".join(lines)
 
 

@@ -73,6 +73,8 @@ class RestorePlan(BaseModel):
     destination_state: DestinationState
     items: list[PlanItem]
     warnings: list[str] = []
+    #: The tables the manifest's ``table_schema_versions`` names: the checkpoint must have them.
+    table_names: list[str] = []
 
     @property
     def tenant_dir(self) -> str:

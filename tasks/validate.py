@@ -146,6 +146,7 @@ def validate(
         destination_state=destination,
         items=items,
         warnings=warnings,
+        table_names=sorted(manifest.table_schema_versions),
     )
 
 

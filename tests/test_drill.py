@@ -13,7 +13,6 @@ import time
 import uuid
 from pathlib import Path
 
-import blake3
 import pytest
 
 from memrestore.backends import LocalBackend, list_snapshots, open_backend, put_manifest
@@ -21,18 +20,14 @@ from memrestore.backends.errors import AccessDeniedError, TransientBackendError
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.s3 import CLIENT_CONFIG
 from memrestore.backends.sample import make_sqlite_checkpoint, write_sample_snapshot
+from memrestore.tasks.checks import check_hnsw_files, check_restored, check_sqlite_integrity, check_tables, hnsw_sizes
 from memrestore.tasks.drill import (
     DRILL_FAILED_EVENT,
     attempt_snapshot,
-    check_hnsw_files,
     check_plain,
-    check_restored,
-    check_sqlite_integrity,
-    check_tables,
     drill_candidates,
     drill_plain,
     drill_tenant,
-    hnsw_sizes,
     restore_plain,
     snapshot_age_seconds,
     stale_reason,

@@ -4,9 +4,7 @@ transient faults are retried until the restore succeeds; permanent ones fail at 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client

@@ -76,7 +76,7 @@ def test_flow_restores_and_publishes_table_summary_and_json_result(backend, snap
     names = sorted(t.name.rsplit("-", 1)[0] for t in task_runs)
     assert names == sorted(["fetch-manifest", "validate", "measure-objects", "preflight",
                             "download-and-verify", "download-and-verify", "download-and-verify",
-                            "atomic-writes", "marker-cleanup", "outcome"])
+                            "check-staged-copy", "atomic-writes", "marker-cleanup", "outcome"])
 
     artifacts = {a.key: a for a in _artifacts(flow_run_id) if a.key}
     table = artifacts["restore-items-tenant-1"]

@@ -11,7 +11,6 @@ import statistics
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
