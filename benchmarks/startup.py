@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m benchmarks.startup --rounds {args.rounds}`, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: `memrestore restore` of a 2 MiB "
         "snapshot from a local folder, each into a new data dir, interleaved rounds; medians (all runs in "
-        "parentheses); peak RSS of the command itself. The machine (2 cores) was shared with other work.",
+        "parentheses); peak RSS of the command itself, on this machine.",
         "",
         "| setting | seconds, median (runs) | x `import prefect` | peak RSS MiB, median |",
         "| --- | --- | --- | --- |",
