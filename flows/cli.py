@@ -330,7 +330,8 @@ def restore(
     _connect_prefect()
     with _errors_as_messages(verbose):
         with _importing_prefect():
-            from memrestore.flows.restore import Destination, is_interrupt, restore_snapshot
+            from memrestore.flows.restore import Destination, restore_snapshot
+            from memrestore.tasks.sequence import is_interrupt
             from memrestore.tasks.checks import CheckLevel
             from memrestore.tasks.plan import RestoreMode
 

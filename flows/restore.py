@@ -18,7 +18,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import SyncClientContext
 from prefect.events import emit_event
-from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
@@ -26,15 +25,14 @@ from pydantic import BaseModel, Field
 from memrestore.backends.manifest import WireVersion
 from memrestore.backends.streams import parse_rate
 from memrestore.tasks.checks import CheckLevel, check_staged_task
-from memrestore.tasks.commit import abort_task, cleanup_task, commit_task, roll_back
-from memrestore.tasks.errors import RollbackFailedError
+from memrestore.tasks import sequence
+from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
 from memrestore.tasks.execute import ITEM_CONCURRENCY
 from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.preflight import preflight_task
-from memrestore.tasks.interrupt import request_stop
-from memrestore.tasks.layout import Phase, RunRef, unlock_data_dir
+from memrestore.tasks.layout import Phase, RunRef
 from memrestore.tasks.progress import bytes_artifact
 from memrestore.tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
@@ -100,20 +98,6 @@ def _this_run() -> RunRef | None:
 
     run_id = flow_run.get_id()
     return RunRef(flow_run_id=str(run_id), api_url=get_current_settings().api.url) if run_id else None
-
-
-def is_interrupt(exc: BaseException) -> bool:
-    """Ctrl-C, SIGTERM (Prefect's TerminationSignal, or ours), a stop request: the process is
-    being told to stop, not the restore failing."""
-    return isinstance(exc, (KeyboardInterrupt, TerminationSignal))
-
-
-def _roll_back_after(exc: BaseException, data_dir: str, tenant_id: int) -> None:
-    """Undo the unfinished restore; if even that fails, keep the marker and say what is left."""
-    try:
-        roll_back(Path(data_dir), tenant_id)
-    except Exception as undo_exc:  # noqa: BLE001 - reported together with the first failure
-        raise RollbackFailedError(Path(data_dir), exc, undo_exc) from exc
 
 
 @flow(
@@ -189,36 +173,27 @@ def _restore(
     plan = measure_plan_task(plan)
     phase = preflight_task(plan, data_dir, mode, dry_run, resume, None if dry_run else _this_run())
 
-    check_seconds = None
     if dry_run:
         outcome = build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
     else:
-        try:
-            try:
-                if phase in (None, Phase.STAGING):  # a fresh restore, or one interrupted while staging
-                    # The blobs share the restore's streams and rate limit; the UI watches the bytes.
-                    with Transfer(streams, rate) as transfer, bytes_artifact(
-                            f"restore-progress-tenant-{plan.tenant_id}",
-                            sum(item.size or 0 for item in plan.items), lambda: transfer.received):
-                        staged: list[StagedItem] = _results(stage_item_task.map(
-                            unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
-                            unmapped(transfer)))
-                    check_seconds = check_staged_task(plan, data_dir, check)
-                else:  # interrupted mid-commit: everything was staged and verified already
-                    staged = _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
-                commit_task(data_dir, plan.tenant_id, mode)
-            except BaseException as exc:
-                if is_interrupt(exc):
-                    # Told to stop: the staging threads stop at their next chunk, and the marker
-                    # keeps the phase for a resume or an abort (no undo that could itself be cut).
-                    request_stop()
-                    raise
-                _roll_back_after(exc, data_dir, plan.tenant_id)
-                _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id, {"reason": str(exc)})
-                raise
-            cleanup_task(data_dir)
-        finally:
-            unlock_data_dir(Path(data_dir))  # normally already released by the cleanup or the undo
+        def stage() -> list[StagedItem]:
+            if phase not in (None, Phase.STAGING):  # interrupted mid-commit: staged and verified already
+                return _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
+            # The blobs share the restore's streams and rate limit; the UI watches the bytes.
+            with Transfer(streams, rate) as transfer, bytes_artifact(
+                    f"restore-progress-tenant-{plan.tenant_id}",
+                    sum(item.size or 0 for item in plan.items), lambda: transfer.received):
+                return _results(stage_item_task.map(
+                    unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
+                    unmapped(transfer)))
+
+        staged, check_seconds = sequence.run(Path(data_dir), plan.tenant_id, sequence.Steps(
+            stage=stage,
+            check=lambda: check_staged_task(plan, data_dir, check) if phase in (None, Phase.STAGING) else None,
+            commit=lambda: commit_task(data_dir, plan.tenant_id, mode),
+            cleanup=lambda path: cleanup_task(str(path)),
+        ), on_failure=lambda exc: _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id,
+                                         {"reason": str(exc)}))
         outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
                                 check.value if check_seconds is not None else None, check_seconds)
         _emit(

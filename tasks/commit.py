@@ -238,8 +238,7 @@ def commit_task(data_dir: str, tenant_id: int, mode: RestoreMode) -> None:
 
 @task(name="marker-cleanup", cache_policy=NO_CACHE, persist_result=False)
 def cleanup_task(data_dir: str) -> None:
-    """Drop the staging, the marker, then the old data."""
-    try:
-        remove_leftovers(Path(data_dir))
-    except OSError as exc:
-        raise DestinationIOError("cleaning up after the restore in", Path(data_dir), exc) from exc
+    """Drop the staging, the marker, then the old data (memrestore.tasks.sequence.clean_up)."""
+    from memrestore.tasks.sequence import clean_up
+
+    clean_up(Path(data_dir))

@@ -13,7 +13,8 @@ from typing import Callable
 
 from memrestore.backends import Backend
 from memrestore.tasks import failpoints
-from memrestore.tasks.commit import commit_staged, remove_leftovers, roll_back
+from memrestore.tasks import sequence
+from memrestore.tasks.commit import commit_staged
 from memrestore.tasks.fetch import measure_plan
 from memrestore.tasks.layout import Phase
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome
@@ -72,18 +73,13 @@ def execute(
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan)
     phase = preflight(plan, data_dir, mode, resume=resume)
-    check_seconds = None
-    try:
-        if phase in (None, Phase.STAGING):
-            staged = stage_all(lambda item: stage_item(backend, item, data_dir, phase is not None, transfer),
-                               plan.items)
-            check_seconds = check_staged(plan, staging_dir(data_dir), check)
-        else:
-            staged = stage_all(lambda item: recheck_item(data_dir, item), plan.items)
-        commit_staged(data_dir, plan.tenant_id, mode)
-    except BaseException:
-        roll_back(data_dir, plan.tenant_id)
-        raise
-    remove_leftovers(data_dir)
+    fresh = phase in (None, Phase.STAGING)  # else interrupted mid-commit: staged and verified already
+    staged, check_seconds = sequence.run(data_dir, plan.tenant_id, sequence.Steps(
+        stage=lambda: stage_all(
+            (lambda item: stage_item(backend, item, data_dir, phase is not None, transfer)) if fresh
+            else (lambda item: recheck_item(data_dir, item)), plan.items),
+        check=lambda: check_staged(plan, staging_dir(data_dir), check) if fresh else None,
+        commit=lambda: commit_staged(data_dir, plan.tenant_id, mode),
+    ))
     return build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
                          check.value if check_seconds is not None else None, check_seconds)

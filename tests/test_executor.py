@@ -320,7 +320,7 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
     back (nothing staged is left) and raises that item's error; the data dir is as it was."""
     import threading
 
-    from memrestore.tasks import execute as execute_module
+    from memrestore.tasks import sequence as sequence_module
 
     plan = _many_items_plan(backend)
     bad = plan.items[1]  # among the first started: the others wait for it to fail
@@ -339,13 +339,13 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
 
     staging.around = around
     at_roll_back: list[int] = []
-    real_roll_back = execute_module.roll_back
+    real_roll_back = sequence_module.roll_back  # the undo of the one restore sequence
 
     def roll_back(data_dir, tenant_id):
         at_roll_back.append(staging.in_flight)
         real_roll_back(data_dir, tenant_id)
 
-    monkeypatch.setattr(execute_module, "roll_back", roll_back)
+    monkeypatch.setattr(sequence_module, "roll_back", roll_back)
     (data_dir / "tenant_1").mkdir(parents=True)
     (data_dir / "tenant_1" / "data.sqlite").write_bytes(b"previous")
     (data_dir / "tenant_7").mkdir()
