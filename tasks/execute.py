@@ -1,6 +1,7 @@
 """A whole restore as plain function calls: the service's own ``RestoreExecutor`` in Python. The
 ``restore-snapshot`` flow runs the same steps as Prefect tasks (retried, observable); this runs
 them inside the caller (a drill's tenant run, the tests, the benchmarks), with no run of its own.
+Both go through the one sequence of :mod:`memrestore.tasks.sequence` after their preflight.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 from memrestore.backends import Backend
-from memrestore.tasks import failpoints
-from memrestore.tasks import sequence
+from memrestore.tasks import failpoints, sequence
+from memrestore.tasks.checks import CheckLevel, check_staged
 from memrestore.tasks.commit import commit_staged
 from memrestore.tasks.fetch import measure_plan
-from memrestore.tasks.layout import Phase
+from memrestore.tasks.layout import Phase, staging_dir
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome
 from memrestore.tasks.plan import PlanItem, RestoreMode, RestorePlan
 from memrestore.tasks.preflight import preflight
-from memrestore.tasks.checks import CheckLevel, check_staged
-from memrestore.tasks.layout import staging_dir
 from memrestore.tasks.stage import StagedItem, recheck_item, stage_item
 from memrestore.tasks.transfer import Transfer
 
