@@ -19,7 +19,7 @@ from memrestore.backends.errors import (
     TransientBackendError,
 )
 from memrestore.backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
-from memrestore.backends.streams import RateLimit
+from memrestore.backends.streams import RateLimit, metered
 
 #: Read size for streaming: large enough that syscalls and hashing calls are few, small enough
 #: that memory stays flat (a download holds one chunk at a time).
@@ -181,16 +181,10 @@ class LocalBackend:
                     return total
                 f.seek(total)
             while True:
-                if limit is not None:
-                    limit.reserve(READ_CHUNK)
-                chunk = b""
                 try:
-                    chunk = f.read(READ_CHUNK)
+                    chunk = metered(limit, READ_CHUNK, lambda: f.read(READ_CHUNK), len)
                 except OSError as exc:
                     raise self._fail(exc, key) from exc
-                finally:
-                    if limit is not None:
-                        limit.refund(READ_CHUNK - len(chunk))
                 if not chunk:
                     return total
                 sink.write(chunk)  # a sink's own OSError (disk full) is not ours to map
@@ -206,18 +200,12 @@ class LocalBackend:
         BENCHMARKS.md). Returns (bytes copied, whether that was all of it)."""
         total = 0
         while True:
-            if limit is not None:
-                limit.reserve(COPY_CHUNK)
-            n = 0
             try:
-                n = sink.copy_from(fd, total, COPY_CHUNK)
+                n = metered(limit, COPY_CHUNK, lambda: sink.copy_from(fd, total, COPY_CHUNK), int)
             except OSError as exc:
                 if exc.errno in _SINK_FULL:
                     raise
                 return total, False  # the rest goes the plain way: see _SINK_FULL
-            finally:
-                if limit is not None:
-                    limit.refund(COPY_CHUNK - n)
             if n == 0:
                 return total, True
             total += n

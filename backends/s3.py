@@ -34,7 +34,7 @@ from memrestore.backends.errors import (
 )
 from memrestore.backends import streams as _streams
 from memrestore.backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
-from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool
+from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool, metered
 
 MiB = 1024 * 1024
 
@@ -351,17 +351,12 @@ class S3Backend:
             readinto = _body_reader(body, content_checked)
             try:
                 while offset < end and not stop.is_set():
-                    want, n = min(buffer_size, end - offset), 0
-                    if limit is not None:
-                        limit.reserve(want, stop)
+                    want = min(buffer_size, end - offset)
                     try:
-                        n = readinto(buffer[:want])
+                        n = metered(limit, want, lambda: readinto(buffer[:want]), int, stop)
                     except _STREAM_ERRORS as exc:
                         broken: BaseException | str = exc
                         break
-                    finally:
-                        if limit is not None:
-                            limit.refund(want - n)
                     if not n:
                         broken = f"the body ended {end - offset} bytes short"
                         break

@@ -23,11 +23,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from memrestore.backends.errors import BadInputError
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 #: Streams a restore keeps in flight unless told otherwise, chosen with the far-store benchmark
 #: (BENCHMARKS.md, "Choosing --streams"): through a proxy that caps each connection at 6 MB/s and
@@ -147,6 +148,23 @@ class RateLimit:
         if n > 0:
             with self._lock:
                 self._tokens = min(self.burst, self._tokens + n)
+
+
+def metered(limit: RateLimit | None, want: int, read: Callable[[], T], used: Callable[[T], int],
+            stop: threading.Event | None = None) -> T:
+    """``read()`` (at most ``want`` bytes) under ``limit``, when there is one: ``want`` bytes
+    reserved first, and what the read did not use (``used`` of its result; all of them if it
+    raised) given back."""
+    if limit is None:
+        return read()
+    limit.reserve(want, stop)
+    n = 0
+    try:
+        result = read()
+        n = used(result)
+        return result
+    finally:
+        limit.refund(want - n)
 
 
 #: One part: called with the job's stop event (set when another part of the same blob failed or the
