@@ -590,11 +590,11 @@ def _server_lines(info, home: Path) -> list[str]:
 @server_app.command("status")
 def server_status(as_json: bool = JsonOpt) -> None:
     """Show the local server of this PREFECT_HOME, if one is running."""
-    from memrestore.flows.localserver import _is_our_server, configured_api_url, healthy, prefect_home, read_state
+    from memrestore.flows.localserver import configured_api_url, healthy, prefect_home, running_server
 
     home = prefect_home()
-    info = read_state(home)
-    running = info is not None and _is_our_server(info.pid)
+    info = running_server(home)
+    running = info is not None
     configured = configured_api_url()
     if as_json:
         print(json.dumps({"prefect_home": str(home), "running": running,

@@ -150,6 +150,12 @@ def _is_our_server(pid: int) -> bool:
         return False
 
 
+def running_server(home: Path | None = None) -> ServerInfo | None:
+    """The server ``home``'s state file names, if that process is alive and is one of ours."""
+    info = read_state(home)
+    return info if info is not None and _is_our_server(info.pid) else None
+
+
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
     host_port = api_url.split("//", 1)[1].split("/", 1)[0]
     host, _, port = host_port.partition(":")
@@ -293,15 +299,13 @@ def ensure_server(home: Path | None = None) -> tuple[ServerInfo, bool]:
         raise LocalServerError(f"cannot create PREFECT_HOME {home}: {exc.strerror}; set PREFECT_HOME "
                                "to a writable directory, or PREFECT_API_URL to a Prefect server") from exc
     with _flocked(home / LOCK_NAME, fcntl.LOCK_EX):
-        info = read_state(home)
-        if info is not None and _is_our_server(info.pid):
+        info = running_server(home)
+        if info is not None:
             try:
                 _wait_ready(info, START_TIMEOUT_SECONDS)  # may still be starting (its starter died)
             except LocalServerError:
                 _terminate(info.pid)
                 info = None
-        else:
-            info = None
         started = info is None
         if info is None:
             info = _spawn(home)
@@ -324,14 +328,11 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
 
 def in_use(home: Path) -> bool:
     """True if a command holds the server of ``home`` now."""
-    fd = os.open(home / USERS_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
+        with _flocked(home / USERS_NAME, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            return False
     except BlockingIOError:
         return True
-    finally:
-        os.close(fd)
 
 
 def last_used(home: Path) -> float | None:
@@ -348,8 +349,8 @@ def stop_server(home: Path | None = None, force: bool = False) -> ServerInfo | N
     if not home.is_dir():
         return None
     with _flocked(home / LOCK_NAME, fcntl.LOCK_EX):
-        info = read_state(home)
-        if info is None or not _is_our_server(info.pid):
+        info = running_server(home)
+        if info is None:
             _state_path(home).unlink(missing_ok=True)
             return None
         if not force and in_use(home):
@@ -374,24 +375,15 @@ def _watch(server, home: Path, idle: float) -> None:
             server.should_exit = True  # stopped, replaced, or its PREFECT_HOME removed
             return
         try:
-            lock = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
+            with _flocked(home / LOCK_NAME, fcntl.LOCK_EX | fcntl.LOCK_NB):  # no command checking now
+                used = last_used(home)
+                if (used is not None and time.time() - used < idle) or in_use(home):
+                    continue
+                _state_path(home).unlink(missing_ok=True)  # from here, commands start a new one
+                server.should_exit = True
+                return
+        except OSError:  # BlockingIOError: a command holds the lock; or PREFECT_HOME just went
             continue
-        try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no command checking right now
-            except BlockingIOError:
-                continue
-            used = last_used(home)
-            if used is not None and time.time() - used < idle:
-                continue
-            if in_use(home):
-                continue
-            _state_path(home).unlink(missing_ok=True)  # from here, commands start a new one
-            server.should_exit = True
-            return
-        finally:
-            os.close(lock)
 
 
 def _serve(port: int, idle: float) -> None:
