@@ -49,6 +49,8 @@ import time
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from tests.faultproxy import shut_down
+
 _HOST = "127.0.0.1"
 #: Largest piece moved at once toward the client; the pacing step (at 5 MB/s, ~80 steps a second).
 PACE_BYTES = 64 * 1024
@@ -125,11 +127,7 @@ class FarProxy:
             pass
         with self._lock:
             sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(sockets)
         for thread in list(self._threads):
             thread.join(timeout=5)
 
@@ -169,11 +167,8 @@ class FarProxy:
             self._spawn(self._downward, f"farproxy-down-{conn_id}", server, client, methods)
 
     def _close(self, *socks: socket.socket) -> None:
+        shut_down(socks)
         for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
             with self._lock:
                 self._sockets.discard(sock)

@@ -83,6 +83,15 @@ _HOP_BY_HOP = frozenset(
 )
 
 
+def shut_down(sockets: Iterable[socket.socket]) -> None:
+    """Shut every socket down both ways (a thread blocked on one returns), ignoring ones already closed."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Fault(enum.Enum):
     """How a request fails."""
 
@@ -517,11 +526,7 @@ class FaultProxy:
             self._thread.join(timeout)
         with self._lock:
             sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(sockets)
         deadline = time.monotonic() + timeout
         with self._lock:
             handlers = list(self._handlers)
@@ -721,10 +726,7 @@ class FaultProxy:
             if thread is not None:
                 self._handlers.add(thread)
         if self._stopping.is_set():  # stop() already swept the sockets: do its job here
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shut_down([sock])
 
     def _untrack(self, sock: socket.socket, thread: threading.Thread | None = None) -> None:
         with self._lock:
