@@ -133,6 +133,7 @@ def _task_runs(flow_run_id, count: int):
 
     def recorded():
         runs = asyncio.run(read())
-        return runs if len(runs) >= count and all(t.state.is_final() for t in runs) else None
+        # A task run can be readable before its first state is (the server records both from events).
+        return runs if len(runs) >= count and all(t.state is not None and t.state.is_final() for t in runs) else None
 
     return wait_until(recorded, 60, f"the {count} task runs of flow run {flow_run_id}")

@@ -138,6 +138,22 @@ def run_state(api_url: str, flow_run_id: str):
         return client.read_flow_run(UUID(flow_run_id)).state
 
 
+def heartbeats(api_url: str, flow_run_id: str) -> int:
+    """How many heartbeat events of the flow run the server has recorded."""
+    import datetime
+
+    import httpx
+
+    since = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).isoformat()
+    response = httpx.post(f"{api_url}/events/filter", timeout=10, json={"limit": 50, "filter": {
+        "occurred": {"since": since},
+        "event": {"name": ["prefect.flow-run.heartbeat"]},
+        "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+    }})
+    response.raise_for_status()
+    return len(response.json()["events"])
+
+
 def paused_restore(args: list[str], env: dict[str, str], tmp: Path, at: str) -> subprocess.Popen:
     """A restore held at crash point ``at`` (tasks/failpoints.py), returned once it is there."""
     pause_file = tmp / f"paused-{time.monotonic_ns()}"
@@ -274,6 +290,10 @@ def test_standing_server_automation_marks_a_killed_restore_crashed(backend_url, 
                               prefect_server.env(PREFECT_HOME=str(tmp_path / "home")), tmp_path, "stage-chunk:1")
         marker = read_marker(data_dir)
         assert marker is not None and marker.prefect_api_url == prefect_server.api_url
+        # The automation's window opens at the run's first heartbeat: kill only once the server has
+        # it (a heartbeat still in the client's event queue would die with the process).
+        wait_until(lambda: heartbeats(prefect_server.api_url, marker.flow_run_id), 120,
+                   "the restore's first heartbeat to reach the server", poll=0.5)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
 
