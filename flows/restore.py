@@ -4,9 +4,8 @@ to bottom.
 They are ``async def`` (call them as ``asyncio.run(restore_snapshot(...))``) for one reason:
 Prefect runs an async flow with its async engine, which does not wait for the run's heartbeat
 thread at the end of the run, where the sync engine waits for it to wake up from its one-second
-sleep: up to a second per run, longer than a small restore takes. Their steps are the same sync
-task runs as before (they block; nothing else needs the event loop meanwhile), sharing one API
-client (:func:`_steps_client`); only the outcome task is async.
+sleep: up to a second per run, longer than a small restore takes. Their steps are sync task
+runs (they block; nothing else needs the event loop meanwhile), sharing one API client (:func:`_steps_client`); only the outcome task is async.
 """
 
 from __future__ import annotations
@@ -24,19 +23,20 @@ from pydantic import BaseModel, Field
 
 from memrestore.backends.manifest import WireVersion
 from memrestore.backends.streams import parse_rate
-from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks import sequence
+from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
 from memrestore.tasks.execute import ITEM_CONCURRENCY
 from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
-from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
-from memrestore.tasks.preflight import preflight_task
+from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.layout import Phase, RunRef
+from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.preflight import preflight_task
 from memrestore.tasks.progress import bytes_artifact
 from memrestore.tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
-from memrestore.tasks.validate import plan_items, unverified_warnings, validate_task
+from memrestore.tasks.validate import hash_plan, validate_task
 
 
 class Destination(BaseModel):
@@ -171,11 +171,11 @@ def _restore(
     for warning in plan.warnings:
         logger.warning(warning)
     plan = measure_plan_task(plan)
-    phase = preflight_task(plan, data_dir, mode, dry_run, resume, None if dry_run else _this_run())
+    with DataDirHold(Path(data_dir)) as hold:
+        phase = preflight_task(plan, hold, mode, dry_run, resume, None if dry_run else _this_run())
+        if dry_run:
+            return build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
 
-    if dry_run:
-        outcome = build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
-    else:
         def stage() -> list[StagedItem]:
             if phase not in (None, Phase.STAGING):  # interrupted mid-commit: staged and verified already
                 return _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
@@ -187,21 +187,21 @@ def _restore(
                     unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
                     unmapped(transfer)))
 
-        staged, check_seconds = sequence.run(Path(data_dir), plan.tenant_id, sequence.Steps(
+        staged, check_seconds = sequence.run(hold, plan.tenant_id, sequence.Steps(
             stage=stage,
             check=lambda: check_staged_task(plan, data_dir, check) if phase in (None, Phase.STAGING) else None,
-            commit=lambda: commit_task(data_dir, plan.tenant_id, mode),
-            cleanup=lambda path: cleanup_task(str(path)),
+            commit=lambda: commit_task(hold, plan.tenant_id, mode),
+            cleanup=cleanup_task,
         ), on_failure=lambda exc: _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id,
                                          {"reason": str(exc)}))
-        outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
-                                check.value if check_seconds is not None else None, check_seconds)
-        _emit(
-            "memrestore.restore.completed",
-            tenant_id,
-            plan.snapshot_id,
-            {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": data_dir},
-        )
+    outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
+                            check.value if check_seconds is not None else None, check_seconds)
+    _emit(
+        "memrestore.restore.completed",
+        tenant_id,
+        plan.snapshot_id,
+        {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": data_dir},
+    )
     return outcome
 
 
@@ -228,17 +228,7 @@ async def verify_snapshot(backend: str, snapshot: str) -> dict:
 def _verify(backend: str, snapshot: str) -> RestoreOutcome:
     """The verify-snapshot flow's steps, up to its outcome."""
     started = time.monotonic()
-    manifest = fetch_manifest_task(backend, None, snapshot)
-    items = plan_items(manifest)
-    plan = RestorePlan(
-        backend=backend,
-        tenant_id=manifest.tenant_id,
-        snapshot_id=manifest.snapshot_id,
-        created_at_unix_micros=manifest.created_at_unix_micros,
-        destination_state=DestinationState(),
-        items=items,
-        warnings=unverified_warnings(items, "can only be hashed, not verified"),
-    )
+    plan = hash_plan(fetch_manifest_task(backend, None, snapshot), backend)
     hashed = _results(hash_item_task.map(unmapped(backend), plan.items))
     return build_outcome("verified", plan, None, None, hashed, time.monotonic() - started)
 

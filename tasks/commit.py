@@ -28,13 +28,13 @@ from prefect.cache_policies import NO_CACHE
 
 from memrestore.tasks.errors import (
     DestinationIOError,
+    ForeignMarkerError,
     NothingToAbortError,
     RestoreInProgressError,
-    RestoreRefusedError,
-    ResumeRefusedError,
     TenantPathOccupiedError,
 )
 from memrestore.tasks.failpoints import crash_point
+from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.layout import (
     MARKER_NAME,
     OURS_PREFIX,
@@ -45,47 +45,30 @@ from memrestore.tasks.layout import (
     describe_marker,
     fsync_dir,
     is_temp_name,
-    lock_data_dir,
-    marker_path,
     read_marker,
     service_entries,
     staging_dir,
     trash_dir,
-    unlock_data_dir,
-    update_marker,
 )
 from memrestore.tasks.plan import RestoreMode, tenant_dir_name
-
-
-def _set_phase(data_dir: Path, phase: Phase) -> None:
-    info = read_marker(data_dir)
-    if info is None:
-        raise RestoreRefusedError(
-            f"the restore marker {marker_path(data_dir)} vanished or was replaced mid-restore; "
-            "another process is changing this data dir. Stop it, check the data dir, and run "
-            "the restore again."
-        )
-    if info.phase is not phase:
-        update_marker(data_dir, info.model_copy(update={"phase": phase}))
-        crash_point(f"phase-{phase.value}")
 
 
 def _is_real_dir(path: Path) -> bool:
     return os.path.isdir(path) and not os.path.islink(path)
 
 
-def commit_staged(data_dir: Path, tenant_id: int, mode: RestoreMode) -> None:
+def commit_staged(hold: DataDirHold, tenant_id: int, mode: RestoreMode) -> None:
     """Put the staged tenant at ``data_dir/tenant_<id>``.
 
     What it replaces goes to ``.restore-aside/`` first: under wipe_and_restore every service
     entry, otherwise only the (empty) tenant dir, if there is one.
     """
-    data_dir = Path(data_dir)
+    data_dir = hold.data_dir
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
     final = data_dir / tenant_dir_name(tenant_id)
     aside = aside_dir(data_dir)
     try:
-        _set_phase(data_dir, Phase.COMMITTING)
+        hold.set_phase(Phase.COMMITTING)
         new_is_in = not os.path.lexists(staged)  # a resumed commit may have moved it already
         if mode is RestoreMode.WIPE_AND_RESTORE:
             leaving = service_entries(data_dir)
@@ -115,7 +98,7 @@ def commit_staged(data_dir: Path, tenant_id: int, mode: RestoreMode) -> None:
                 raise
             fsync_dir(data_dir)
             crash_point("tenant-moved-in")
-        _set_phase(data_dir, Phase.CLEANUP)
+        hold.set_phase(Phase.CLEANUP)
     except OSError as exc:
         raise DestinationIOError("moving the restored data into", data_dir, exc) from exc
 
@@ -127,98 +110,82 @@ def _remove(path: Path) -> None:
         os.unlink(path)
 
 
-def remove_leftovers(data_dir: Path) -> None:
-    """Finish: drop the staging, then the marker, then the old data (our lock is released).
+def remove_leftovers(hold: DataDirHold) -> None:
+    """Finish: drop the staging, then the marker, then the old data.
 
     The old entries are renamed to ``.restore-trash`` before the marker goes, and deleted
     after: until the marker is gone an abort can still put them back, and once it is gone a
     trash left by a crash is plainly a finished restore's garbage (the next preflight drops it).
     """
-    data_dir = Path(data_dir)
-    try:
-        for name in sorted(os.listdir(data_dir)):
-            if name.startswith(OURS_PREFIX) and name not in (MARKER_NAME, aside_dir(data_dir).name, trash_dir(data_dir).name):
-                _remove(data_dir / name)
-        if os.path.lexists(aside_dir(data_dir)):
-            if os.path.lexists(trash_dir(data_dir)):
-                _remove(trash_dir(data_dir))
-            os.rename(aside_dir(data_dir), trash_dir(data_dir))
-        fsync_dir(data_dir)
-        crash_point("cleanup-trashed")
-        marker_path(data_dir).unlink(missing_ok=True)
-        fsync_dir(data_dir)
-        crash_point("marker-removed")
-        _remove(trash_dir(data_dir))
-        fsync_dir(data_dir)
-    finally:
-        unlock_data_dir(data_dir)
+    data_dir = hold.data_dir
+    for name in sorted(os.listdir(data_dir)):
+        if name.startswith(OURS_PREFIX) and name not in (MARKER_NAME, aside_dir(data_dir).name, trash_dir(data_dir).name):
+            _remove(data_dir / name)
+    if os.path.lexists(aside_dir(data_dir)):
+        if os.path.lexists(trash_dir(data_dir)):
+            _remove(trash_dir(data_dir))
+        os.rename(aside_dir(data_dir), trash_dir(data_dir))
+    fsync_dir(data_dir)
+    crash_point("cleanup-trashed")
+    hold.drop_marker()
+    crash_point("marker-removed")
+    _remove(trash_dir(data_dir))
+    fsync_dir(data_dir)
 
 
-def roll_back(data_dir: Path, tenant_id: int) -> None:
+def roll_back(hold: DataDirHold, tenant_id: int) -> None:
     """Undo an unfinished restore: the data dir's previous contents come back exactly.
 
     Before the commit that is only dropping the staged data. From the commit on, the new tenant
     dir (if it was moved in) goes back to staging and every entry set aside returns.
     """
-    data_dir = Path(data_dir)
+    data_dir = hold.data_dir
     info = read_marker(data_dir)
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
     final = data_dir / tenant_dir_name(tenant_id)
-    try:
-        if info is not None and info.phase in (Phase.COMMITTING, Phase.CLEANUP):
-            if not os.path.lexists(staged) and _is_real_dir(final):
-                staged.parent.mkdir(exist_ok=True)
-                os.rename(final, staged)  # the new tenant, moved in before the interruption
-            for holder in (trash_dir(data_dir), aside_dir(data_dir)):
-                if _is_real_dir(holder):
-                    for name in sorted(os.listdir(holder)):
-                        os.rename(holder / name, data_dir / name)
-            fsync_dir(data_dir)
-            ours = [n for n in os.listdir(data_dir) if n.startswith(OURS_PREFIX) and n != MARKER_NAME]
-        else:
-            # Nothing was moved yet: drop only what this restore made. An aside dir here is
-            # not ours (preflight refuses to start beside one holding data): never touch it.
-            ours = [n for n in os.listdir(data_dir) if n == staging_dir(data_dir).name or is_temp_name(n)]
-        for name in sorted(ours):
-            _remove(data_dir / name)
+    if info is not None and info.phase in (Phase.COMMITTING, Phase.CLEANUP):
+        if not os.path.lexists(staged) and _is_real_dir(final):
+            staged.parent.mkdir(exist_ok=True)
+            os.rename(final, staged)  # the new tenant, moved in before the interruption
+        for holder in (trash_dir(data_dir), aside_dir(data_dir)):
+            if _is_real_dir(holder):
+                for name in sorted(os.listdir(holder)):
+                    os.rename(holder / name, data_dir / name)
         fsync_dir(data_dir)
-        marker_path(data_dir).unlink(missing_ok=True)
-        fsync_dir(data_dir)
-    finally:
-        unlock_data_dir(data_dir)
+        ours = [n for n in os.listdir(data_dir) if n.startswith(OURS_PREFIX) and n != MARKER_NAME]
+    else:
+        # Nothing was moved yet: drop only what this restore made. An aside dir here is
+        # not ours (preflight refuses to start beside one holding data): never touch it.
+        ours = [n for n in os.listdir(data_dir) if n == staging_dir(data_dir).name or is_temp_name(n)]
+    for name in sorted(ours):
+        _remove(data_dir / name)
+    fsync_dir(data_dir)
+    hold.drop_marker()
 
 
 def abort(data_dir: Path, on_dead_holder: DeadHolderFn | None = None) -> MarkerInfo:
     """Roll back the interrupted restore in ``data_dir``; returns what its marker said.
     ``on_dead_holder`` hears of the marker first (its restore's process is gone)."""
-    data_dir = Path(data_dir)
-    marker = marker_path(data_dir)
-    if not os.path.lexists(marker):
-        if _is_real_dir(data_dir) and lock_data_dir(data_dir):  # no restore running: sweep a finished one's leftovers
-            try:
-                for name in os.listdir(data_dir):
-                    if name == trash_dir(data_dir).name or is_temp_name(name):
-                        _remove(data_dir / name)
-            finally:
-                unlock_data_dir(data_dir)
-        raise NothingToAbortError(data_dir)
-    if not lock_data_dir(data_dir):
-        raise RestoreInProgressError(marker, describe_marker(data_dir) + "; its process is still running")
-    info = read_marker(data_dir)
-    if info is None:
-        unlock_data_dir(data_dir)
-        raise ResumeRefusedError(
-            f"cannot abort: marker {marker} was not written by memrestore "
-            f"({describe_marker(data_dir)}); the service or an operator put it there. Find out "
-            "why before removing it by hand; memrestore will not touch it."
-        )
-    if on_dead_holder is not None:
-        on_dead_holder(data_dir, info, "abort")
-    try:
-        roll_back(data_dir, info.tenant_id)
-    except OSError as exc:
-        raise DestinationIOError("rolling back the restore in", data_dir, exc) from exc
-    return info
+    with DataDirHold(data_dir) as hold:
+        if not os.path.lexists(hold.marker):
+            if _is_real_dir(hold.data_dir) and hold.lock():  # no restore running: sweep a finished one's leftovers
+                for name in os.listdir(hold.data_dir):
+                    if name == trash_dir(hold.data_dir).name or is_temp_name(name):
+                        _remove(hold.data_dir / name)
+            raise NothingToAbortError(hold.data_dir)
+        if not hold.lock():
+            raise RestoreInProgressError.running(hold.marker, describe_marker(hold.data_dir))
+        info = read_marker(hold.data_dir)
+        if info is None:
+            raise ForeignMarkerError(hold.marker, describe_marker(hold.data_dir), "abort")
+        if on_dead_holder is not None:
+            on_dead_holder(hold.data_dir, info, "abort")
+        hold.adopt_marker(info, rewrite=False)
+        try:
+            roll_back(hold, info.tenant_id)
+        except OSError as exc:
+            raise DestinationIOError("rolling back the restore in", hold.data_dir, exc) from exc
+        return info
 
 
 @task(name="abort", cache_policy=NO_CACHE, persist_result=False)
@@ -231,14 +198,14 @@ def abort_task(data_dir: str) -> MarkerInfo:
 
 
 @task(name="atomic-writes", cache_policy=NO_CACHE, persist_result=False)
-def commit_task(data_dir: str, tenant_id: int, mode: RestoreMode) -> None:
+def commit_task(hold: DataDirHold, tenant_id: int, mode: RestoreMode) -> None:
     """Move the verified data into place (never retried: it is local and idempotent)."""
-    commit_staged(Path(data_dir), tenant_id, mode)
+    commit_staged(hold, tenant_id, mode)
 
 
 @task(name="marker-cleanup", cache_policy=NO_CACHE, persist_result=False)
-def cleanup_task(data_dir: str) -> None:
+def cleanup_task(hold: DataDirHold) -> None:
     """Drop the staging, the marker, then the old data (memrestore.tasks.sequence.clean_up)."""
     from memrestore.tasks.sequence import clean_up
 
-    clean_up(Path(data_dir))
+    clean_up(hold)

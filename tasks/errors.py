@@ -100,6 +100,12 @@ class InsufficientSpaceError(RestoreRefusedError):
 
 
 class RestoreInProgressError(RestoreRefusedError):
+    """A marker is in the data dir, or another restore holds its lock: one restore at a time.
+
+    ``holder`` says who holds the marker (:func:`tasks.layout.describe_marker`); build one with
+    :meth:`running` (its process holds the lock), :meth:`gone` (nothing holds it) or
+    :meth:`locking` (a restore holds the lock and has not written its marker yet)."""
+
     def __init__(self, marker: Path, holder: str, locked: bool = False) -> None:
         self.marker = marker
         found = (
@@ -115,9 +121,58 @@ class RestoreInProgressError(RestoreRefusedError):
             f"--data-dir {marker.parent}`; the service will not start while the marker exists."
         )
 
+    @classmethod
+    def running(cls, marker: Path, holder: str) -> "RestoreInProgressError":
+        return cls(marker, holder + "; its process is still running")
+
+    @classmethod
+    def gone(cls, marker: Path, holder: str) -> "RestoreInProgressError":
+        return cls(marker, holder + "; its process is gone (nothing holds the data dir's lock)")
+
+    @classmethod
+    def locking(cls, marker: Path) -> "RestoreInProgressError":
+        return cls(marker, "starting, or just finishing", locked=True)
+
+
+class MarkerVanishedError(RestoreRefusedError):
+    """The marker this restore holds disappeared or was replaced while it ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+        super().__init__(
+            f"the restore marker {marker} vanished or was replaced mid-restore; another process "
+            "is changing this data dir. Stop it, check the data dir, and run the restore again."
+        )
+
 
 class ResumeRefusedError(RestoreRefusedError):
     """``--resume`` or ``abort`` found a marker it must not act on."""
+
+
+class ForeignMarkerError(ResumeRefusedError):
+    """The marker was not written by memrestore: the service or an operator put it there."""
+
+    def __init__(self, marker: Path, holder: str, action: str) -> None:
+        self.marker = marker
+        super().__init__(
+            f"cannot {action}: marker {marker} was not written by memrestore ({holder}); the "
+            "service or an operator put it there. Find out why before removing it by hand; "
+            "memrestore will not touch it."
+        )
+
+
+class OtherRestoreError(ResumeRefusedError):
+    """``--resume`` of a restore other than the interrupted one the marker names."""
+
+    def __init__(self, data_dir: Path, found: tuple[str, int, str], asked: tuple[str, int, str]) -> None:
+        self.path = data_dir
+        self.found, self.asked = found, asked
+        super().__init__(
+            f"cannot resume: the interrupted restore in {data_dir} is of snapshot {found[0]!r}, "
+            f"tenant {found[1]}, mode {found[2]}, not snapshot {asked[0]!r}, tenant {asked[1]}, "
+            f"mode {asked[2]}. Resume it with those arguments, or undo it with `memrestore abort "
+            f"--data-dir {data_dir}` first."
+        )
 
 
 class NothingToAbortError(RestoreRefusedError):

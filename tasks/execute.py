@@ -17,6 +17,7 @@ from memrestore.tasks import failpoints, sequence
 from memrestore.tasks.checks import CheckLevel, check_staged
 from memrestore.tasks.commit import commit_staged
 from memrestore.tasks.fetch import measure_plan
+from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.layout import Phase, staging_dir
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome
 from memrestore.tasks.plan import PlanItem, RestoreMode, RestorePlan
@@ -71,14 +72,15 @@ def execute(
     started = time.monotonic()
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan)
-    phase = preflight(plan, data_dir, mode, resume=resume)
-    fresh = phase in (None, Phase.STAGING)  # else interrupted mid-commit: staged and verified already
-    staged, check_seconds = sequence.run(data_dir, plan.tenant_id, sequence.Steps(
-        stage=lambda: stage_all(
-            (lambda item: stage_item(backend, item, data_dir, phase is not None, transfer)) if fresh
-            else (lambda item: recheck_item(data_dir, item)), plan.items),
-        check=lambda: check_staged(plan, staging_dir(data_dir), check) if fresh else None,
-        commit=lambda: commit_staged(data_dir, plan.tenant_id, mode),
-    ))
+    with DataDirHold(data_dir) as hold:
+        phase = preflight(plan, hold, mode, resume=resume)
+        fresh = phase in (None, Phase.STAGING)  # else interrupted mid-commit: staged and verified already
+        staged, check_seconds = sequence.run(hold, plan.tenant_id, sequence.Steps(
+            stage=lambda: stage_all(
+                (lambda item: stage_item(backend, item, data_dir, phase is not None, transfer)) if fresh
+                else (lambda item: recheck_item(data_dir, item)), plan.items),
+            check=lambda: check_staged(plan, staging_dir(data_dir), check) if fresh else None,
+            commit=lambda: commit_staged(hold, plan.tenant_id, mode),
+        ))
     return build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
                          check.value if check_seconds is not None else None, check_seconds)

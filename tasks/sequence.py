@@ -1,7 +1,8 @@
 """A restore's sequence after its preflight, written once for the ``restore-snapshot`` flow and for
 the plain path (:func:`memrestore.tasks.execute.execute`, which the drills use): stage or recheck,
-check the staged copy, commit, undo on failure, clean up; and the data dir's lock released exactly
-once, whatever happens.
+check the staged copy, commit, undo on failure, clean up, all under the restore's
+:class:`~memrestore.tasks.hold.DataDirHold` (which its caller opened for the preflight, and which
+lets the data dir's lock go once, when the caller's ``with`` block ends).
 
 The two callers differ only in how each step runs (the flow's as Prefect task runs, the plain
 path's as calls), so they pass the steps in; what a failure means and how it is reported is here:
@@ -18,15 +19,14 @@ path's as calls), so they pass the steps in; what a failure means and how it is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from prefect.exceptions import TerminationSignal
 
 from memrestore.tasks.commit import remove_leftovers, roll_back
 from memrestore.tasks.errors import DestinationIOError, RollbackFailedError
+from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.interrupt import request_stop
-from memrestore.tasks.layout import unlock_data_dir
 from memrestore.tasks.stage import StagedItem
 
 
@@ -36,22 +36,22 @@ def is_interrupt(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, TerminationSignal))
 
 
-def undo(data_dir: Path, tenant_id: int, cause: BaseException) -> None:
+def undo(hold: DataDirHold, tenant_id: int, cause: BaseException) -> None:
     """Undo the unfinished restore after ``cause``; if even that fails, keep the marker and say
     what is left (RollbackFailedError, from ``cause``)."""
     try:
-        roll_back(data_dir, tenant_id)
+        roll_back(hold, tenant_id)
     except Exception as undo_exc:  # noqa: BLE001 - reported together with the first failure
-        raise RollbackFailedError(data_dir, cause, undo_exc) from cause
+        raise RollbackFailedError(hold.data_dir, cause, undo_exc) from cause
 
 
-def clean_up(data_dir: Path) -> None:
+def clean_up(hold: DataDirHold) -> None:
     """Drop the staging, the marker, then the old data; a file-system failure is a
     DestinationIOError (the new data is in place, and a resume finishes the cleanup)."""
     try:
-        remove_leftovers(data_dir)
+        remove_leftovers(hold)
     except OSError as exc:
-        raise DestinationIOError("cleaning up after the restore in", data_dir, exc) from exc
+        raise DestinationIOError("cleaning up after the restore in", hold.data_dir, exc) from exc
 
 
 @dataclass
@@ -63,29 +63,25 @@ class Steps:
     stage: Callable[[], list[StagedItem]]
     check: Callable[[], float | None]
     commit: Callable[[], None]
-    cleanup: Callable[[Path], None] = clean_up
+    cleanup: Callable[[DataDirHold], None] = clean_up
 
 
-def run(data_dir: Path, tenant_id: int, steps: Steps,
+def run(hold: DataDirHold, tenant_id: int, steps: Steps,
         on_failure: Callable[[BaseException], None] | None = None) -> tuple[list[StagedItem], float | None]:
-    """Stage, check, commit and clean up with ``steps``; undo on failure (``on_failure`` is told of
-    it first, after the undo); release the data dir's lock at the end. Returns what was staged
-    and the check's seconds."""
-    data_dir = Path(data_dir)
+    """Stage, check, commit and clean up with ``steps``, in the data dir ``hold`` holds; undo on
+    failure (``on_failure`` is told of it after the undo). Returns what was staged and the
+    check's seconds."""
     try:
-        try:
-            staged = steps.stage()
-            check_seconds = steps.check()
-            steps.commit()
-        except BaseException as exc:
-            if is_interrupt(exc):
-                request_stop()
-                raise
-            undo(data_dir, tenant_id, exc)
-            if on_failure is not None:
-                on_failure(exc)
+        staged = steps.stage()
+        check_seconds = steps.check()
+        steps.commit()
+    except BaseException as exc:
+        if is_interrupt(exc):
+            request_stop()
             raise
-        steps.cleanup(data_dir)
-    finally:
-        unlock_data_dir(data_dir)  # the cleanup or the undo normally released it already
+        undo(hold, tenant_id, exc)
+        if on_failure is not None:
+            on_failure(exc)
+        raise
+    steps.cleanup(hold)
     return staged, check_seconds

@@ -70,6 +70,21 @@ def unverified_warnings(items: list[PlanItem], consequence: str = "will be resto
     ]
 
 
+def hash_plan(manifest: SnapshotManifest, backend_url: str) -> RestorePlan:
+    """The plan of a verify: every blob of the snapshot, to be hashed against its checksum, with
+    no destination to check it against."""
+    items = plan_items(manifest)
+    return RestorePlan(
+        backend=backend_url,
+        tenant_id=manifest.tenant_id,
+        snapshot_id=manifest.snapshot_id,
+        created_at_unix_micros=manifest.created_at_unix_micros,
+        destination_state=DestinationState(),
+        items=items,
+        warnings=unverified_warnings(items, "can only be hashed, not verified"),
+    )
+
+
 def validate(
     manifest: SnapshotManifest,
     destination: DestinationState,
