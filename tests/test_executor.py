@@ -9,7 +9,6 @@ import blake3
 import pytest
 
 from memrestore.backends import LocalBackend, put_manifest
-from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.errors import (
     ChecksumMismatchError,
     DataDirNotEmptyError,
@@ -22,6 +21,7 @@ from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.validate import validate
 from memrestore.backends.manifest import WireVersion
 from tests.conftest import tree
+from tests.manifests import manifest_object, model_doc
 
 
 def _h(data: bytes) -> str:
@@ -30,34 +30,7 @@ def _h(data: bytes) -> str:
 
 def build_validated_plan(backend: LocalBackend, sqlite: bytes, hnsw: bytes) -> RestorePlan:
     """As the service's test helper: snapshot ``snap-1`` of tenant 1, one model, checksums set."""
-    manifest = SnapshotManifest.model_validate(
-        {
-            "manifest_version": 1,
-            "tenant_id": 1,
-            "snapshot_id": "snap-1",
-            "created_at_unix_micros": 1_700_000_000_000_000,
-            "wire_version": {"major": 1, "minor": 0},
-            "table_schema_versions": {"memory_commit_log": 1},
-            "oplog_watermark": 100,
-            "oplog_floor": 1,
-            "forget_floor": 50,
-            "sqlite_checkpoint_key": "snap-1/sqlite.db",
-            "sqlite_checkpoint_checksum": _h(sqlite),
-            "hnsw_snapshots": [
-                {
-                    "embedding_model": "minilm",
-                    "vector_dim": 384,
-                    "distance_metric": "cosine",
-                    "source_log_watermark": 100,
-                    "content_key": "snap-1/hnsw.bin",
-                    "checksum": _h(hnsw),
-                    "deleted_count_pending": 0,
-                }
-            ],
-            "encryption": {"algorithm": "aes-256-gcm", "dek_id": "dek-1", "iv_b64": "AA=="},
-            "label": None,
-        }
-    )
+    manifest = manifest_object(sqlite_checkpoint_checksum=_h(sqlite), hnsw_snapshots__0__checksum=_h(hnsw))
     backend.put_object("snap-1/sqlite.db", sqlite)
     backend.put_object("snap-1/hnsw.bin", hnsw)
     put_manifest(backend, manifest)
@@ -173,33 +146,12 @@ def test_checksum_mismatch_under_wipe_keeps_previous_contents(backend, data_dir)
 
 
 def test_destination_paths_sanitise_unsafe_model_chars(backend, data_dir):
-    manifest = SnapshotManifest.model_validate(
-        {
-            "manifest_version": 1,
-            "tenant_id": 1,
-            "snapshot_id": "snap-malicious",
-            "created_at_unix_micros": 1_700_000_000_000_000,
-            "wire_version": {"major": 1, "minor": 0},
-            "table_schema_versions": {"memory_commit_log": 1},
-            "oplog_watermark": 1,
-            "oplog_floor": 1,
-            "forget_floor": None,
-            "sqlite_checkpoint_key": "snap-malicious/sqlite.db",
-            "sqlite_checkpoint_checksum": None,
-            "hnsw_snapshots": [
-                {
-                    "embedding_model": "../etc/passwd",
-                    "vector_dim": 384,
-                    "distance_metric": "cosine",
-                    "source_log_watermark": 1,
-                    "content_key": "snap-malicious/hnsw.bin",
-                    "checksum": None,
-                    "deleted_count_pending": 0,
-                }
-            ],
-            "encryption": None,
-            "label": None,
-        }
+    manifest = manifest_object(
+        snapshot_id="snap-malicious", oplog_watermark=1, forget_floor=None,
+        sqlite_checkpoint_key="snap-malicious/sqlite.db", sqlite_checkpoint_checksum=None,
+        hnsw_snapshots=[model_doc(embedding_model="../etc/passwd", source_log_watermark=1,
+                                  content_key="snap-malicious/hnsw.bin", checksum=None)],
+        encryption=None,
     )
     backend.put_object("snap-malicious/sqlite.db", b"sqlite")
     backend.put_object("snap-malicious/hnsw.bin", b"hnsw")

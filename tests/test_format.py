@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -19,51 +18,8 @@ from memrestore.backends.manifest import (
 from memrestore.tasks.errors import IncompatibleSnapshotError
 from memrestore.tasks.plan import DestinationState
 from memrestore.tasks.validate import validate
-
-H = "a" * 64
-BASE = {
-    "manifest_version": 1,
-    "tenant_id": 1,
-    "snapshot_id": "snap-1",
-    "created_at_unix_micros": 1700000000000000,
-    "wire_version": {"major": 1, "minor": 0},
-    "table_schema_versions": {"memory_commit_log": 1},
-    "oplog_watermark": 100,
-    "oplog_floor": 1,
-    "forget_floor": 50,
-    "sqlite_checkpoint_key": "snap-1/sqlite.db",
-    "sqlite_checkpoint_checksum": H,
-    "hnsw_snapshots": [
-        {
-            "embedding_model": "minilm",
-            "vector_dim": 384,
-            "distance_metric": "cosine",
-            "source_log_watermark": 100,
-            "content_key": "snap-1/hnsw.bin",
-            "checksum": H,
-            "deleted_count_pending": 0,
-        }
-    ],
-    "encryption": {"algorithm": "aes-256-gcm", "dek_id": "dek-1", "iv_b64": "AA=="},
-    "label": None,
-}
-
-
-def manifest(**changes) -> dict:
-    m = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        target = m
-        *parents, last = path.split("__")
-        for p in parents:
-            target = target[int(p)] if p.isdigit() else target[p]
-        if value is DELETE:
-            del target[last]
-        else:
-            target[last] = value
-    return m
-
-
-DELETE = object()
+from tests.manifests import BASE, DELETE
+from tests.manifests import manifest_doc as manifest
 
 
 def parse(m: dict) -> SnapshotManifest:

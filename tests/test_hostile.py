@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import io
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -72,7 +72,8 @@ FUZZ = settings(
 FUZZ_RESTORES = settings(FUZZ, max_examples=150)
 
 # FORMAT.md's example manifest, the same document the format tests start from.
-from tests.test_format import BASE, H  # noqa: E402
+from tests.manifests import BASE, H, manifest_doc, model_doc  # noqa: E402
+from tests.test_backends import Collect  # noqa: E402  (a sink that keeps what it is given)
 
 # --- the hostile vocabulary -----------------------------------------------------------------------
 
@@ -228,23 +229,22 @@ def assert_our_error(exc: BaseException) -> None:
     assert str(exc), "an error without a message"
 
 
-def manifest_doc(**changes: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(BASE)
-    doc.update(changes)
-    return doc
+def passes(check: Callable[[str], str], value: str, refusal: type[RestoreError]) -> bool:
+    """Whether ``check`` takes ``value`` as it is; a refusal must be ``refusal``, one of our errors."""
+    try:
+        return check(value) == value
+    except refusal as exc:
+        assert_our_error(exc)
+        return False
+
+
+def key_docs(key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The example manifest with ``key`` as its checkpoint's key, and as its model's."""
+    return manifest_doc(sqlite_checkpoint_key=key), manifest_doc(hnsw_snapshots=[model_doc(content_key=key)])
 
 
 def blake(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.buf = io.BytesIO()
-
-    def write(self, data: bytes) -> int:
-        self.buf.write(data)
-        return len(data)
 
 
 def parse_or_refuse(raw: bytes | str) -> SnapshotManifest | None:
@@ -552,21 +552,14 @@ def _check_key_in_backend(root: Path, key: str) -> None:
 @FUZZ
 @given(hostile_keys)
 def test_fuzzed_content_keys_are_refused_or_stay_inside_the_backend(key):
-    try:
-        valid = check_content_key(key) == key
-    except InvalidKeyError as exc:
-        assert_our_error(exc)
-        valid = False
+    valid = passes(check_content_key, key, InvalidKeyError)
     # A segment too long for a file name is valid but cannot be stored on disk: the backend's
     # answer to it is checked in test_keys_the_backend_can_never_serve_are_not_transient.
     if not (valid and any(len(seg.encode()) > 200 for seg in key.split("/"))):
         with tempfile.TemporaryDirectory() as tmp:
             _check_key_in_backend(Path(tmp) / "backend", key)
     # In a manifest, either field: refused exactly when check_content_key refuses it.
-    for doc, other_key in (
-        (manifest_doc(sqlite_checkpoint_key=key), "snap-1/hnsw.bin"),
-        (manifest_doc(hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], content_key=key)]), "snap-1/sqlite.db"),
-    ):
+    for doc, other_key in zip(key_docs(key), ("snap-1/hnsw.bin", "snap-1/sqlite.db"), strict=True):
         manifest = parse_or_refuse(dump(doc, ascii_only=True))
         assert (manifest is not None) == (valid and key != other_key)  # the same key twice is refused
 
@@ -574,11 +567,7 @@ def test_fuzzed_content_keys_are_refused_or_stay_inside_the_backend(key):
 @FUZZ
 @given(hostile_snapshot_ids)
 def test_fuzzed_snapshot_ids_are_refused_or_read_from_inside_the_backend(sid):
-    try:
-        valid = check_snapshot_id(sid) == sid
-    except InvalidSnapshotIdError as exc:
-        assert_our_error(exc)
-        valid = False
+    valid = passes(check_snapshot_id, sid, InvalidSnapshotIdError)
     if valid:
         assert re.fullmatch(r"[A-Za-z0-9._-]{1,128}", sid) and sid not in (".", "..")
     with tempfile.TemporaryDirectory() as tmp:
@@ -610,10 +599,7 @@ def test_bad_content_keys_are_refused_everywhere(tmp_path, key, reason):
     with pytest.raises(InvalidKeyError, match=re.escape(reason)) as info:
         check_content_key(key)
     assert "manifest" in str(info.value) and "'..'" in str(info.value)  # says what a key must be
-    for field_doc in (
-        manifest_doc(sqlite_checkpoint_key=key),
-        manifest_doc(hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], content_key=key)]),
-    ):
+    for field_doc in key_docs(key):
         with pytest.raises(InvalidManifestError):
             parse_manifest(dump(field_doc, ascii_only=True), "hostile/manifest.json")
         if "\ud800" not in key and "\udcff" not in key:
@@ -840,7 +826,7 @@ def test_error_messages_stay_short_and_inert_for_huge_or_tricky_input():
     """The hostile value is quoted in the message, cut to a readable length, with control and
     bidi characters escaped (an RTL override in a message reorders the operator's terminal)."""
     huge = "x" * MiB
-    model = dict(BASE["hnsw_snapshots"][0])
+    model = model_doc()
     cases: dict[str, Any] = {
         "snapshot_id": lambda: parse_manifest(json.dumps(manifest_doc(snapshot_id=huge)), "m"),
         "sqlite_checkpoint_key": lambda: parse_manifest(json.dumps(manifest_doc(sqlite_checkpoint_key=huge)), "m"),
@@ -875,7 +861,7 @@ def test_error_messages_stay_short_and_inert_for_huge_or_tricky_input():
 
 @pytest.mark.parametrize("layout", ["sqlite and hnsw", "two hnsw models"])
 def test_a_manifest_naming_the_same_content_key_twice_is_refused_before_any_io(tmp_path, layout):
-    model = dict(BASE["hnsw_snapshots"][0])
+    model = model_doc()
     if layout == "sqlite and hnsw":
         doc = manifest_doc(hnsw_snapshots=[dict(model, content_key="snap-1/sqlite.db")])
     else:
@@ -1051,7 +1037,7 @@ def restorable_snapshots(draw):
         sqlite_checkpoint_key=keys[0],
         sqlite_checkpoint_checksum=checksum(keys[0]),
         hnsw_snapshots=[
-            dict(BASE["hnsw_snapshots"][0], embedding_model=m, content_key=k, checksum=checksum(k))
+            model_doc(embedding_model=m, content_key=k, checksum=checksum(k))
             for m, k in zip(models, keys[1:])
         ],
     )
@@ -1074,7 +1060,7 @@ def test_hostile_model_names_are_restored_under_safe_file_names(tmp_path, model)
     blobs = {"snap-1/sqlite.db": b"sqlite", "snap-1/hnsw.bin": b"hnsw"}
     doc = manifest_doc(
         sqlite_checkpoint_checksum=blake(b"sqlite"),
-        hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], embedding_model=model, checksum=blake(b"hnsw"))],
+        hnsw_snapshots=[model_doc(embedding_model=model, checksum=blake(b"hnsw"))],
     )
     error = restore_in_sandbox(tmp_path, doc, blobs, RestoreMode.NEW_CLUSTER, "absent", model)
     assert error is None
@@ -1088,7 +1074,7 @@ def test_a_model_name_too_long_for_a_file_name_fails_cleanly(tmp_path):
     blobs = {"snap-1/sqlite.db": b"sqlite", "snap-1/hnsw.bin": b"hnsw"}
     doc = manifest_doc(
         sqlite_checkpoint_checksum=None,
-        hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], embedding_model=model, checksum=None)],
+        hnsw_snapshots=[model_doc(embedding_model=model, checksum=None)],
     )
     error = restore_in_sandbox(tmp_path, doc, blobs, RestoreMode.NEW_CLUSTER, "empty", model)
     assert error is not None and "too long" in str(error).lower()
@@ -1102,7 +1088,7 @@ def test_symlinks_in_the_destination_are_refused_or_not_followed(tmp_path, mode,
     blobs = {"snap-1/sqlite.db": b"new sqlite", "snap-1/hnsw.bin": b"new hnsw"}
     doc = manifest_doc(
         sqlite_checkpoint_checksum=blake(b"new sqlite"),
-        hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], checksum=blake(b"new hnsw"))],
+        hnsw_snapshots=[model_doc(checksum=blake(b"new hnsw"))],
     )
     error = restore_in_sandbox(tmp_path, doc, blobs, mode, setup, "minilm")
     if mode is RestoreMode.WIPE_AND_RESTORE:
@@ -1131,7 +1117,7 @@ def test_planted_bookkeeping_symlinks_are_never_followed(tmp_path, name, target,
         backend.put_object(key, data)
     doc = manifest_doc(
         sqlite_checkpoint_checksum=blake(b"new sqlite"),
-        hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], checksum=blake(b"new hnsw"))],
+        hnsw_snapshots=[model_doc(checksum=blake(b"new hnsw"))],
     )
     backend.put_object("snap-1/manifest.json", json.dumps(doc).encode())
     outside = _plant_outside(tmp_path)
@@ -1180,7 +1166,7 @@ def test_a_marker_that_is_a_directory_blocks_the_restore_with_our_error(tmp_path
     backend = LocalBackend(tmp_path / "backend")
     for key, data in {"snap-1/sqlite.db": b"s", "snap-1/hnsw.bin": b"h"}.items():
         backend.put_object(key, data)
-    doc = manifest_doc(sqlite_checkpoint_checksum=None, hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], checksum=None)])
+    doc = manifest_doc(sqlite_checkpoint_checksum=None, hnsw_snapshots=[model_doc(checksum=None)])
     backend.put_object("snap-1/manifest.json", json.dumps(doc).encode())
     data = tmp_path / "data"
     (data / MARKER_NAME).mkdir(parents=True)
@@ -1197,7 +1183,7 @@ def test_a_marker_symlink_is_not_read_through_into_the_message(tmp_path):
     backend = LocalBackend(tmp_path / "backend")
     for key, data in {"snap-1/sqlite.db": b"s", "snap-1/hnsw.bin": b"h"}.items():
         backend.put_object(key, data)
-    doc = manifest_doc(sqlite_checkpoint_checksum=None, hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], checksum=None)])
+    doc = manifest_doc(sqlite_checkpoint_checksum=None, hnsw_snapshots=[model_doc(checksum=None)])
     backend.put_object("snap-1/manifest.json", json.dumps(doc).encode())
     outside = _plant_outside(tmp_path)
     data = tmp_path / "data"
@@ -1216,7 +1202,7 @@ def test_a_fifo_never_blocks_a_restore(tmp_path, where):
     waiting on it. The test plays the writer only to tell a blocked reader from one that merely
     looked: it holds the pipe open for a second, then closes it so a blocked reader ends."""
     backend = LocalBackend(tmp_path / "backend")
-    doc = manifest_doc(sqlite_checkpoint_checksum=None, hnsw_snapshots=[dict(BASE["hnsw_snapshots"][0], checksum=None)])
+    doc = manifest_doc(sqlite_checkpoint_checksum=None, hnsw_snapshots=[model_doc(checksum=None)])
     backend.put_object("snap-1/sqlite.db", b"sqlite")
     backend.put_object("snap-1/hnsw.bin", b"hnsw")
     backend.put_object("snap-1/manifest.json", json.dumps(doc).encode())
