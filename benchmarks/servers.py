@@ -8,18 +8,20 @@ measure Prefect's start-up and not the restore.)
 
 SeaweedFS: ``tests.seaweed.SeaweedS3`` (the test suite's own), on loopback, with its data kept in
 the benchmark's cache so that uploaded snapshots are reused across runs.
+
+Ports, the start, the readiness wait and the stop are the test suite's (``tests.procs``).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from tests.procs import Started, free_port, start, stop, wait_until
 
 #: A fresh Prefect server answers /api/health in ~12 s here (PREFECT_NOTES.md); allow for load.
 PREFECT_STARTUP_SECONDS = 120
@@ -31,17 +33,11 @@ PREFECT_QUIET = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def prefect_bin() -> str:
     return str(Path(sys.executable).parent / "prefect")
 
 
-class PrefectServer:
+class PrefectServer(Started):
     """``prefect server start`` on 127.0.0.1, its database under ``home``."""
 
     def __init__(self, home: Path) -> None:
@@ -59,41 +55,29 @@ class PrefectServer:
         env = {**os.environ, **self.env()}
         env.pop("PREFECT_API_URL")
         began = time.monotonic()
-        self._log = open(self.home / "server.log", "ab")
-        self._process = subprocess.Popen(
-            [prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() ends the server and its workers
-        )
-        while time.monotonic() - began < PREFECT_STARTUP_SECONDS:
+        # Its own process group: stop() ends the server and its workers.
+        self._process = start([prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", self.port],
+                              self.home / "server.log", env=env, append=True)
+
+        def healthy() -> bool:
             if self._process.poll() is not None:
                 raise RuntimeError(f"prefect server exited with {self._process.returncode}; see {self.home}/server.log")
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        self.startup_seconds = time.monotonic() - began
-                        return self
+                    return response.status == 200
             except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"prefect server not healthy after {PREFECT_STARTUP_SECONDS} s; see {self.home}/server.log")
+                return False
+
+        try:
+            wait_until(healthy, PREFECT_STARTUP_SECONDS, f"a healthy prefect server; see {self.home}/server.log",
+                       poll=0.5, error=RuntimeError)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self._log.close()
-
-    def __enter__(self) -> "PrefectServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        if process is not None:
+            stop(process, timeout=15)

@@ -21,7 +21,7 @@ os.environ.pop("MEMRESTORE_NO_CACHE", None)
 from memrestore.backends import LocalBackend  # noqa: E402
 from memrestore.backends.sample import write_sample_snapshot  # noqa: E402
 from tests.faultproxy import faultproxy  # noqa: E402,F401  (a fault proxy before SeaweedFS)
-from tests.seaweed import seaweedfs  # noqa: E402,F401  (session fixture)
+from tests.seaweed import s3_env, seaweedfs  # noqa: E402,F401  (session fixture; boto3 pointed at it)
 from tests.prefect_server import prefect_server  # noqa: E402,F401  (session fixture)
 
 

@@ -46,10 +46,10 @@ import socket
 import sys
 import threading
 import time
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from tests.faultproxy import shut_down
+from tests.procs import Started
 
 _HOST = "127.0.0.1"
 #: Largest piece moved at once toward the client; the pacing step (at 5 MB/s, ~80 steps a second).
@@ -63,7 +63,7 @@ _METHODS = (b"GET /", b"HEAD /", b"PUT /", b"POST /", b"DELETE /", b"OPTIONS /")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1)
 
 
-class FarProxy:
+class FarProxy(Started):
     """A rate-capping, request-delaying TCP proxy in front of ``upstream_url`` (``http://host:port``)."""
 
     def __init__(self, upstream_url: str, *, rate: float, delay: float = 0.0, port: int = 0) -> None:
@@ -130,13 +130,6 @@ class FarProxy:
         shut_down(sockets)
         for thread in list(self._threads):
             thread.join(timeout=5)
-
-    def __enter__(self) -> "FarProxy":
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def _spawn(self, target, name: str, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

@@ -38,7 +38,8 @@ Faults (:class:`Fault`) come from three kinds of rules, checked in this order:
 ``Seen(method, path, fault)`` (``path`` is the raw request target, query
 included; ``fault`` is ``None`` when the request was forwarded untouched).
 
-Only the standard library is used by the proxy itself; ``client()`` imports boto3.
+Only the standard library is used by the proxy itself; ``client()`` imports boto3 (through
+``tests.seaweed.s3_client``).
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import pytest
+
+from tests.procs import Started
 
 __all__ = ["DEFAULT_RANDOM_KINDS", "Fault", "FaultProxy", "Seen", "faultproxy"]
 
@@ -449,7 +451,7 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
     return "".join(lines).encode("latin-1")
 
 
-class FaultProxy:
+class FaultProxy(Started):
     """A reverse proxy on ``127.0.0.1`` in front of ``upstream_url`` that fails on request.
 
     ``stall_seconds``: how long a ``STALL`` sends nothing (keep it above the client's
@@ -532,17 +534,6 @@ class FaultProxy:
             handlers = list(self._handlers)
         for thread in handlers:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
@@ -651,19 +642,9 @@ class FaultProxy:
         ``region``), such as ``tests.seaweed.SeaweedS3``; ``config`` extends botocore's
         ``Config`` (path-style addressing by default).
         """
-        import boto3
-        from botocore.config import Config
+        from tests.seaweed import s3_client
 
-        options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
-        options.update(config)
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.url,
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-            region_name=getattr(server, "region", "us-east-1"),
-            config=Config(**options),
-        )
+        return s3_client(self.url, server, **config)
 
     def env(self, server: Any) -> dict[str, str]:
         """``server.env()`` with ``AWS_ENDPOINT_URL`` pointing at the proxy."""

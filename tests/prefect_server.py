@@ -12,7 +12,8 @@ per session on a free loopback port, with its own ``PREFECT_HOME``::
             with prefect_server.client() as client:
                 client.read_deployment_by_name("restore-snapshot/on-demand")
 
-Every process is stopped by its PID when its fixture or block ends.
+The server runs in a process group of its own, stopped as a whole when the session ends;
+``memrestore serve`` is stopped by its PID when its block ends (tests/procs.py does both).
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -33,20 +31,12 @@ from typing import Iterator
 
 import pytest
 
+from tests.procs import VENV_BIN, free_port, start, start_memrestore, stop, tail, wait_until
+
 #: Cold start is 12-15 s here with a fresh database; a loaded CI machine gets room.
 SERVER_STARTUP_SECONDS = 120
 #: From `memrestore serve` starting to its runner's first poll of the API.
 SERVE_READY_SECONDS = 120
-STOP_SECONDS = 30
-POLL_SECONDS = 0.25
-
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(api_url: str) -> bool:
@@ -55,37 +45,6 @@ def healthy(api_url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = STOP_SECONDS) -> int:
-    """Signal one process we started, by its PID; kill it if it outlives ``timeout``."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def wait_until(condition, timeout: float, what: str, poll: float = POLL_SECONDS):
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(poll)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass(frozen=True)
@@ -131,18 +90,16 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
         "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
     })
     log = home / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )
+    proc = start([VENV_BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], log, env=env)
     server = PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
     try:
-        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
-        while not healthy(server.api_url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prefect server start did not become healthy on {server.api_url}:\n{tail(log)}")
-            time.sleep(POLL_SECONDS)
+        def up() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server start exited with {proc.returncode}:\n{tail(log)}")
+            return healthy(server.api_url)
+
+        wait_until(up, SERVER_STARTUP_SECONDS,
+                   lambda: f"prefect server start to be healthy on {server.api_url}:\n{tail(log)}")
         yield server
     finally:
         stop(proc)
@@ -164,13 +121,8 @@ def serving(server: PrefectServer, *args: str, log: Path, expect: tuple[str, ...
     """``memrestore serve *args`` against ``server``, yielded once its runner has polled the API for
     every deployment in ``expect``; stopped with ``stop_signal`` by its PID at the end."""
     started = datetime.datetime.now(datetime.timezone.utc)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "memrestore.flows.cli", "serve", *args],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            # A runner polls every 10 s by default; every second keeps the tests short.
-            env=server.env(PREFECT_RUNNER_POLL_FREQUENCY="1"),
-        )
+    # A runner polls every 10 s by default; every second keeps the tests short.
+    proc = start_memrestore(["serve", *args], log, env=server.env(PREFECT_RUNNER_POLL_FREQUENCY="1"), group=False)
     try:
         with server.client() as client:
             def ready() -> bool:

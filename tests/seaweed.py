@@ -20,28 +20,32 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-__all__ = ["SeaweedError", "SeaweedS3", "find_weed", "seaweedfs"]
+from tests.procs import Started, environment, free_ports, start, stop, wait_until
+
+__all__ = [
+    "SeaweedError", "SeaweedS3", "find_weed", "point_boto3", "s3_client", "s3_env", "s3_environment", "seaweedfs",
+]
 
 DEFAULT_ACCESS_KEY = "memrestore"
 DEFAULT_SECRET_KEY = "memrestore-secret"
 REGION = "us-east-1"
 
 _HOST = "127.0.0.1"
+#: Settings that would send boto3's default chain somewhere else than the variables of ``env()``.
+_OTHER_AWS = ("AWS_PROFILE", "AWS_SESSION_TOKEN")
 _PROBE_BUCKET = "seaweed-readiness-probe"
 _PROBE_BODY = b"seaweedfs readiness probe\n"
 # Services whose HTTP and gRPC ports we pin; weed would otherwise default the
@@ -74,20 +78,6 @@ def find_weed() -> Path:
     )
 
 
-def _free_ports(count: int) -> list[int]:
-    """Pick ``count`` distinct free TCP ports on the loopback address."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((_HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGKILL when we die (Linux only).
 
@@ -109,7 +99,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-class SeaweedS3:
+class SeaweedS3(Started):
     """One ``weed server`` (master, volume, filer and S3 gateway) on loopback.
 
     Everything the server writes lives under ``base_dir``: ``data/`` for the
@@ -141,7 +131,6 @@ class SeaweedS3:
         self.ports: dict[str, int] = {}
         self.startup_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -178,28 +167,8 @@ class SeaweedS3:
         """
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process, timeout=self.stop_timeout)
             self._remove_grpc_sockets()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> SeaweedS3:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int | None:
@@ -219,7 +188,7 @@ class SeaweedS3:
         """Environment variables that point boto3's default chain at this server.
 
         Callers merging these into an existing environment should also drop
-        ``AWS_PROFILE`` and ``AWS_SESSION_TOKEN`` if set.
+        ``AWS_PROFILE`` and ``AWS_SESSION_TOKEN`` if set (``s3_environment``, ``point_boto3``).
         """
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
@@ -231,16 +200,7 @@ class SeaweedS3:
 
     def client(self, **config: Any) -> Any:
         """A boto3 S3 client for this server (path-style; ``config`` extends Config)."""
-        options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
-        options.update(config)
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(**options),
-        )
+        return s3_client(self.endpoint_url, self, **config)
 
     def create_bucket(self, name: str | None = None) -> str:
         """Create a bucket (named ``test-<random>`` by default) and return its name."""
@@ -278,18 +238,10 @@ class SeaweedS3:
 
     def _launch(self) -> None:
         names = [f"{s}{suffix}" for s in _SERVICES for suffix in ("", ".grpc")]
-        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
-        self._log = self.log_path.open("ab")
+        self.ports = dict(zip(names, free_ports(len(names), _HOST), strict=True))
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEED_")}
-        self._process = subprocess.Popen(
-            self._command(),
-            cwd=self.base_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(),
-        )
+        self._process = start(self._command(), self.log_path, env=env, cwd=self.base_dir, append=True,
+                              preexec_fn=_die_with_parent())
 
     def _port_clash(self, log_offset: int) -> bool:
         with self.log_path.open("rb") as log:
@@ -338,8 +290,9 @@ class SeaweedS3:
         client = self.client(
             connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}
         )
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        last_error: list[Exception] = []
+
+        def ready() -> bool:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise SeaweedError(
@@ -348,15 +301,14 @@ class SeaweedS3:
                 )
             try:
                 self._probe(client)
-                return
+                return True
             except (BotoCoreError, ClientError, SeaweedError) as exc:
-                last_error = exc
-            time.sleep(0.25)
-        raise SeaweedError(
-            f"SeaweedFS S3 at {self.endpoint_url} not ready after "
-            f"{self.startup_timeout:.0f}s (last error: {last_error!r}); "
-            f"log tail ({self.log_path}):\n{self.log_tail()}"
-        )
+                last_error[:] = [exc]
+                return False
+
+        wait_until(ready, max(0.0, deadline - time.monotonic()), lambda: (
+            f"SeaweedFS S3 at {self.endpoint_url} (last error: {(last_error or [None])[0]!r}); "
+            f"log tail ({self.log_path}):\n{self.log_tail()}"), error=SeaweedError)
 
     @staticmethod
     def _probe(client: Any) -> None:
@@ -398,3 +350,40 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         yield server
     finally:
         server.stop()
+
+
+def s3_client(endpoint_url: str, server: Any, **config: Any) -> Any:
+    """A boto3 S3 client on ``endpoint_url`` with ``server``'s identity (``access_key``,
+    ``secret_key``, ``region`` if it has one), path-style; ``config`` extends botocore's Config."""
+    options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
+    options.update(config)
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name=getattr(server, "region", REGION),
+        config=Config(**options),
+    )
+
+
+def s3_environment(env: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child pointed at an S3 server: ``base`` (this process's by default)
+    with ``env`` (``SeaweedS3.env()``, ``FaultProxy.env(server)``) and nothing else of AWS's."""
+    return environment(env, base=base, drop=_OTHER_AWS)
+
+
+def point_boto3(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
+    """Point boto3's default chain, in this process and the children it starts, at ``env``'s
+    server for the rest of the test."""
+    for key in _OTHER_AWS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
+    """boto3's default chain pointed at SeaweedFS, as an operator would with AWS_ENDPOINT_URL."""
+    point_boto3(monkeypatch, seaweedfs.env())
+    return seaweedfs

@@ -22,14 +22,6 @@ from memrestore.backends.sample import write_sample_snapshot
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def s3_env(seaweedfs, monkeypatch):
-    """boto3's default chain pointed at SeaweedFS, as an operator would with AWS_ENDPOINT_URL."""
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
-    return seaweedfs
-
-
 @pytest.fixture(params=["local", "s3", "s3-prefix"])
 def store(request, tmp_path):
     """A fresh, empty backend of each kind, opened from its URL as the CLI does."""

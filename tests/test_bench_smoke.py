@@ -8,10 +8,11 @@ BENCHMARKS.md.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.seaweed import s3_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,8 +21,7 @@ def test_quick_benchmark_runs_every_row_and_writes_its_table(tmp_path, prefect_a
     repo_report = REPO / "BENCHMARKS.md"
     before = repo_report.read_bytes() if repo_report.exists() else None
     output = tmp_path / "BENCHMARKS.md"
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")}
-    env.update(seaweedfs.env())
+    env = s3_environment(seaweedfs.env())
 
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--workdir", str(tmp_path / "work"),

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,16 +13,9 @@ from memrestore.backends import open_backend
 from memrestore.backends.sample import write_sample_snapshot
 from memrestore.tasks.layout import MARKER_NAME
 from tests.conftest import tree
+from tests.procs import memrestore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def memrestore(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "memrestore.flows.cli", *map(str, args)],
-        capture_output=True, text=True, env=full_env, timeout=300,
-    )
 
 
 def assert_one_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -49,17 +40,13 @@ def test_restore_json_from_a_local_folder(backend, snapshot, data_dir):
     assert not (data_dir / MARKER_NAME).exists()
 
 
-def test_restore_from_seaweedfs_through_the_cli(seaweedfs, tmp_path):
+def test_restore_from_seaweedfs_through_the_cli(s3_env, tmp_path):
+    seaweedfs = s3_env  # here and in the CLI it runs
     bucket = seaweedfs.create_bucket(f"cli-{uuid.uuid4().hex[:10]}")
+    store = open_backend(f"s3://{bucket}/prod")
+    write_sample_snapshot(store, tenant_id=4, snapshot_id="s3-old", created_at_unix_micros=1, hnsw_bytes=4 * 2**20)
+    write_sample_snapshot(store, tenant_id=4, snapshot_id="s3-new", created_at_unix_micros=2, hnsw_bytes=20 * 2**20)
     env = seaweedfs.env()
-    os.environ.update(env)
-    try:
-        store = open_backend(f"s3://{bucket}/prod")
-        write_sample_snapshot(store, tenant_id=4, snapshot_id="s3-old", created_at_unix_micros=1, hnsw_bytes=4 * 2**20)
-        write_sample_snapshot(store, tenant_id=4, snapshot_id="s3-new", created_at_unix_micros=2, hnsw_bytes=20 * 2**20)
-    finally:
-        for key in env:
-            os.environ.pop(key)
     data_dir = tmp_path / "data"
     proc = memrestore("restore", "--backend", f"s3://{bucket}/prod", "--tenant", 4, "--snapshot", "latest",
                       "--data-dir", data_dir, "--mode", "new_cluster", "--embedding-model", "e5-base", "--json",

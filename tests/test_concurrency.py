@@ -21,7 +21,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ from memrestore.tasks.failpoints import ENV as CRASH_ENV
 from memrestore.tasks.layout import MARKER_NAME, lock_data_dir, read_marker
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
+from tests.procs import MEMRESTORE
 from tests.restorekit import (
     LAYOUTS,
     SNAPSHOT,
@@ -225,7 +225,7 @@ def test_two_cli_restores_started_together(prefect_api, snap, race_log, tmp_path
     for n, layout in enumerate([LAYOUTS[0], LAYOUTS[5]][:CLI_ROUNDS]):
         data_dir = tmp_path / f"cli{n}" / "data"
         layout.seed(data_dir)
-        args = [sys.executable, "-m", "memrestore.flows.cli", "restore", "--backend", snap.backend.url, "--tenant",
+        args = [*MEMRESTORE, "restore", "--backend", snap.backend.url, "--tenant",
                 str(TENANT), "--snapshot", SNAPSHOT, "--data-dir", str(data_dir), "--mode", layout.mode.value,
                 "--embedding-model", "minilm"]
         procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]

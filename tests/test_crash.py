@@ -22,8 +22,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +37,7 @@ from memrestore.tasks.failpoints import ENV as CRASH_ENV
 from memrestore.tasks.layout import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
+from tests.procs import memrestore
 from tests.restorekit import (
     LAYOUTS,
     OTHERS,
@@ -313,11 +312,6 @@ CLI_KILLS = [
     (3, "phase-cleanup:1"),
     (4, "cleanup-trashed:1"),
 ]
-
-
-def memrestore(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
 def cli_restore(snap: Snapshot, layout: Layout, data_dir: Path, *extra: str, env=None):

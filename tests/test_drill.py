@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +34,8 @@ from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retrying
 from tests.conftest import tree
 from tests.faultproxy import Fault
+from tests.procs import memrestore
+from tests.seaweed import point_boto3, s3_environment
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR_MICROS = 3600 * 10**6
@@ -459,12 +459,10 @@ def drill_through_proxy(seaweedfs, faultproxy, monkeypatch) -> tuple[str, Snapsh
     """A bucket with tenant 1's one snapshot (written directly), and boto3's chain pointed at the
     fault proxy: the backend URL and the manifest."""
     bucket = seaweedfs.create_bucket(f"drill-faults-{uuid.uuid4().hex[:10]}")
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, seaweedfs.env())
     manifest = write_sample_snapshot(open_backend(f"s3://{bucket}"), tenant_id=1, snapshot_id="only",
                                      models=(("minilm", 8),), created_at_unix_micros=int(time.time() * 10**6))
-    for key, value in faultproxy.env(seaweedfs).items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, faultproxy.env(seaweedfs))
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)  # the project's own retry config applies
     return f"s3://{bucket}", manifest
 
@@ -523,13 +521,9 @@ def test_a_permanent_error_in_a_drills_restore_fails_the_tenant_on_the_first_try
 # -- the command line, as a subprocess --------------------------------------------------------------
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, **(env or {})}
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        if env:
-            environment.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", "drill", *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT)
+def _cli(*args: str, s3: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``memrestore drill *args``; with ``s3`` (a server's env()), pointed at that S3 server."""
+    return memrestore("drill", *args, base=s3_environment(s3) if s3 else None, cwd=REPO, timeout=CLI_TIMEOUT)
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -593,7 +587,7 @@ def test_cli_drill_over_seaweedfs(seaweedfs, tmp_path):
     s3.put_object(key, bytes(body))
 
     scratch = tmp_path / "scratch"
-    done = _cli("--backend", f"s3://{bucket}/nightly", "--scratch-dir", str(scratch), "--json", env=seaweedfs.env())
+    done = _cli("--backend", f"s3://{bucket}/nightly", "--scratch-dir", str(scratch), "--json", s3=seaweedfs.env())
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     t = _by_tenant(report)

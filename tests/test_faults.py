@@ -21,7 +21,8 @@ from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
 from tests.conftest import tree
 from tests.faultproxy import Fault
-from tests.prefect_server import wait_until
+from tests.procs import wait_until
+from tests.seaweed import point_boto3
 
 MiB = 2**20
 #: Requests botocore sends for one call before giving up (max_attempts counts the retries).
@@ -32,15 +33,13 @@ BOTO_REQUESTS = CLIENT_CONFIG.retries["max_attempts"] + 1
 def through_proxy(seaweedfs, faultproxy, monkeypatch):
     """A bucket with two snapshots of tenant 1, and boto3's chain pointed at the proxy."""
     bucket = seaweedfs.create_bucket(f"faults-{uuid.uuid4().hex[:10]}")
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, seaweedfs.env())
     direct = open_backend(f"s3://{bucket}")
     small = write_sample_snapshot(direct, tenant_id=1, snapshot_id="small", created_at_unix_micros=1,
                                   hnsw_bytes=256 * 1024)
     large = write_sample_snapshot(direct, tenant_id=1, snapshot_id="large", created_at_unix_micros=2,
                                   hnsw_bytes=24 * MiB)  # ranged, parallel GETs
-    for key, value in faultproxy.env(seaweedfs).items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, faultproxy.env(seaweedfs))
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)  # the project's own retry config applies
     return bucket, small, large
 

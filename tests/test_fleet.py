@@ -3,7 +3,7 @@ own process, name and PREFECT_HOME), the ``drill-tenant/fleet`` deployment deplo
 prefect.yaml, and drills that fan out to it; then one worker killed with SIGKILL, with its
 flow-run processes, in the middle of a drill.
 
-Every process started here is stopped by its PID when its fixture ends.
+Every process started here (tests/procs.py) is stopped by its PID when its fixture ends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,22 +20,15 @@ from typing import Iterator
 from uuid import UUID
 
 import pytest
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
-    DeploymentFilterName,
-    FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
-    TaskRunFilter,
-    TaskRunFilterFlowRunId,
-)
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, DeploymentFilterName
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from memrestore.flows.fleet import FLEET_DEPLOYMENT, lost_run_automation, worker_of
-from tests.prefect_server import VENV_BIN, PrefectServer, stop, tail, wait_until
+from tests.prefect_server import PrefectServer
+from tests.procs import VENV_BIN, start, start_memrestore, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR_MICROS = 3600 * 10**6
@@ -161,12 +153,8 @@ def _start_worker(server: PrefectServer, pool: str, name: str, limit: int, home:
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
         **env,
     )
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
-             "--name", name, "--limit", str(limit)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )
+    proc = start([VENV_BIN / "prefect", "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+                  "--limit", limit], log, cwd=REPO, env=env, group=False)  # signalled by PID, its runs one by one
     return Worker(name=name, proc=proc, log=log)
 
 
@@ -256,11 +244,10 @@ def _drill(fleet: Fleet, backend: LocalBackend, scratch: Path, log_dir: Path, *a
     """``memrestore drill --via-deployment drill-tenant/fleet --json`` against the fleet's server,
     in a process of its own (a drill run in this process would leave Prefect's event client of
     the whole test session pointed at this server). Its JSON goes to ``log_dir/drill.json``."""
-    with open(log_dir / "drill.json", "wb") as stdout, open(log_dir / "drill.log", "wb") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "memrestore.flows.cli", "drill", "--backend", backend.url, "--scratch-dir", str(scratch),
-             "--via-deployment", FLEET_DEPLOYMENT, "--child-timeout", str(CHILD_TIMEOUT_SECONDS), "--json", *args],
-            cwd=REPO, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=fleet.server.env())
+    return start_memrestore(
+        ["drill", "--backend", backend.url, "--scratch-dir", scratch, "--via-deployment", FLEET_DEPLOYMENT,
+         "--child-timeout", CHILD_TIMEOUT_SECONDS, "--json", *args],
+        log_dir / "drill.json", errors=log_dir / "drill.log", cwd=REPO, env=fleet.server.env(), group=False)
 
 
 def test_a_fleet_drill_runs_on_both_workers_and_reports_every_tenant(fleet: Fleet, tmp_path):
@@ -358,15 +345,6 @@ def _kill_mid_run(client, fleet: Fleet, backend: LocalBackend, drill: subprocess
         assert running[0].id in held
         return held
     pytest.fail(f"worker {VICTIM} never ran a child of the drill long enough to be killed mid-run")
-
-
-def _wait_until_or_none(condition, timeout: float, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(poll)
-    return None
 
 
 def test_a_worker_killed_mid_drill_leaves_no_tenant_missing(fleet: Fleet, tmp_path):

@@ -14,7 +14,7 @@ from memrestore.flows.restore import restore_snapshot, verify_snapshot
 from memrestore.tasks.errors import ChecksumMismatchError
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
-from tests.prefect_server import wait_until
+from tests.procs import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

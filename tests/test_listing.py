@@ -25,17 +25,11 @@ from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.manifest_cache import CACHE_FILE, default_cache_dir
 from memrestore.backends.s3 import S3Backend
 from memrestore.tasks.fetch import fetch_manifest
+from tests.manifests import manifest_object
 
 REPO = Path(__file__).resolve().parent.parent
 #: Files changed less than this before a listing get no version; the tests wait it out.
 TEST_RACY_WINDOW = 0.05
-
-
-@pytest.fixture
-def s3_env(seaweedfs, monkeypatch):
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
-    return seaweedfs
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -74,13 +68,9 @@ class Counting:
 
 
 def manifest(sid: str, tenant: int, created: int, label: str | None = None) -> SnapshotManifest:
-    return SnapshotManifest.model_validate({
-        "manifest_version": 1, "tenant_id": tenant, "snapshot_id": sid, "created_at_unix_micros": created,
-        "wire_version": {"major": 1, "minor": 0}, "table_schema_versions": {"memory_commit_log": 1},
-        "oplog_watermark": 100, "oplog_floor": 1, "forget_floor": None,
-        "sqlite_checkpoint_key": f"{sid}/sqlite.db", "sqlite_checkpoint_checksum": None,
-        "hnsw_snapshots": [], "encryption": None, "label": label,
-    })
+    return manifest_object(tenant_id=tenant, snapshot_id=sid, created_at_unix_micros=created, forget_floor=None,
+                           sqlite_checkpoint_key=f"{sid}/sqlite.db", sqlite_checkpoint_checksum=None,
+                           hnsw_snapshots=[], encryption=None, label=label)
 
 
 def settle(store) -> None:

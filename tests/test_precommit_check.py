@@ -6,7 +6,6 @@ with the data dir exactly as it was; ``--check none`` restores it anyway."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import blake3
@@ -22,6 +21,7 @@ from memrestore.tasks.layout import MARKER_NAME
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
 from tests.conftest import tree
+from tests.procs import memrestore
 
 TENANT = 4
 PAGE = 4096
@@ -133,15 +133,14 @@ def test_the_command_line_refuses_it_in_every_mode_and_check_none_restores_it(tm
     sid = damaged_snapshot(backend, tmp_path, "torn page")
     data_dir = data_dir_for(mode, tmp_path)
     before = tree(data_dir)
-    args = [sys.executable, "-m", "memrestore.flows.cli", "restore", "--backend", backend.url, "--tenant",
-            str(TENANT), "--snapshot", sid, "--data-dir", str(data_dir), "--mode", mode.value,
-            "--embedding-model", "minilm"]
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    args = ["restore", "--backend", backend.url, "--tenant", TENANT, "--snapshot", sid, "--data-dir", data_dir,
+            "--mode", mode.value, "--embedding-model", "minilm"]
+    refused = memrestore(*args)
     assert refused.returncode == 1, refused.stderr
     assert "quick_check of the staged checkpoint" in refused.stderr and "Traceback" not in refused.stderr
     assert tree(data_dir) == before
 
-    restored = subprocess.run([*args, "--check", "none", "--json"], capture_output=True, text=True, timeout=300)
+    restored = memrestore(*args, "--check", "none", "--json")
     assert restored.returncode == 0, restored.stderr
     assert (data_dir / f"tenant_{TENANT}" / "data.sqlite").read_bytes() == (tmp_path / f"{sid}.sqlite").read_bytes()
     assert '"check": "none"' in restored.stdout

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -35,7 +34,7 @@ from memrestore.flows import localserver
 from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
 from memrestore.tasks.layout import MARKER_NAME, read_marker
 from tests.conftest import tree
-from tests.prefect_server import tail, wait_until
+from tests.procs import memrestore as run_memrestore, start_memrestore, tail, wait_until
 
 #: Generous: a loaded CI machine starts a Prefect server with a fresh database in 12-40 s.
 COMMAND_SECONDS = 180
@@ -64,15 +63,13 @@ def _restore_args(backend_url: str, data_dir: Path, mode: str = "wipe_and_restor
 
 
 def memrestore(args: list[str], env: dict[str, str], timeout: float = COMMAND_SECONDS) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    """A command run to its end with exactly the environment ``env``."""
+    return run_memrestore(*args, base=env, timeout=timeout)
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """A command in a session of its own (its session id is its pid), output to ``log``."""
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "memrestore.flows.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return start_memrestore(args, log, env=env)
 
 
 def _session_of(pid: int) -> int | None:

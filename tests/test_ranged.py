@@ -30,6 +30,7 @@ from tests.conftest import tree
 from tests.farproxy import FarProxy
 from tests.faultproxy import Fault
 from tests.restorekit import ours
+from tests.seaweed import point_boto3
 from tests.test_disk_full import fill, volume  # noqa: F401  (a small tmpfs, and filling it)
 
 KiB = 1024
@@ -48,8 +49,7 @@ def small_parts(monkeypatch):
 @pytest.fixture
 def snapshot(seaweedfs, monkeypatch):
     """A bucket holding tenant 1's snapshot with blobs of BLOB bytes; boto3's chain pointed at it."""
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, seaweedfs.env())
     bucket = seaweedfs.create_bucket(f"ranged-{uuid.uuid4().hex[:10]}")
     manifest = write_sample_snapshot(open_backend(f"s3://{bucket}"), tenant_id=1, snapshot_id="big",
                                      models=(("minilm", 384),), sqlite_bytes=BLOB, hnsw_bytes=BLOB)
@@ -104,8 +104,7 @@ def test_blobs_of_like_size_share_the_streams_one_each_and_nothing_is_read_back(
     (which parts written ahead of the hash cost). Every blob is still exact and verified."""
     from memrestore.tasks.transfer import Transfer
 
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, seaweedfs.env())
     bucket = seaweedfs.create_bucket(f"ranged-{uuid.uuid4().hex[:10]}")
     models = (("minilm", 384), ("e5-base", 768), ("bge-large", 1024))
     backend = open_backend(f"s3://{bucket}")
@@ -134,8 +133,7 @@ def test_blobs_of_like_size_share_the_streams_one_each_and_nothing_is_read_back(
 def test_broken_parts_resume_where_they_stopped(seaweedfs, faultproxy, snapshot, small_parts,
                                                 monkeypatch, tmp_path):
     bucket, manifest = snapshot
-    for key, value in faultproxy.env(seaweedfs).items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, faultproxy.env(seaweedfs))
     key = manifest.hnsw_snapshots[0].content_key
     faultproxy.fail_next(3, Fault.TRUNCATE, match=key, methods=("GET",))
     backend = open_backend(f"s3://{bucket}")
@@ -148,8 +146,7 @@ def test_broken_parts_resume_where_they_stopped(seaweedfs, faultproxy, snapshot,
 def test_a_part_that_keeps_breaking_is_a_transient_failure_and_nothing_is_left(
         seaweedfs, faultproxy, snapshot, small_parts, monkeypatch, tmp_path):
     bucket, manifest = snapshot
-    for key, value in faultproxy.env(seaweedfs).items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, faultproxy.env(seaweedfs))
     key = manifest.sqlite_checkpoint_key
     faultproxy.always(Fault.TRUNCATE, match=key, methods=("GET",))
     data_dir = tmp_path / "data"
@@ -283,8 +280,7 @@ def test_a_body_damaged_in_transit_is_caught(seaweedfs, faultproxy, monkeypatch,
     and the next restore is exact."""
     from memrestore.tasks.errors import ChecksumMismatchError
 
-    for key, value in faultproxy.env(seaweedfs).items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, faultproxy.env(seaweedfs))
     bucket = seaweedfs.create_bucket(f"damaged-{uuid.uuid4().hex[:10]}")
     backend = open_backend(f"s3://{bucket}")
     manifest = write_sample_snapshot(backend, tenant_id=1, snapshot_id="snap", models=(("minilm", 384),),

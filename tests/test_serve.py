@@ -27,15 +27,8 @@ from prefect.client.schemas.objects import StateType
 from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
-from tests.prefect_server import (
-    PrefectServer,
-    free_port,
-    healthy,
-    serving,
-    stop,
-    tail,
-    wait_until,
-)
+from tests.prefect_server import PrefectServer, healthy, serving
+from tests.procs import free_port, memrestore, start_memrestore, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 ON_DEMAND = "restore-snapshot/on-demand"
@@ -110,9 +103,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port), PREFECT_RUNNER_POLL_FREQUENCY="1")
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "memrestore.flows.cli", "serve", "--backend", backend.url],
-                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    serve = start_memrestore(["serve", "--backend", backend.url], log, env=env, group=False)
     try:
         def ready():
             if serve.poll() is not None:
@@ -131,8 +122,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
     finally:
         code = stop(serve, signal.SIGINT)
         # The shared server stays for the next command (flows/localserver.py), until idle or stopped.
-        stopped = subprocess.run([sys.executable, "-m", "memrestore.flows.cli", "server", "stop"], env=env,
-                                 capture_output=True, text=True, timeout=60)
+        stopped = memrestore("server", "stop", base=env, timeout=60)
     assert code == 0, tail(log)
     assert f"started the local Prefect server at {local.url}" in log.read_text()
     assert stopped.returncode == 0 and "stopped the local Prefect server" in stopped.stdout, stopped.stderr
@@ -142,8 +132,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
 
 def test_serve_refuses_a_bad_cron_and_an_unreachable_api():
     def serve(*args: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "memrestore.flows.cli", "serve", *args], capture_output=True,
-                              text=True, timeout=300, env={**os.environ, **env})
+        return memrestore("serve", *args, env=env)
 
     proc = serve("--drill-cron", "61 3 * * *")
     assert proc.returncode == 2 and "Invalid cron string" in proc.stderr

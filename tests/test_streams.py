@@ -26,6 +26,8 @@ from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
 from tests.conftest import tree
 from tests.farproxy import FarProxy
+from tests.procs import memrestore
+from tests.seaweed import point_boto3
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -146,8 +148,7 @@ def _plan(backend, snapshot_id: str, model: str):
 def lopsided(seaweedfs, monkeypatch):
     """The issue's shape, scaled down: one large HNSW blob beside a small one and a small
     checkpoint, in a bucket of its own; boto3's chain pointed at SeaweedFS. Returns the bucket."""
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
+    point_boto3(monkeypatch, seaweedfs.env())
     bucket = seaweedfs.create_bucket(f"streams-{uuid.uuid4().hex[:10]}")
     backend = open_backend(f"s3://{bucket}")
     write_sample_snapshot(backend, tenant_id=1, snapshot_id="lop", models=(("big", 8),),
@@ -312,15 +313,11 @@ def test_a_restore_shows_live_progress_in_a_prefect_artifact(tmp_path):
 ])
 @pytest.mark.parametrize("command", ["restore", "drill"])
 def test_the_cli_refuses_bad_streams_and_rates_as_usage_errors(tmp_path, command, args, needle):
-    import subprocess
-    import sys
-
     common = ["--backend", str(tmp_path)]
     if command == "restore":
         common += ["--tenant", "1", "--snapshot", "latest", "--data-dir", str(tmp_path / "data"),
                    "--mode", "new_cluster"]
-    proc = subprocess.run([sys.executable, "-m", "memrestore.flows.cli", command, *common, *args],
-                          capture_output=True, text=True, timeout=120)
+    proc = memrestore(command, *common, *args, timeout=120)
     assert proc.returncode == 2, proc.stderr
     import re
 
