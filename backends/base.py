@@ -18,7 +18,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from memrestore.backends.errors import InvalidManifestError
 from memrestore.backends.manifest import SnapshotManifest, check_snapshot_id, parse_manifest
-from memrestore.backends.streams import RateLimit
+from memrestore.backends.streams import RateLimit, StreamPool
 
 MANIFEST_NAME = "manifest.json"
 
@@ -50,9 +50,12 @@ class PositionalSink(Protocol):
     def write_at(self, offset: int, data: bytes, /) -> None: ...
 
 
+@runtime_checkable
 class FileSink(Protocol):
-    """A sink that is a file, which a backend holding the object as a local file may have the
-    kernel fill (``copy_file_range``), the bytes never passing through Python."""
+    """An optional ability of a :class:`Sink`: it is a file, which a backend holding the object as
+    a local file may have the kernel fill (``copy_file_range``), the bytes never passing through
+    Python. :class:`LocalBackend` looks for it with ``isinstance(sink, FileSink)``; the staged
+    file of ``tasks/stage.py`` has it."""
 
     def copy_from(self, src_fd: int, offset: int, count: int, /) -> int:
         """Copy up to ``count`` bytes of ``src_fd`` from ``offset`` to the same offset of the sink
@@ -96,14 +99,36 @@ class Backend(Protocol):
 
         ``on_bytes`` is called with the size of each piece as it arrives; every read is first
         reserved from ``limit`` (a rate limit shared with other downloads), when one is given.
-        A backend that can fetch parts of one object at once also has ``download_at(key, sink:
-        PositionalSink, on_bytes, pool: StreamPool) -> int`` (S3): the parts run on the pool's
-        streams, under its rate limit; the staging step uses it when it is there.
+        A backend that can fetch parts of one object at once is also a :class:`RangedBackend`
+        (S3); the staging step uses that when it is there.
         """
         ...
 
     def put_object(self, key: str, source: bytes | Path) -> None:
         """Store ``source`` (bytes, or a file's contents) at ``key``. Used to write snapshots."""
+        ...
+
+
+@runtime_checkable
+class RangedBackend(Protocol):
+    """An optional ability of a :class:`Backend`: fetching parts of one object at once (S3). The
+    staging step looks for it with ``isinstance(backend, RangedBackend)`` and then downloads with
+    :meth:`download_at` instead of :meth:`Backend.download`.
+
+    A wrapper that forwards to such a backend through ``__getattr__`` has the ability only if it
+    defines ``download_at`` itself: from Python 3.12 on, ``isinstance`` looks the method up
+    without calling ``__getattr__``."""
+
+    def download_at(self, key: str, sink: PositionalSink, on_bytes: ProgressFn | None = None,
+                    pool: StreamPool | None = None, *, content_checked: bool = False) -> int:
+        """Fetch the object at ``key`` as parts, each a ranged read run on ``pool``'s streams
+        under its rate limit (without a pool, on streams of its own), each part's bytes written
+        in order at their offset with ``sink.write_at``; return the object's size. ``on_bytes``
+        as for :meth:`Backend.download`.
+
+        ``content_checked`` says the caller checks the bytes against a digest of its own (the
+        manifest's blake3): the backend may then skip a transport checksum of its own and the
+        copies that computing it costs."""
         ...
 
 

@@ -1,8 +1,8 @@
 """Listing a backend's snapshots, and picking each tenant's latest, at the scale of a fleet.
 
 A backend of 10,000 tenants x 30 snapshots holds 300,000 manifests. Picking a tenant's latest
-needs two fields inside each of them (``tenant_id``, ``created_at_unix_micros``), so a listing
-used to read them all, every time. Now:
+needs two fields inside each of them (``tenant_id``, ``created_at_unix_micros``); reading them
+all for every listing would cost 300,000 GETs. So:
 
 1. One listing of the backend names every finished snapshot with its manifest's version
    (:meth:`Backend.list_manifests`: ETags from S3's own listing pages, a ``stat`` of each file on

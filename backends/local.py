@@ -65,7 +65,9 @@ class LocalBackend:
             raise InvalidKeyError(key, "it resolves outside the backend folder through a symlink")
         return path
 
-    def _fail(self, exc: OSError, key: str) -> Exception:
+    def _as_backend_error(self, exc: OSError, key: str) -> Exception:
+        """The backend error (of the protocol's error contract) that ``exc``, met reading ``key``,
+        stands for: returned, for the caller to raise ``from exc``."""
         where = f"{self.root / key}"
         if exc.errno in _NOT_FOUND:
             return ObjectNotFoundError(
@@ -96,7 +98,7 @@ class LocalBackend:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
-            raise self._fail(exc, key) from exc
+            raise self._as_backend_error(exc, key) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -126,7 +128,7 @@ class LocalBackend:
                     data += f.read(MAX_MANIFEST_BYTES + 1 - len(data))
                 return data
             except OSError as exc:
-                raise self._fail(exc, key) from exc
+                raise self._as_backend_error(exc, key) from exc
 
     def list_snapshot_ids(self) -> list[str]:
         return [ref.snapshot_id for ref in self.list_manifests()]
@@ -141,7 +143,7 @@ class LocalBackend:
                 raise ObjectNotFoundError(
                     f"backend folder {self.root} does not exist; check the --backend path"
                 ) from exc
-            raise self._fail(exc, ".") from exc
+            raise self._as_backend_error(exc, ".") from exc
         refs = []
         for entry in entries:
             try:
@@ -175,7 +177,7 @@ class LocalBackend:
         fd, _ = self._open_regular(key)
         total = 0
         with open(fd, "rb", buffering=0, closefd=True) as f:
-            if hasattr(sink, "copy_from") and hasattr(os, "copy_file_range"):
+            if isinstance(sink, FileSink) and hasattr(os, "copy_file_range"):
                 total, done = self._copy_in_kernel(fd, sink, on_bytes, limit)
                 if done:
                     return total
@@ -184,7 +186,7 @@ class LocalBackend:
                 try:
                     chunk = metered(limit, READ_CHUNK, lambda: f.read(READ_CHUNK), len)
                 except OSError as exc:
-                    raise self._fail(exc, key) from exc
+                    raise self._as_backend_error(exc, key) from exc
                 if not chunk:
                     return total
                 sink.write(chunk)  # a sink's own OSError (disk full) is not ours to map

@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memrestore.backends.errors import InvalidKeyError, InvalidManifestError, InvalidSnapshotIdError, shown
 
@@ -66,6 +66,19 @@ def check_content_key(key: str) -> str:
     return key
 
 
+def _key_for_pydantic(v: str) -> str:
+    """:func:`check_content_key` as a pydantic validator: its refusal as the ValueError that
+    pydantic reports with the field's place in the manifest."""
+    try:
+        return check_content_key(v)
+    except InvalidKeyError as exc:
+        raise ValueError(f"content key {shown(v)} is not a safe relative path ({exc.reason})") from exc
+
+
+#: A manifest field naming a content object: a string that :func:`check_content_key` accepts.
+ContentKey = Annotated[str, AfterValidator(_key_for_pydantic)]
+
+
 class DistanceMetric(str, enum.Enum):
     """How an HNSW index measures distance; serde's PascalCase spellings are accepted too."""
 
@@ -116,14 +129,9 @@ class HnswSnapshotEntry(_Model):
     vector_dim: U32
     distance_metric: DistanceMetric
     source_log_watermark: U64
-    content_key: str
+    content_key: ContentKey
     checksum: Checksum | None = None
     deleted_count_pending: U64
-
-    @field_validator("content_key")
-    @classmethod
-    def _content_key(cls, v: str) -> str:
-        return _key_for_pydantic(v)
 
     @field_validator("vector_dim")
     @classmethod
@@ -145,7 +153,7 @@ class SnapshotManifest(_Model):
     oplog_watermark: U64
     oplog_floor: U64
     forget_floor: U64 | None = None
-    sqlite_checkpoint_key: str
+    sqlite_checkpoint_key: ContentKey
     sqlite_checkpoint_checksum: Checksum | None = None
     hnsw_snapshots: list[HnswSnapshotEntry]
     encryption: EncryptionMetadata | None = None
@@ -158,11 +166,6 @@ class SnapshotManifest(_Model):
             return check_snapshot_id(v)
         except InvalidSnapshotIdError as exc:
             raise ValueError(f"snapshot id {shown(v)} is outside A-Z a-z 0-9 . _ - (1-128 chars)") from exc
-
-    @field_validator("sqlite_checkpoint_key")
-    @classmethod
-    def _sqlite_key(cls, v: str) -> str:
-        return _key_for_pydantic(v)
 
     @field_validator("manifest_version")
     @classmethod
@@ -204,13 +207,6 @@ class SnapshotManifest(_Model):
     def to_json(self) -> bytes:
         """The manifest as the service writes it (every field, ``null`` where unset)."""
         return self.model_dump_json(indent=2).encode()
-
-
-def _key_for_pydantic(v: str) -> str:
-    try:
-        return check_content_key(v)
-    except InvalidKeyError as exc:
-        raise ValueError(f"content key {shown(v)} is not a safe relative path ({exc.reason})") from exc
 
 
 class _DuplicateField(ValueError):
@@ -259,8 +255,3 @@ def _describe(exc: pydantic.ValidationError) -> str:
         problems.append(f"{loc}: {msg}")
     more = exc.error_count() - len(problems)
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
-
-
-def manifest_dict(manifest: SnapshotManifest) -> dict[str, Any]:
-    """The manifest as plain JSON-ready data."""
-    return json.loads(manifest.to_json())

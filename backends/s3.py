@@ -139,7 +139,8 @@ _TRANSIENT_CODES = {
 
 
 class S3Backend:
-    """Snapshots under ``s3://bucket/prefix/``."""
+    """Snapshots under ``s3://bucket/prefix/``. A :class:`~backends.base.RangedBackend`: a blob
+    of several parts is fetched as ranged GETs at once (:meth:`download_at`)."""
 
     #: ListObjectsV2 requests a listing keeps in flight (:meth:`list_manifests`; 1: one sequential
     #: pass), and what the last listing took (requests, splits of its key ranges).
@@ -158,7 +159,9 @@ class S3Backend:
         check_content_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _fail(self, exc: Exception, key: str) -> BackendError:
+    def _as_backend_error(self, exc: Exception, key: str) -> BackendError:
+        """The backend error (of the protocol's error contract) that ``exc``, a failed request for
+        ``key``, stands for: returned, for the caller to raise ``from exc``."""
         where = f"{self.url}/{key}"
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
@@ -217,7 +220,7 @@ class S3Backend:
                     )
                 data = response["Body"].read(MAX_MANIFEST_BYTES + 1)
             except _S3_ERRORS as exc:
-                failure = self._fail(exc, key)
+                failure = self._as_backend_error(exc, key)
                 if isinstance(failure, TransientBackendError) and attempt < MANIFEST_READ_ATTEMPTS:
                     continue
                 raise failure from exc
@@ -251,7 +254,7 @@ class S3Backend:
         try:
             objects, self.last_listing = list_key_ranges(page, root, self.list_ranges)
         except _S3_ERRORS as exc:
-            raise self._fail(exc, "") from exc
+            raise self._as_backend_error(exc, "") from exc
         refs = []
         for obj in objects:
             name, _, rest = obj["Key"][len(root):].partition("/")
@@ -268,7 +271,7 @@ class S3Backend:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except _S3_ERRORS as exc:
-            raise self._fail(exc, key) from exc
+            raise self._as_backend_error(exc, key) from exc
         return int(head["ContentLength"]), head.get("ETag")
 
     def object_size(self, key: str) -> int:
@@ -334,11 +337,11 @@ class S3Backend:
             try:
                 response = self.client.get_object(**request)
             except _S3_ERRORS as exc:
-                raise self._fail(exc, key) from exc
+                raise self._as_backend_error(exc, key) from exc
             body = response["Body"]
             if etag and response.get("ETag") not in (None, etag):  # for servers that ignore If-Match
                 body.close()
-                raise self._fail(botocore.exceptions.ClientError(
+                raise self._as_backend_error(botocore.exceptions.ClientError(
                     {"Error": {"Code": "PreconditionFailed", "Message": "ETag changed"}}, "GetObject"), key)
             if int(response.get("ContentLength", -1)) != end - offset:
                 body.close()
@@ -394,7 +397,7 @@ class S3Backend:
             else:
                 self.client.upload_file(str(source), self.bucket, self._key(key), Config=UPLOAD_TRANSFER)
         except _S3_ERRORS as exc:
-            raise self._fail(exc, key) from exc
+            raise self._as_backend_error(exc, key) from exc
 
 
 def _body_reader(body, content_checked: bool) -> Callable[[memoryview], int]:
@@ -404,10 +407,10 @@ def _body_reader(body, content_checked: bool) -> Callable[[memoryview], int]:
     into the stream's own buffer. botocore's ``read(n)`` goes through urllib3 and http.client,
     which allocate a zeroed buffer for every read, read into it and copy it out, and botocore
     computes the CRC32 the server sent for a whole object: 0.55 s of CPU per 2 GiB, for bytes
-    whose blake3 is checked against the manifest anyway. An S3 restore of 2 GiB took 1.98 s of
-    CPU through ``read`` and 1.61 s reading straight in, against rclone's 1.59 s (BENCHMARKS.md,
-    session 3). Bypassing urllib3 skips nothing else it would do for us: botocore asks it not to
-    decode, and the caller checks the length itself. Otherwise, or when the layers are not the
+    whose blake3 is checked against the manifest anyway. An S3 restore of 2 GiB takes 1.98 s of
+    CPU through ``read`` and 1.61 s reading straight in, against rclone's 1.59 s (measured in
+    BENCHMARKS.md). Bypassing urllib3 skips nothing else it would do for us: botocore asks it
+    not to decode, and the caller checks the length itself. Otherwise, or when the layers are not the
     ones known (another botocore, a test's stub), the body's own ``read``."""
     fp = getattr(getattr(body, "_raw_stream", None), "_fp", None)
     if content_checked and isinstance(fp, http.client.HTTPResponse):
