@@ -203,13 +203,9 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
         def expect(total: int) -> None:
             bar.update(job, total=total)
 
-        progress.subscribe(advance)
-        progress.subscribe_total(expect)
-        try:
+        # The flow runs in this process, in this context: what it reports reaches the bar.
+        with progress.watching(progress.Listener(on_bytes=advance, on_total=expect)):
             yield
-        finally:
-            progress.unsubscribe(advance)
-            progress.unsubscribe(expect)
 
 
 def _when(micros: int) -> str:

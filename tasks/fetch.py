@@ -65,12 +65,14 @@ def fetch_manifest_task(backend_url: str, tenant_id: int | None, snapshot: str =
     return fetch_manifest(open_backend(backend_url), tenant_id, snapshot)
 
 
-def measure_plan(backend: Backend, plan: RestorePlan) -> RestorePlan:
+def measure_plan(backend: Backend, plan: RestorePlan,
+                 listener: progress.Listener | None = None) -> RestorePlan:
     """The plan with each item's size from the backend: proves every object exists, before the
-    data dir is touched, and sizes the space check and the progress bar."""
+    data dir is touched, and sizes the space check and the progress bar. The total is told to
+    ``listener``; without one, to the listener watching (:func:`progress.watching`)."""
     items = [item.model_copy(update={"size": backend.object_size(item.content_key)}) for item in plan.items]
     measured = plan.model_copy(update={"items": items})
-    progress.expect(measured.total_bytes or 0)
+    (listener if listener is not None else progress.current()).expect(measured.total_bytes or 0)
     return measured
 
 

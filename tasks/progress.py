@@ -1,8 +1,19 @@
-"""Byte progress of a restore, for whoever is watching: the CLI's progress bar (listeners of this
-process) and the Prefect UI (progress artifacts of a run).
+"""Byte progress of a restore, for whoever is watching: a :class:`Listener` (the CLI's progress
+bar) and the Prefect UI (progress artifacts of a run, :func:`bytes_artifact`).
 
-Library code reports; it never draws. A listener is any callable taking a byte count; it is called
-from download threads, so it must be thread-safe (rich's Progress is).
+Library code reports; it never draws. A listener is handed to what reports: a
+:class:`~tasks.transfer.Transfer` (``Transfer(..., listener=...)``), :func:`tasks.fetch.measure_plan`,
+:func:`tasks.stage.hash_item`. A flow's parameters are JSON, so a caller that runs a flow in its
+own process (the CLI) cannot pass it one; it watches instead, for the span of the call::
+
+    with progress.watching(progress.Listener(on_bytes=bar_advance, on_total=bar_total)):
+        run(restore_snapshot(...))
+
+and what reports takes the listener watching (:func:`current`) when it is given none. The
+listener lives in a :class:`contextvars.ContextVar`, so it follows the run into the threads
+Prefect's task runner starts (they run in a copy of the caller's context) and into an event loop
+started from the block, while a restore run by another thread of the process, not started from
+the block, does not see it.
 """
 
 from __future__ import annotations
@@ -11,42 +22,51 @@ import contextvars
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
-Listener = Callable[[int], None]
 
-_listeners: list[Listener] = []
-_total_listeners: list[Listener] = []
-_lock = threading.Lock()
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Who is told of a restore's progress; either callable may be left out.
 
+    ``on_bytes(n)``: ``n`` more bytes received (negative when a retried item starts over), called
+    from download threads, so it must be thread-safe (rich's Progress is). ``on_total(n)``: the
+    restore will fetch ``n`` bytes in all, called once the objects are measured."""
 
-def subscribe_total(listener: Listener) -> None:
-    """``listener(total_bytes)`` is called once the restore knows how many bytes it will fetch."""
-    with _lock:
-        _total_listeners.append(listener)
+    on_bytes: Callable[[int], None] | None = None
+    on_total: Callable[[int], None] | None = None
 
+    def advance(self, nbytes: int) -> None:
+        if self.on_bytes is not None:
+            self.on_bytes(nbytes)
 
-def expect(total_bytes: int) -> None:
-    for listener in list(_total_listeners):
-        listener(total_bytes)
-
-
-def subscribe(listener: Listener) -> None:
-    with _lock:
-        _listeners.append(listener)
+    def expect(self, total_bytes: int) -> None:
+        if self.on_total is not None:
+            self.on_total(total_bytes)
 
 
-def unsubscribe(listener: Listener) -> None:
-    with _lock:
-        for group in (_listeners, _total_listeners):
-            if listener in group:
-                group.remove(listener)
+#: The listener of nobody watching: told everything, tells no one.
+NOBODY = Listener()
+
+_watching: contextvars.ContextVar[Listener] = contextvars.ContextVar("memrestore_progress",
+                                                                   default=NOBODY)
 
 
-def advance(nbytes: int) -> None:
-    """Report ``nbytes`` more bytes received (negative when a retried item starts over)."""
-    for listener in list(_listeners):
-        listener(nbytes)
+@contextmanager
+def watching(listener: Listener) -> Iterator[Listener]:
+    """Make ``listener`` the one told of the progress of every restore run inside the block (in
+    this context, and the threads and event loops it starts), where no listener is handed in."""
+    token = _watching.set(listener)
+    try:
+        yield listener
+    finally:
+        _watching.reset(token)
+
+
+def current() -> Listener:
+    """The listener watching here (:func:`watching`), :data:`NOBODY` outside any such block."""
+    return _watching.get()
 
 
 #: How often a restore's progress artifact is brought up to date while its blobs come down: often

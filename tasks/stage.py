@@ -15,6 +15,7 @@ import errno
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 import blake3
 from prefect import task
@@ -22,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from memrestore.backends import Backend, open_backend
+from memrestore.backends.base import RangedBackend
 from memrestore.tasks import interrupt, progress
 from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
 from memrestore.tasks.failpoints import crash_point
@@ -36,7 +38,7 @@ HASH_CHUNK = 1024 * 1024
 #: Largest single write to a staged file: a 1 MiB chunk goes in as eight writes. The kernel sizes
 #: the page-cache pages it allocates to the write (large folios), and large ones cost many times
 #: more to fill here: 2 GiB written by four threads took 2.9-4.7 s of system time in 1 MiB
-#: writes, 0.56-0.57 s in 128 KiB writes (BENCHMARKS.md, session 3). rclone and cp write in
+#: writes, 0.56-0.57 s in 128 KiB writes (measured in BENCHMARKS.md). rclone and cp write in
 #: small pieces too.
 WRITE_SLICE = 128 * 1024
 #: Every write to a staged file is followed by a hint to start writing those bytes to disk,
@@ -44,8 +46,8 @@ WRITE_SLICE = 128 * 1024
 #: before it writes anything, so a blob of a few GiB is copied into the page cache first and
 #: written out only by the final fsync, one after the other; started early, the disk writes while
 #: the download goes on and the fsync finds little left to do. Hinting each write's own range
-#: (a 1 MiB chunk) measured faster than hinting the whole file every 8 MiB, which was faster than no
-#: hint at all (BENCHMARKS.md, session 3).
+#: (a 1 MiB chunk) measures faster than hinting the whole file every 8 MiB, which is faster than no
+#: hint at all (BENCHMARKS.md).
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, no wait
 
 
@@ -125,9 +127,9 @@ class _StagedFile:
         crash_point("stage-chunk")
 
     def copy_from(self, src_fd: int, offset: int, count: int) -> int:
-        """The local backend's way in (:class:`backends.base.FileSink`): the kernel copies the
-        next bytes from the backend's file into this one; they are hashed back from the page
-        cache, where they were just written."""
+        """The local backend's way in (this file is a :class:`backends.base.FileSink`): the
+        kernel copies the next bytes from the backend's file into this one; they are hashed back
+        from the page cache, where they were just written."""
         n = os.copy_file_range(src_fd, self.fd, count, offset, offset)
         if n:
             self._end = offset + n
@@ -187,7 +189,10 @@ class _StagedFile:
             _sync_file_range(self.fd, offset, n, _SYNC_FILE_RANGE_WRITE)
 
 
-def _check(item: PlanItem, actual: str) -> bool:
+def _verify_against_manifest(item: PlanItem, actual: str) -> bool:
+    """Compare the digest ``actual`` with the manifest's for ``item``: True when they match, False
+    when the manifest gives none (nothing to compare); raises ChecksumMismatchError when they
+    differ."""
     if item.expected_checksum is None:
         return False
     if actual != item.expected_checksum:
@@ -195,12 +200,15 @@ def _check(item: PlanItem, actual: str) -> bool:
     return True
 
 
-def hash_item(backend: Backend, item: PlanItem) -> StagedItem:
-    """Download ``item`` and hash it, writing nothing (``memrestore verify``)."""
+def hash_item(backend: Backend, item: PlanItem, listener: progress.Listener | None = None) -> StagedItem:
+    """Download ``item`` and hash it, writing nothing (``memrestore verify``); its bytes are
+    reported to ``listener`` (by default the one watching, :func:`progress.watching`)."""
+    listener = listener if listener is not None else progress.current()
     writer = _HashingWriter()
-    size = backend.download(item.content_key, writer, progress.advance)
+    size = backend.download(item.content_key, writer, listener.advance)
     actual = writer.hasher.hexdigest()
-    return StagedItem(item=item, bytes=size, checksum=actual, verified=_check(item, actual))
+    verified = _verify_against_manifest(item, actual)
+    return StagedItem(item=item, bytes=size, checksum=actual, verified=verified)
 
 
 def staged_path(data_dir: Path, item: PlanItem) -> Path:
@@ -217,9 +225,9 @@ def _hash_file(path: Path) -> tuple[int, str]:
     return size, hasher.hexdigest()
 
 
-def reuse_staged(data_dir: Path, item: PlanItem, advance=progress.advance) -> StagedItem | None:
+def reuse_staged(data_dir: Path, item: PlanItem, advance: Callable[[int], None]) -> StagedItem | None:
     """A staged file from an interrupted restore, if it is complete and still hashes right; its
-    bytes are counted as received (``advance``)."""
+    bytes are counted as received (``advance``, a transfer's)."""
     final = staged_path(data_dir, item)
     if item.expected_checksum is None or not final.is_file() or final.is_symlink():
         return None
@@ -236,7 +244,8 @@ def recheck_item(data_dir: Path, item: PlanItem) -> StagedItem:
     staged = staged_path(Path(data_dir), item)
     path = staged if staged.exists() else Path(data_dir) / item.destination
     size, actual = _hash_file(path)
-    return StagedItem(item=item, bytes=size, checksum=actual, verified=_check(item, actual), reused=True)
+    verified = _verify_against_manifest(item, actual)
+    return StagedItem(item=item, bytes=size, checksum=actual, verified=verified, reused=True)
 
 
 def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False,
@@ -244,13 +253,14 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
     """Stream ``item`` into its staged file, verify it, and make it durable under its final name.
     A backend that can read parts of an object at once (S3) runs them on the ``transfer``'s
     streams, shared with the restore's other blobs; every backend reads under its rate limit, and
-    the bytes are counted in it. Without a transfer, S3 reads with streams of its own.
+    the bytes are counted in it. Without a transfer, S3 reads with streams of its own and the
+    bytes are reported to the listener watching (:func:`progress.watching`).
 
     Raises ChecksumMismatchError (the ``.part`` file is removed), a BackendError, or
     DestinationIOError (disk full, permissions). Nothing outside the staging tree is touched.
     """
     data_dir = Path(data_dir)
-    advance = transfer.advance if transfer is not None else progress.advance
+    advance = transfer.advance if transfer is not None else progress.current().advance
     if resume and (kept := reuse_staged(data_dir, item, advance)) is not None:
         return kept
     final = staged_path(data_dir, item)
@@ -273,10 +283,10 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
     try:
         try:
             staged = _StagedFile(fd)
-            download_at = getattr(backend, "download_at", None)  # parts at once (S3)
-            if download_at is not None:
-                size = download_at(item.content_key, staged, on_bytes, transfer.pool if transfer else None,
-                                   content_checked=item.expected_checksum is not None)
+            if isinstance(backend, RangedBackend):  # parts at once (S3)
+                size = backend.download_at(item.content_key, staged, on_bytes,
+                                           transfer.pool if transfer else None,
+                                           content_checked=item.expected_checksum is not None)
             elif transfer is not None and transfer.limit is not None:
                 size = backend.download(item.content_key, staged, on_bytes, limit=transfer.limit)
             else:
@@ -285,7 +295,7 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
             os.fsync(fd)
         finally:
             os.close(fd)
-        verified = _check(item, actual)
+        verified = _verify_against_manifest(item, actual)
         os.rename(part, final)
         fsync_dir(final.parent)
         crash_point("item-staged")

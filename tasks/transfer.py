@@ -1,7 +1,8 @@
 """What the downloads of one restore share: its streams (``--streams``: the GETs kept in flight
 across all of its blobs, ``backends.streams.StreamPool``), its rate limit (``--limit-rate``: a
-token bucket over all of those streams, or over every restore of a drill), and the count of the
-bytes received so far, which the ``restore-snapshot`` flow publishes as a progress artifact.
+token bucket over all of those streams, or over every restore of a drill), the count of the
+bytes received so far, which the ``restore-snapshot`` flow publishes as a progress artifact, and
+the progress listener those bytes are reported to (``tasks.progress``).
 """
 
 from __future__ import annotations
@@ -23,15 +24,18 @@ class Transfer:
     """One restore's streams, rate limit and byte count; close it (or use ``with``) when done.
 
     ``limit`` is a rate limit shared with other transfers (a drill's); ``limit_rate`` (``50M``,
-    bytes a second) makes one of this transfer's own. Give at most one of them.
+    bytes a second) makes one of this transfer's own. Give at most one of them. ``listener`` is
+    told of every byte counted; without one, the listener watching where the transfer is made
+    (:func:`progress.watching`; nobody outside such a block).
     """
 
     def __init__(self, streams: int = DEFAULT_STREAMS, limit_rate: str | int | None = None,
-                 limit: RateLimit | None = None) -> None:
+                 limit: RateLimit | None = None, listener: progress.Listener | None = None) -> None:
         if limit_rate is not None and limit is not None:
             raise ValueError("give a rate (limit_rate) or a shared limit, not both")
         if limit is None and limit_rate is not None:
             limit = RateLimit(parse_rate(limit_rate))
+        self.listener = listener if listener is not None else progress.current()
         self.pool = StreamPool(streams, limit)
         self._received = 0
         self._lock = threading.Lock()
@@ -46,10 +50,10 @@ class Transfer:
         return self._received
 
     def advance(self, nbytes: int) -> None:
-        """Count ``nbytes`` more (negative when an item starts over), and tell the CLI's bar."""
+        """Count ``nbytes`` more (negative when an item starts over), and tell the listener."""
         with self._lock:
             self._received += nbytes
-        progress.advance(nbytes)
+        self.listener.advance(nbytes)
 
     def close(self) -> None:
         self.pool.close()
