@@ -15,7 +15,6 @@ checks on the tenant dir of a copy (``root / tenant_<id>``):
 
 from __future__ import annotations
 
-import enum
 import sqlite3
 import time
 from pathlib import Path
@@ -28,18 +27,11 @@ from memrestore.backends import Backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.layout import staging_dir
+from memrestore.tasks.modes import CheckLevel  # defined there (no Prefect), importable from here
 from memrestore.tasks.plan import ItemKind, RestorePlan, hnsw_destination, sqlite_destination
 
 #: How many of SQLite's complaints a message quotes (``integrity_check`` can list a hundred).
 INTEGRITY_PROBLEMS_SHOWN = 3
-
-
-class CheckLevel(str, enum.Enum):
-    """How a restore checks its staged copy before the commit."""
-
-    QUICK = "quick"  # PRAGMA quick_check (O(N), no index cross-check), the tables, the sizes
-    FULL = "full"    # PRAGMA integrity_check (also every index against its table), tables, sizes
-    NONE = "none"    # no check: the blake3 of each blob only
 
 
 _PRAGMA = {CheckLevel.QUICK: "quick_check", CheckLevel.FULL: "integrity_check"}

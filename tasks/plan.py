@@ -9,19 +9,12 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field
 
 from memrestore.backends.manifest import WireVersion
+from memrestore.tasks.modes import RestoreMode  # defined there (no Prefect), importable from here
 
 #: The newest wire version memrestore speaks, and the default destination's.
 NEWEST_WIRE_VERSION = WireVersion(major=1, minor=0)
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class RestoreMode(str, enum.Enum):
-    """How the restore treats what the data dir already holds."""
-
-    NEW_CLUSTER = "new_cluster"
-    SINGLE_TENANT = "single_tenant"
-    WIPE_AND_RESTORE = "wipe_and_restore"
 
 
 class ItemKind(str, enum.Enum):
