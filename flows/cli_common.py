@@ -1,0 +1,67 @@
+"""What the ``memrestore`` commands share: the two consoles, the options several commands take,
+and how a command ends with one message (exit status: flows/cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from memrestore.backends.errors import RestoreError
+from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
+
+# Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
+out = Console() if sys.stdout.isatty() else Console(width=200)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def errors_as_messages(verbose: bool) -> Iterator[None]:
+    """A refusal or failure becomes one message on stderr and exit 1, never a traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RestoreError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; if a restore was running, its marker tells `--resume` or `abort` what to do")
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if verbose:
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (run again with --verbose for the traceback)")
+
+
+def _limit_rate(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            parse_rate(value)
+        except RateSpellingError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+BackendOpt = typer.Option(..., "--backend", help="file:///abs/path, a path, or s3://bucket\\[/prefix]")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs and tracebacks.")
+# restore and drill: a drill's tenants each restore on --streams, and share one --limit-rate.
+StreamsOpt = typer.Option(
+    DEFAULT_STREAMS, "--streams", min=1, max=MAX_STREAMS,
+    help="GETs a restore keeps in flight across all its blobs (S3; large blobs in ranged parts); "
+         "in a drill, each tenant's restore.")
+LimitRateOpt = typer.Option(
+    None, "--limit-rate", callback=_limit_rate, metavar="RATE",
+    help="Cap the total download rate, bytes a second: 50M, 1G, 500k (powers of 1024); a drill's cap is "
+         "shared by the tenants it restores at once. Default: no cap.")

@@ -1,0 +1,117 @@
+"""The commands about a Prefect server: ``server status|start|stop`` for the shared local one
+(flows/localserver.py), and ``serve``, which serves this project's deployments to the API."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from memrestore.flows.cli_common import JsonOpt, VerboseOpt, err, errors_as_messages, fail, out
+from memrestore.flows.cli_drill import KeepFailedOpt, MaxAgeOpt, ScratchDirOpt, TenantsOpt, drill_parameters
+from memrestore.flows.cli_flows import quiet_prefect
+
+
+def _cron(value: str) -> str:
+    from prefect.schedules import Cron
+
+    try:
+        Cron(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def serve(
+    drill_cron: str = typer.Option(
+        "0 3 * * *", "--drill-cron", callback=_cron, help="When the nightly drill runs: cron, in UTC."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="The drill's backend (and the on-demand form's default); no drill without it."),
+    tenant: Optional[list[int]] = TenantsOpt,
+    max_age_hours: Optional[float] = MaxAgeOpt,
+    scratch_dir: Optional[Path] = ScratchDirOpt,
+    keep_failed: bool = KeepFailedOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
+    quiet_prefect(verbose)  # no PREFECT_API_URL: flows.serve takes the shared local server itself
+    with errors_as_messages(verbose):
+        from memrestore.flows.serve import serve as serve_deployments
+
+        serve_deployments(
+            backend=backend,
+            drill_cron=drill_cron,
+            **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
+            log=lambda line: err.print(line, highlight=False, soft_wrap=True),
+        )
+
+
+def _server_lines(info, home: Path) -> list[str]:
+    from memrestore.flows.localserver import in_use, last_used
+
+    lines = [f"local Prefect server for PREFECT_HOME={home}: pid {info.pid}, UI {info.ui_url}, "
+             f"API {info.api_url}, started {info.started_at}"]
+    if in_use(home):
+        lines.append("in use by a running memrestore command")
+    else:
+        used = last_used(home)
+        idle = time.time() - used if used is not None else 0.0
+        left = max(0.0, info.idle_seconds - idle)
+        lines.append(f"idle for {idle:.0f} s; stops by itself in about {left:.0f} s")
+    lines.append(f"log: {info.log}")
+    return lines
+
+
+def server_status(as_json: bool = JsonOpt) -> None:
+    """Show the local server of this PREFECT_HOME, if one is running."""
+    from memrestore.flows.localserver import configured_api_url, healthy, prefect_home, running_server
+
+    home = prefect_home()
+    info = running_server(home)
+    running = info is not None
+    configured = configured_api_url()
+    if as_json:
+        print(json.dumps({"prefect_home": str(home), "running": running,
+                          "healthy": bool(running and healthy(info.api_url)),
+                          "server": info.__dict__ if running else None,
+                          "configured_api_url": configured}, indent=2))
+        return
+    if configured:
+        out.print(f"commands use the Prefect API set up at {configured}; the local server is not used",
+                  highlight=False, soft_wrap=True)
+    if not running:
+        out.print(f"no local Prefect server is running for PREFECT_HOME={home}", highlight=False, soft_wrap=True)
+        return
+    for line in _server_lines(info, home):
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+def server_start() -> None:
+    """Start the local server now (commands start it when they need it)."""
+    from memrestore.flows.localserver import LocalServerError, ensure_server, prefect_home
+
+    try:
+        info, started = ensure_server()
+    except LocalServerError as exc:
+        fail(str(exc))
+    out.print(("started " if started else "already running: ") + _server_lines(info, prefect_home())[0],
+              highlight=False, soft_wrap=True)
+
+
+def server_stop(
+    force: bool = typer.Option(False, "--force", help="Stop it even while a command uses it."),
+) -> None:
+    """Stop the local server of this PREFECT_HOME (the next command starts a new one)."""
+    from memrestore.flows.localserver import LocalServerError, prefect_home, stop_server
+
+    try:
+        info = stop_server(force=force)
+    except LocalServerError as exc:
+        fail(str(exc))
+    if info is None:
+        out.print(f"no local Prefect server was running for PREFECT_HOME={prefect_home()}", highlight=False)
+    else:
+        out.print(f"stopped the local Prefect server (pid {info.pid}, {info.ui_url})", highlight=False)
