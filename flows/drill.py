@@ -67,30 +67,11 @@ T = TypeVar("T")
 TenantId = Annotated[int, Field(ge=0, le=2**64 - 1)]
 
 
-@task(name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False)
-def drill_tenant_task(
-    backend: str,
-    tenant_id: int,
-    candidates: list[SnapshotManifest],
-    scratch_root: str,
-    now: float,
-    max_age_hours: float | None,
-    keep_failed: bool,
-    unreadable: int,
-    streams: int = DEFAULT_STREAMS,
-    limit: RateLimit | None = None,
-) -> TenantDrillResult:
-    """Drill one tenant in this task run: restore, check and delete each snapshot tried, on
-    ``streams`` streams, under the drill's shared rate ``limit``."""
-    return _drill_in_this_run(backend, tenant_id, candidates, Path(scratch_root), now, max_age_hours,
-                              keep_failed, unreadable, streams, limit)
-
-
 def _drill_in_this_run(
     backend: str,
     tenant_id: int,
     candidates: Sequence[SnapshotManifest],
-    scratch_root: Path,
+    scratch_root: str | Path,
     now: float,
     max_age_hours: float | None,
     keep_failed: bool,
@@ -98,17 +79,25 @@ def _drill_in_this_run(
     streams: int = DEFAULT_STREAMS,
     limit: RateLimit | None = None,
 ) -> TenantDrillResult:
-    """One tenant's drill inside the current task or flow run, each attempt a line of its log."""
+    """Drill one tenant inside the current task or flow run: restore, check and delete each
+    snapshot tried, on ``streams`` streams, under the drill's shared rate ``limit``; each attempt
+    a line of the run's log."""
     return drill_tenant(
         tenant_id,
         candidates,
-        attempt_plain(open_backend(backend), scratch_root, get_run_logger(), streams, limit),
+        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
         keep_failed=keep_failed,
         unreadable=unreadable,
     )
+
+
+#: One tenant's drill as a task run of the drill's flow run (``via_deployment``: a flow run).
+drill_tenant_task = task(
+    name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False,
+)(_drill_in_this_run)
 
 
 @flow(
