@@ -48,6 +48,18 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
+def running_s3_env(endpoint_url: str) -> dict[str, str]:
+    """The AWS_* environment of an S3 server already running at ``endpoint_url``
+    (``--s3-endpoint-url``), its keys taken from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
 @dataclass
 class Bench:
     sizes: Sizes

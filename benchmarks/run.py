@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench import BUCKET, DEFAULT_WORKDIR, REPO, Bench, remove
+from benchmarks.bench import BUCKET, DEFAULT_WORKDIR, REPO, Bench, remove, running_s3_env
 from benchmarks.machine import machine
 from benchmarks.report import write_report
 from benchmarks.rows import run_rows
@@ -102,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 "start to every single CLI call.")
         if rows & S3_ROWS:
             if args.s3_endpoint_url:
-                s3_env = {
-                    "AWS_ENDPOINT_URL": args.s3_endpoint_url,
-                    "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-                    "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
-                    "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                    "AWS_EC2_METADATA_DISABLED": "true",
-                }
+                s3_env = running_s3_env(args.s3_endpoint_url)
             else:
                 from tests.seaweed import SeaweedS3
 
