@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memrestore.backends.errors import BadInputError, RestoreError
+from memrestore.backends.errors import BadInputError, RestoreError, shown
 
 
 class SnapshotNotFoundError(BadInputError):
@@ -45,6 +45,93 @@ class RestoreRefusedError(RestoreError):
 
 class IncompatibleSnapshotError(RestoreRefusedError):
     """The snapshot cannot be restored into this destination (FORMAT.md's DestinationState rules)."""
+
+
+class ModelNotNamedError(IncompatibleSnapshotError):
+    """No embedding model was named, and the snapshot does not hold exactly one."""
+
+    def __init__(self, snapshot_id: str, models: list[str]) -> None:
+        self.snapshot_id, self.models = snapshot_id, models
+        found = f"it holds {', '.join(shown(m) for m in models)}" if models else "it holds no HNSW index"
+        super().__init__(
+            f"snapshot {snapshot_id!r}: name the embedding model the destination serves "
+            f"with --embedding-model ({found})."
+        )
+
+
+class WireVersionError(IncompatibleSnapshotError):
+    """The snapshot's wire version is not one the destination can read."""
+
+    def __init__(self, snapshot_id: str, have: object, want: object) -> None:
+        self.snapshot_id, self.have, self.want = snapshot_id, have, want
+        super().__init__(
+            f"snapshot {snapshot_id!r} was written with wire version {have}, and the destination speaks "
+            f"{want}: a restore needs the same major version and a snapshot minor no newer than "
+            "the destination's. Upgrade the destination service (then pass --wire-version), or "
+            "restore a snapshot written by a compatible version."
+        )
+
+
+class ForgottenMemoriesError(IncompatibleSnapshotError):
+    """The snapshot predates the destination's forget floor: it would bring forgotten memories back."""
+
+    def __init__(self, snapshot_id: str, forget_floor: int | None, floor: int) -> None:
+        self.snapshot_id, self.forget_floor, self.floor = snapshot_id, forget_floor, floor
+        found = "no forget_floor" if forget_floor is None else f"forget_floor {forget_floor}"
+        super().__init__(
+            f"snapshot {snapshot_id!r} has {found}, but the destination has forgotten oplog positions "
+            f"up to {floor} on request: restoring it would bring forgotten memories back. "
+            f"Restore a snapshot taken after the forget (forget_floor >= {floor})."
+        )
+
+
+class ModelMissingError(IncompatibleSnapshotError):
+    """The snapshot has no HNSW index for the destination's embedding model."""
+
+    def __init__(self, snapshot_id: str, model: str, models: list[str]) -> None:
+        self.snapshot_id, self.model, self.models = snapshot_id, model, models
+        super().__init__(
+            f"snapshot {snapshot_id!r} has no HNSW index for embedding model {shown(model)} (it has: "
+            f"{', '.join(shown(m) for m in models) or 'none'}); pass the model the destination "
+            "serves with --embedding-model, or restore a snapshot that has it."
+        )
+
+
+class FileNameTooLongError(IncompatibleSnapshotError):
+    """An embedding model's name makes an HNSW file name longer than a file system allows."""
+
+    def __init__(self, snapshot_id: str, model: str | None, length: int, limit: int) -> None:
+        self.snapshot_id, self.model, self.length = snapshot_id, model, length
+        super().__init__(
+            f"snapshot {snapshot_id!r}: embedding model {shown(model)} makes a file name too long: "
+            f"{length} bytes, above the {limit} a file system allows; the destination service could "
+            "not store it either. Rename the model in the service and take a new snapshot."
+        )
+
+
+class DestinationCollisionError(IncompatibleSnapshotError):
+    """Two blobs of the snapshot would be written to the same file."""
+
+    def __init__(self, snapshot_id: str, first: str, second: str, destination: str) -> None:
+        self.snapshot_id, self.destination = snapshot_id, destination
+        super().__init__(
+            f"snapshot {snapshot_id!r}: {shown(first)} and {shown(second)} would both be written to "
+            f"{destination} (model names are made file-safe by replacing characters "
+            "outside A-Z a-z 0-9 . _ -), so one would overwrite the other. Rename one "
+            "embedding model in the service and take a new snapshot."
+        )
+
+
+class ChecksumsRequiredError(IncompatibleSnapshotError):
+    """``--require-checksums``, and a blob of the snapshot has no checksum."""
+
+    def __init__(self, snapshot_id: str, labels: list[str]) -> None:
+        self.snapshot_id, self.labels = snapshot_id, labels
+        super().__init__(
+            f"snapshot {snapshot_id!r} has no checksum for {', '.join(labels)}, and "
+            "--require-checksums is set: those bytes could not be verified. Restore a snapshot "
+            "with checksums, or drop --require-checksums to restore them unverified."
+        )
 
 
 class DataDirNotEmptyError(RestoreRefusedError):

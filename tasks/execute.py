@@ -71,7 +71,7 @@ def execute(
             return execute(backend, plan, data_dir, mode, resume, own, check)
     started = time.monotonic()
     data_dir = Path(data_dir)
-    plan = measure_plan(backend, plan)
+    plan = measure_plan(backend, plan, transfer.listener)
     with DataDirHold(data_dir) as hold:
         phase = preflight(plan, hold, mode, resume=resume)
         fresh = phase in (None, Phase.STAGING)  # else interrupted mid-commit: staged and verified already

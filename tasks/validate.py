@@ -8,9 +8,16 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from memrestore.backends.errors import shown
 from memrestore.backends.manifest import SnapshotManifest
-from memrestore.tasks.errors import IncompatibleSnapshotError
+from memrestore.tasks.errors import (
+    ChecksumsRequiredError,
+    DestinationCollisionError,
+    FileNameTooLongError,
+    ForgottenMemoriesError,
+    ModelMissingError,
+    ModelNotNamedError,
+    WireVersionError,
+)
 from memrestore.tasks.plan import (
     DestinationState,
     ItemKind,
@@ -32,11 +39,7 @@ def resolve_destination(manifest: SnapshotManifest, destination: DestinationStat
     models = manifest.embedding_models
     if len(models) == 1:
         return destination.model_copy(update={"embedding_model": models[0]})
-    found = f"it holds {', '.join(shown(m) for m in models)}" if models else "it holds no HNSW index"
-    raise IncompatibleSnapshotError(
-        f"snapshot {manifest.snapshot_id!r}: name the embedding model the destination serves "
-        f"with --embedding-model ({found})."
-    )
+    raise ModelNotNamedError(manifest.snapshot_id, models)
 
 
 def plan_items(manifest: SnapshotManifest) -> list[PlanItem]:
@@ -97,60 +100,31 @@ def validate(
 
     have, want = manifest.wire_version, destination.wire_version
     if have.major != want.major or have.minor > want.minor:
-        raise IncompatibleSnapshotError(
-            f"snapshot {sid!r} was written with wire version {have}, and the destination speaks "
-            f"{want}: a restore needs the same major version and a snapshot minor no newer than "
-            "the destination's. Upgrade the destination service (then pass --wire-version), or "
-            "restore a snapshot written by a compatible version."
-        )
+        raise WireVersionError(sid, have, want)
 
     floor = destination.tombstone_floor
     if floor is not None and (manifest.forget_floor is None or manifest.forget_floor < floor):
-        found = "no forget_floor" if manifest.forget_floor is None else f"forget_floor {manifest.forget_floor}"
-        raise IncompatibleSnapshotError(
-            f"snapshot {sid!r} has {found}, but the destination has forgotten oplog positions "
-            f"up to {floor} on request: restoring it would bring forgotten memories back. "
-            f"Restore a snapshot taken after the forget (forget_floor >= {floor})."
-        )
+        raise ForgottenMemoriesError(sid, manifest.forget_floor, floor)
 
     if destination.embedding_model not in manifest.embedding_models:
-        raise IncompatibleSnapshotError(
-            f"snapshot {sid!r} has no HNSW index for embedding model "
-            f"{shown(destination.embedding_model)} (it has: "
-            f"{', '.join(shown(m) for m in manifest.embedding_models) or 'none'}); pass the model "
-            "the destination serves with --embedding-model, or restore a snapshot that has it."
-        )
+        raise ModelMissingError(sid, destination.embedding_model, manifest.embedding_models)
 
     items = plan_items(manifest)
 
     for item in items:
         name = item.destination.rsplit("/", 1)[1]
         if len(name.encode()) > MAX_FILE_NAME_BYTES:
-            raise IncompatibleSnapshotError(
-                f"snapshot {sid!r}: embedding model {shown(item.embedding_model)} makes a file name too long: "
-                f"{len(name.encode())} bytes, above the {MAX_FILE_NAME_BYTES} a file system allows; the "
-                "destination service could not store it either. Rename the model in the service and "
-                "take a new snapshot."
-            )
+            raise FileNameTooLongError(sid, item.embedding_model, len(name.encode()), MAX_FILE_NAME_BYTES)
 
     by_destination: dict[str, PlanItem] = {}
     for item in items:
         other = by_destination.setdefault(item.destination, item)
         if other is not item:
-            raise IncompatibleSnapshotError(
-                f"snapshot {sid!r}: {shown(other.label)} and {shown(item.label)} would both be written to "
-                f"{item.destination} (model names are made file-safe by replacing characters "
-                "outside A-Z a-z 0-9 . _ -), so one would overwrite the other. Rename one "
-                "embedding model in the service and take a new snapshot."
-            )
+            raise DestinationCollisionError(sid, other.label, item.label, item.destination)
 
     unverified = [item for item in items if item.expected_checksum is None]
     if unverified and require_checksums:
-        raise IncompatibleSnapshotError(
-            f"snapshot {sid!r} has no checksum for {', '.join(i.label for i in unverified)}, and "
-            "--require-checksums is set: those bytes could not be verified. Restore a snapshot "
-            "with checksums, or drop --require-checksums to restore them unverified."
-        )
+        raise ChecksumsRequiredError(sid, [i.label for i in unverified])
     warnings = unverified_warnings(items)
 
     return RestorePlan(

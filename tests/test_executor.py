@@ -249,13 +249,9 @@ def test_items_are_staged_concurrently_and_every_one_lands(backend, data_dir, mo
     staging = _Staging(monkeypatch, first=ITEM_CONCURRENCY)
     received: list[int] = []
     expected: list[int] = []
-    progress.subscribe(received.append)  # list.append: atomic, safe from the staging threads
-    progress.subscribe_total(expected.append)
-    try:
+    # list.append: atomic, safe from the staging threads
+    with progress.watching(progress.Listener(on_bytes=received.append, on_total=expected.append)):
         outcome = execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER)
-    finally:
-        progress.unsubscribe(received.append)
-        progress.unsubscribe(expected.append)
     assert staging.most == ITEM_CONCURRENCY
     assert sorted(staging.staged) == sorted(i.content_key for i in plan.items)
     assert [i.content_key for i in outcome.items] == [i.content_key for i in plan.items]  # the plan's order
