@@ -5,7 +5,8 @@ They are ``async def`` (call them as ``asyncio.run(restore_snapshot(...))``) for
 Prefect runs an async flow with its async engine, which does not wait for the run's heartbeat
 thread at the end of the run, where the sync engine waits for it to wake up from its one-second
 sleep: up to a second per run, longer than a small restore takes. Their steps are sync task
-runs (they block; nothing else needs the event loop meanwhile), sharing one API client (:func:`_steps_client`); only the outcome task is async.
+runs (they block; nothing else needs the event loop meanwhile), sharing one API client
+(:func:`_steps_client`); only the outcome task is async.
 """
 
 from __future__ import annotations

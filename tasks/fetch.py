@@ -72,7 +72,7 @@ def measure_plan(backend: Backend, plan: RestorePlan,
     ``listener``; without one, to the listener watching (:func:`progress.watching`)."""
     items = [item.model_copy(update={"size": backend.object_size(item.content_key)}) for item in plan.items]
     measured = plan.model_copy(update={"items": items})
-    (listener if listener is not None else progress.current()).expect(measured.total_bytes or 0)
+    progress.current(listener).expect(measured.total_bytes or 0)
     return measured
 
 

@@ -64,9 +64,10 @@ def watching(listener: Listener) -> Iterator[Listener]:
         _watching.reset(token)
 
 
-def current() -> Listener:
-    """The listener watching here (:func:`watching`), :data:`NOBODY` outside any such block."""
-    return _watching.get()
+def current(given: Listener | None = None) -> Listener:
+    """``given``, when a listener was handed in; else the listener watching here
+    (:func:`watching`), :data:`NOBODY` outside any such block."""
+    return given if given is not None else _watching.get()
 
 
 #: How often a restore's progress artifact is brought up to date while its blobs come down: often

@@ -203,7 +203,7 @@ def _verify_against_manifest(item: PlanItem, actual: str) -> bool:
 def hash_item(backend: Backend, item: PlanItem, listener: progress.Listener | None = None) -> StagedItem:
     """Download ``item`` and hash it, writing nothing (``memrestore verify``); its bytes are
     reported to ``listener`` (by default the one watching, :func:`progress.watching`)."""
-    listener = listener if listener is not None else progress.current()
+    listener = progress.current(listener)
     writer = _HashingWriter()
     size = backend.download(item.content_key, writer, listener.advance)
     actual = writer.hasher.hexdigest()

@@ -35,7 +35,7 @@ class Transfer:
             raise ValueError("give a rate (limit_rate) or a shared limit, not both")
         if limit is None and limit_rate is not None:
             limit = RateLimit(parse_rate(limit_rate))
-        self.listener = listener if listener is not None else progress.current()
+        self.listener = progress.current(listener)
         self.pool = StreamPool(streams, limit)
         self._received = 0
         self._lock = threading.Lock()
