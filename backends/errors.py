@@ -1,19 +1,9 @@
 """Errors raised by the backup side: bad input and backend failures.
 
-Every error memrestore raises derives from :class:`RestoreError`; the whole tree is drawn in
-``tasks/errors.py``. This module holds the part the backends need, so that ``backends/`` imports
-nothing from the layers above it::
-
-    RestoreError
-    ├── BadInputError                  input that can never work, whatever is retried
-    │   ├── InvalidKeyError            a content key that is not a clean relative path
-    │   ├── InvalidSnapshotIdError     a snapshot id outside FORMAT.md's alphabet
-    │   └── InvalidManifestError       manifest JSON that does not parse or breaks an invariant
-    └── BackendError                   the backend could not serve a request
-        ├── TransientBackendError      throttling, 5xx, timeouts, dropped connections: retried
-        └── PermanentBackendError      fails on the first attempt
-            ├── ObjectNotFoundError
-            └── AccessDeniedError
+Every error memrestore raises on purpose derives from :class:`RestoreError`. This module holds
+the root and the part the backends raise, so that ``backends/`` imports nothing from the layers
+above it; the one drawing of the whole tree, with where each class lives, is in
+``tasks/errors.py``.
 
 Each message says what was found and what to do about it.
 """
@@ -80,6 +70,10 @@ class InvalidManifestError(BadInputError):
             "cannot be restored as it is; restore an older snapshot (see `memrestore "
             "snapshots`) or fix the backup that wrote it."
         )
+
+
+class BackendUrlError(BadInputError):
+    """A backend URL memrestore cannot use."""
 
 
 class BackendError(RestoreError):

@@ -6,12 +6,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from memrestore.backends.base import Backend
-from memrestore.backends.errors import BadInputError
+from memrestore.backends.errors import BackendUrlError
 from memrestore.backends.local import LocalBackend
-
-
-class BackendUrlError(BadInputError):
-    """A backend URL memrestore cannot use."""
 
 
 def open_backend(url: str) -> Backend:

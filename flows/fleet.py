@@ -43,8 +43,8 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from memrestore.backends.errors import RestoreError
 from memrestore.tasks.drill_report import TenantDrillResult, crashed_result, describe_failure
+from memrestore.tasks.errors import FleetError
 
 if TYPE_CHECKING:
     from prefect.automations import Automation
@@ -74,10 +74,6 @@ LOST_AFTER_SECONDS = 90
 WORKER_LABEL = "prefect.worker.name"
 
 _TERMINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed")
-
-
-class FleetError(RestoreError):
-    """A fleet drill cannot fan out: the deployment it names is not there."""
 
 
 @dataclass

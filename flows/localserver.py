@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from memrestore.backends.errors import RestoreError
+from memrestore.tasks.errors import LocalServerError
 
 #: Default idle time before the server stops itself: an operator's incident is a run of commands
 #: minutes apart, each of which would otherwise pay the server's start again (3-12 s); ten idle
@@ -54,10 +54,6 @@ USERS_NAME = "memrestore-server.users"
 LOG_NAME = "memrestore-server.log"
 #: What the server process's command line holds, to tell it from a process that took over its pid.
 COMMAND_TAG = "memrestore.flows.localserver"
-
-
-class LocalServerError(RestoreError):
-    """The local Prefect server could not be started, reached or stopped."""
 
 
 def prefect_home() -> Path:

@@ -23,7 +23,7 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from memrestore.backends.errors import RestoreError
+from memrestore.tasks.errors import ServeError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -35,10 +35,6 @@ DRILL_TIMEZONE = "UTC"
 #: The nightly schedule's slug: a restarted ``serve`` updates this schedule instead of adding one.
 DRILL_SCHEDULE_SLUG = "nightly-drill"
 TAGS = ["memrestore"]
-
-
-class ServeError(RestoreError):
-    """``serve`` could not start: no Prefect API to serve to."""
 
 
 def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:

@@ -1,29 +1,54 @@
-"""Errors of the restore side. The whole tree memrestore raises::
+"""Errors of the restore side, and the one drawing of every error memrestore raises on purpose.
 
-    RestoreError                                   backends.errors
-    ├── BadInputError                              backends.errors: input that can never work
-    │   ├── InvalidKeyError, InvalidSnapshotIdError, InvalidManifestError
-    │   ├── RateSpellingError                      backends.streams: a --limit-rate that is not a rate
-    │   └── SnapshotNotFoundError                  no such snapshot (or none for the tenant)
-    ├── BackendError                               backends.errors
-    │   ├── TransientBackendError                  retried with backoff
-    │   └── PermanentBackendError                  ObjectNotFoundError, AccessDeniedError
-    ├── RestoreRefusedError                        the destination or the plan says no; nothing written
-    │   ├── IncompatibleSnapshotError              wire version, forget floor, embedding model, checksums
-    │   ├── DataDirNotEmptyError                   new_cluster on a data dir with entries
-    │   ├── TenantPathOccupiedError                single_tenant on a tenant dir with entries
-    │   ├── UnsafeDestinationError                 a symlink or non-directory where a dir must be
-    │   ├── LeftoverAsideError                     old data set aside by a restore whose marker was removed
-    │   ├── InsufficientSpaceError                 the data dir's file system cannot hold the snapshot
-    │   ├── RestoreInProgressError                 the marker exists (or its restore still runs)
-    │   ├── ResumeRefusedError                     --resume of a marker that is not this restore's
-    │   └── NothingToAbortError                    abort with no marker
-    ├── ChecksumMismatchError                      a blob's blake3 differs from the manifest
-    ├── RestoredCopyCheckError                     a drill's restored copy fails a check (SQLite, tables, HNSW)
-    ├── ScratchDirError                            a drill's scratch dir cannot be used
-    ├── DestinationIOError                         writing the data dir failed (disk full, EIO)
-    ├── RollbackFailedError                        a failed restore could not be undone; marker kept
-    └── ServeError                                 flows.serve: the Prefect API for `serve` is unusable
+Each class sits in the module named beside it (under ``memrestore.``); ``backends/`` keeps its
+own part so that it imports nothing from the layers above it. ``tests/test_error_tree.py`` holds
+this drawing to the code: every :class:`RestoreError` subclass is drawn, under its own parent,
+in its own module, and nothing drawn is missing::
+
+    RestoreError                          backends.errors  root: an error raised on purpose
+    ├── BadInputError                     backends.errors  input that can never work, whatever is retried
+    │   ├── InvalidKeyError               backends.errors  a content key that is not a clean relative path
+    │   ├── InvalidSnapshotIdError        backends.errors  a snapshot id outside FORMAT.md's alphabet
+    │   ├── InvalidManifestError          backends.errors  manifest JSON that does not parse or breaks a rule
+    │   ├── BackendUrlError               backends.errors  a --backend that names no usable store
+    │   ├── RateSpellingError             backends.streams a --limit-rate that is not a rate (also ValueError)
+    │   └── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant
+    ├── BackendError                      backends.errors  the store could not serve a request
+    │   ├── TransientBackendError         backends.errors  throttling, 5xx, timeouts, dropped connections: retried
+    │   └── PermanentBackendError         backends.errors  fails on the first attempt: not retried
+    │       ├── ObjectNotFoundError       backends.errors
+    │       └── AccessDeniedError         backends.errors
+    ├── RestoreRefusedError               tasks.errors     the destination or the plan says no; nothing written
+    │   ├── IncompatibleSnapshotError     tasks.errors     the snapshot cannot go into this destination
+    │   │   ├── ModelNotNamedError        tasks.errors     no --embedding-model, and not exactly one index
+    │   │   ├── WireVersionError          tasks.errors     a wire version the destination cannot read
+    │   │   ├── ForgottenMemoriesError    tasks.errors     older than the forget floor: would bring memories back
+    │   │   ├── ModelMissingError         tasks.errors     no HNSW index for the named model
+    │   │   ├── FileNameTooLongError      tasks.errors     a model name that makes an HNSW file name too long
+    │   │   ├── DestinationCollisionError tasks.errors     two blobs that would be written to one file
+    │   │   └── ChecksumsRequiredError    tasks.errors     --require-checksums and an item without blake3
+    │   ├── DataDirNotEmptyError          tasks.errors     new_cluster on a data dir with entries
+    │   ├── TenantPathOccupiedError       tasks.errors     single_tenant on a tenant dir with entries
+    │   ├── UnsafeDestinationError        tasks.errors     a symlink or a file where a directory must be
+    │   ├── LeftoverAsideError            tasks.errors     old data set aside by a restore whose marker was removed
+    │   ├── InsufficientSpaceError        tasks.errors     the data dir's file system cannot hold the snapshot
+    │   ├── RestoreInProgressError        tasks.errors     a marker, or another restore holding the lock
+    │   ├── MarkerVanishedError           tasks.errors     this restore's marker went or was replaced mid-restore
+    │   ├── ResumeRefusedError            tasks.errors     --resume or abort of a marker it must not act on
+    │   │   ├── ForeignMarkerError        tasks.errors     a marker memrestore did not write
+    │   │   └── OtherRestoreError         tasks.errors     --resume with another restore's arguments
+    │   └── NothingToAbortError           tasks.errors     abort with no marker
+    ├── ChecksumMismatchError             tasks.errors     a blob's blake3 differs from the manifest
+    ├── RestoredCopyCheckError            tasks.errors     a restored copy fails its check (SQLite, tables, HNSW)
+    ├── ScratchDirError                   tasks.errors     a drill's scratch dir cannot be used
+    ├── DestinationIOError                tasks.errors     writing the data dir failed (disk full, EIO)
+    ├── RollbackFailedError               tasks.errors     a failed restore could not be undone; marker kept
+    ├── LocalServerError                  tasks.errors     the local Prefect server cannot start, answer or stop
+    ├── FleetError                        tasks.errors     a fleet drill's deployment is not there
+    └── ServeError                        tasks.errors     ``serve`` has no Prefect API to serve to
+
+Not drawn, on purpose: ``backends.manifest_cache.ManifestCacheError`` derives from ``Exception``.
+It never reaches a user: the listing catches it, logs it and reads the store instead.
 
 Every message says what was found and what to do next.
 """
@@ -301,9 +326,9 @@ class RollbackFailedError(RestoreError):
 
 
 class RestoredCopyCheckError(RestoreError):
-    """A drill's restored copy is not what the snapshot promised: the SQLite checkpoint fails
-    ``integrity_check`` or lacks a table the manifest names, or an HNSW file is missing or has a
-    size other than the backend's."""
+    """A restored copy, staged before a commit or a drill's, is not what the snapshot promised:
+    the SQLite checkpoint fails ``quick_check``/``integrity_check`` or lacks a table the manifest
+    names, or an HNSW file is missing or has a size other than the backend's."""
 
 
 class ScratchDirError(RestoreError):
@@ -314,3 +339,15 @@ class ScratchDirError(RestoreError):
             "fresh directory inside it: pass --scratch-dir with a writable directory (created if "
             "absent) on a volume with room for the largest tenant."
         )
+
+
+class LocalServerError(RestoreError):
+    """The local Prefect server could not be started, reached or stopped."""
+
+
+class FleetError(RestoreError):
+    """A fleet drill cannot fan out: the deployment it names is not there."""
+
+
+class ServeError(RestoreError):
+    """``serve`` could not start: no Prefect API to serve to."""
