@@ -29,9 +29,9 @@ from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
 from memrestore.tasks.execute import ITEM_CONCURRENCY
 from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
-from memrestore.tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.layout import Phase, RunRef
+from memrestore.tasks.outcome import RestoreOutcome, build_outcome, publish_outcome_task
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.preflight import preflight_task
 from memrestore.tasks.progress import bytes_artifact
@@ -101,13 +101,19 @@ def _this_run() -> RunRef | None:
     return RunRef(flow_run_id=str(run_id), api_url=get_current_settings().api.url) if run_id else None
 
 
-@flow(
-    name="restore-snapshot",
-    flow_run_name="tenant-{tenant_id}-{snapshot}-{mode.value}",
-    persist_result=True,
-    result_serializer="json",
-    task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
-)
+def _per_item_flow(name: str, run_name: str):
+    """A flow that runs a snapshot's items as concurrent task runs, ITEM_CONCURRENCY at once, and
+    keeps its result as JSON (the outcome a later run or the UI reads back)."""
+    return flow(
+        name=name,
+        flow_run_name=run_name,
+        persist_result=True,
+        result_serializer="json",
+        task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
+    )
+
+
+@_per_item_flow("restore-snapshot", "tenant-{tenant_id}-{snapshot}-{mode.value}")
 async def restore_snapshot(
     backend: str,
     tenant_id: int,
@@ -206,13 +212,7 @@ def _restore(
     return outcome
 
 
-@flow(
-    name="verify-snapshot",
-    flow_run_name="verify-{snapshot}",
-    persist_result=True,
-    result_serializer="json",
-    task_runner=ThreadPoolTaskRunner(max_workers=ITEM_CONCURRENCY),
-)
+@_per_item_flow("verify-snapshot", "verify-{snapshot}")
 async def verify_snapshot(backend: str, snapshot: str) -> dict:
     """Download and hash every blob of a snapshot, writing nothing.
 

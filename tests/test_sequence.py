@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,13 @@ def _plain(backend, snapshot, data_dir):
     return raised.value
 
 
+def _flow_and_plain(backend, snapshot, tmp_path) -> list[tuple[BaseException, Path]]:
+    """The error of one restore through the flow and of one through the plain path, each with
+    its data dir."""
+    flow, plain = tmp_path / "flow", tmp_path / "plain"
+    return [(_flow(backend, flow), flow), (_plain(backend, snapshot, plain), plain)]
+
+
 def _drill_reason(backend, tmp_path) -> str:
     report = drill_plain(backend, [1], scratch_dir=tmp_path / "scratch", now=NOW)
     [tenant] = report.tenants
@@ -52,13 +60,12 @@ def test_a_failing_cleanup_is_the_same_error_everywhere(backend, snapshot, tmp_p
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(sequence, "remove_leftovers", broken)
-    errors = [_flow(backend, tmp_path / "flow"), _plain(backend, snapshot, tmp_path / "plain")]
-    for exc, where in zip(errors, ("flow", "plain")):
+    for exc, data_dir in _flow_and_plain(backend, snapshot, tmp_path):
         assert type(exc) is DestinationIOError
-        assert str(exc).startswith(f"cleaning up after the restore in {tmp_path / where}")
+        assert str(exc).startswith(f"cleaning up after the restore in {data_dir}")
         # The new data is in place, the marker kept in phase cleanup: a resume finishes it.
-        assert read_marker(tmp_path / where).phase.value == "cleanup"
-        assert (tmp_path / where / "tenant_1" / "data.sqlite").exists()
+        assert read_marker(data_dir).phase.value == "cleanup"
+        assert (data_dir / "tenant_1" / "data.sqlite").exists()
     reason = _drill_reason(backend, tmp_path)
     assert "cleaning up after the restore in" in reason and "unexpected" not in reason
 
@@ -70,11 +77,10 @@ def test_a_failing_undo_is_the_same_error_everywhere(backend, snapshot, tmp_path
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(sequence, "roll_back", broken)
-    errors = [_flow(backend, tmp_path / "flow"), _plain(backend, snapshot, tmp_path / "plain")]
-    for exc, where in zip(errors, ("flow", "plain")):
+    for exc, data_dir in _flow_and_plain(backend, snapshot, tmp_path):
         assert type(exc) is RollbackFailedError
-        assert str(exc).startswith(f"the restore into {tmp_path / where} failed (")
+        assert str(exc).startswith(f"the restore into {data_dir} failed (")
         assert "undoing it failed too ([Errno 30] Read-only file system)" in str(exc)
-        assert (tmp_path / where / MARKER_NAME).exists()  # kept: the service must not start there
+        assert (data_dir / MARKER_NAME).exists()  # kept: the service must not start there
     reason = _drill_reason(backend, tmp_path)
     assert "undoing it failed too" in reason and "unexpected" not in reason
