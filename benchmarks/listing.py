@@ -53,6 +53,8 @@ from pathlib import Path
 
 import blake3
 
+from benchmarks.bench import running_s3_env
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / ".data" / "listing"
 START = "<!-- listing:begin -->"
@@ -585,13 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         if s3_tenants:
             s3 = Fleet(s3_tenants, snapshots)
             if args.s3_endpoint_url:
-                s3_env = {
-                    "AWS_ENDPOINT_URL": args.s3_endpoint_url,
-                    "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-                    "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
-                    "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                    "AWS_EC2_METADATA_DISABLED": "true",
-                }
+                s3_env = running_s3_env(args.s3_endpoint_url)
                 info["S3"] = "an already running server (--s3-endpoint-url)"
             else:
                 from tests.seaweed import SeaweedS3

@@ -4,7 +4,6 @@ its memory measured from outside exactly as ``memrestore`` is::
 
     python -m benchmarks.peers boto3-download BUCKET DEST KEY...
     python -m benchmarks.peers execute-many BACKEND DATA_ROOT SNAPSHOT_ID... --embedding-model M
-    python -m benchmarks.peers flow-many BACKEND DATA_ROOT SNAPSHOT_ID... --embedding-model M
 """
 
 from __future__ import annotations
@@ -42,22 +41,6 @@ def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], emb
         execute(backend, plan, data_root / f"tenant-{manifest.tenant_id}", RestoreMode.NEW_CLUSTER)
 
 
-def flow_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
-    """The same restores as :func:`execute_many`, each a run of the ``restore-snapshot`` flow
-    (against the Prefect API in ``PREFECT_API_URL``), one after the other."""
-    import asyncio
-
-    from memrestore.flows.restore import Destination, restore_snapshot
-    from memrestore.tasks.plan import RestoreMode
-
-    for snapshot_id in snapshot_ids:
-        tenant_id = 1000 + int(snapshot_id.rsplit("-", 1)[1])  # as benchmarks.data names them
-        asyncio.run(restore_snapshot(
-            backend=backend_url, tenant_id=tenant_id, data_dir=str(data_root / f"tenant-{tenant_id}"),
-            mode=RestoreMode.NEW_CLUSTER, snapshot=snapshot_id,
-            destination=Destination(embedding_model=embedding_model)))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -70,18 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("data_root", type=Path)
     p.add_argument("snapshot_ids", nargs="+")
     p.add_argument("--embedding-model", required=True)
-    p = sub.add_parser("flow-many")
-    p.add_argument("backend")
-    p.add_argument("data_root", type=Path)
-    p.add_argument("snapshot_ids", nargs="+")
-    p.add_argument("--embedding-model", required=True)
     args = parser.parse_args(argv)
     if args.what == "boto3-download":
         boto3_download(args.bucket, args.dest, args.keys)
-    elif args.what == "execute-many":
-        execute_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
     else:
-        flow_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
+        execute_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
 
 
 if __name__ == "__main__":
