@@ -123,10 +123,6 @@ class SnapshotListing:
         """The tenant's snapshots, oldest first."""
         return self._manifests(self._tenants().get(tenant_id, []))
 
-    def entries_for(self, tenant_id: int) -> list[SnapshotEntry]:
-        """The tenant's snapshots as entries, oldest first (no manifest is produced for this)."""
-        return list(self._tenants().get(tenant_id, []))
-
     def latest_entry(self, tenant_id: int) -> SnapshotEntry | None:
         """The entry of :meth:`latest`."""
         mine = self._tenants().get(tenant_id)

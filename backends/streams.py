@@ -102,14 +102,6 @@ def parse_rate(text: str | int | float) -> int:
     return value
 
 
-def format_rate(bytes_per_second: float) -> str:
-    """``52428800`` as ``50 MiB/s``."""
-    for unit, size in (("GiB/s", 1024 * MiB), ("MiB/s", MiB), ("KiB/s", 1024)):
-        if bytes_per_second >= size:
-            return f"{bytes_per_second / size:.3g} {unit}"
-    return f"{bytes_per_second:.0f} B/s"
-
-
 class RateLimit:
     """A token bucket shared by every stream that reads under it; thread-safe.
 

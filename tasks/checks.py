@@ -118,11 +118,6 @@ def check_copy(root: Path, manifest: SnapshotManifest, reported_sizes: Mapping[s
     check_hnsw_files(root, manifest, reported_sizes, what)
 
 
-def check_sqlite_integrity(path: Path) -> None:
-    """``PRAGMA integrity_check`` on the restored database at ``path`` must say ``ok``."""
-    check_sqlite(path, CheckLevel.FULL)
-
-
 def hnsw_sizes(backend: Backend, manifest: SnapshotManifest) -> dict[str, int]:
     """The size the backend reports for each HNSW blob, by content key."""
     return {e.content_key: backend.object_size(e.content_key) for e in manifest.hnsw_snapshots}

@@ -26,10 +26,6 @@ def request_stop() -> None:
     _stop.set()
 
 
-def stop_requested() -> bool:
-    return _stop.is_set()
-
-
 def check() -> None:
     """Raise :class:`StopRequested` if the process was asked to stop."""
     if _stop.is_set():

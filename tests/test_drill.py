@@ -18,7 +18,7 @@ from memrestore.backends.errors import AccessDeniedError, TransientBackendError
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.s3 import CLIENT_CONFIG
 from memrestore.backends.sample import make_sqlite_checkpoint, write_sample_snapshot
-from memrestore.tasks.checks import check_hnsw_files, check_restored, check_sqlite_integrity, check_tables, hnsw_sizes
+from memrestore.tasks.checks import CheckLevel, check_hnsw_files, check_restored, check_sqlite, check_tables, hnsw_sizes
 from memrestore.tasks.drill import (
     DRILL_FAILED_EVENT,
     attempt_snapshot,
@@ -103,20 +103,20 @@ def _by_tenant(report: dict) -> dict[int, dict]:
 def test_integrity_check_passes_a_sound_checkpoint_and_fails_a_damaged_one(tmp_path):
     db = tmp_path / "data.sqlite"
     make_sqlite_checkpoint(db, rows=50, target_bytes=512 * 1024)
-    check_sqlite_integrity(db)
+    check_sqlite(db, CheckLevel.FULL)
 
     truncated = tmp_path / "truncated.sqlite"
     truncated.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
     with pytest.raises(RestoredCopyCheckError, match="integrity_check of the restored checkpoint .*malformed"):
-        check_sqlite_integrity(truncated)
+        check_sqlite(truncated, CheckLevel.FULL)
 
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database " * 1000)
     with pytest.raises(RestoredCopyCheckError, match="file is not a database"):
-        check_sqlite_integrity(garbage)
+        check_sqlite(garbage, CheckLevel.FULL)
 
     with pytest.raises(RestoredCopyCheckError, match="missing"):
-        check_sqlite_integrity(tmp_path / "absent.sqlite")
+        check_sqlite(tmp_path / "absent.sqlite", CheckLevel.FULL)
     # Read-only: the check changed nothing.
     assert truncated.stat().st_size == db.stat().st_size // 2
 
