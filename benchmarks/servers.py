@@ -9,19 +9,19 @@ measure Prefect's start-up and not the restore.)
 SeaweedFS: ``tests.seaweed.SeaweedS3`` (the test suite's own), on loopback, with its data kept in
 the benchmark's cache so that uploaded snapshots are reused across runs.
 
-Ports, the start, the readiness wait and the stop are the test suite's (``tests.procs``).
+The Prefect server is launched as the test suite launches its own (``tests.prefect_server.launch``);
+ports and the stop are ``tests.procs``'.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from tests.procs import Started, free_port, start, stop, wait_until
+from tests.prefect_server import launch
+from tests.procs import Started, free_port, stop
 
 #: A fresh Prefect server answers /api/health in ~12 s here (PREFECT_NOTES.md); allow for load.
 PREFECT_STARTUP_SECONDS = 120
@@ -31,10 +31,6 @@ PREFECT_QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }
-
-
-def prefect_bin() -> str:
-    return str(Path(sys.executable).parent / "prefect")
 
 
 class PrefectServer(Started):
@@ -52,28 +48,9 @@ class PrefectServer(Started):
 
     def start(self) -> "PrefectServer":
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env()}
-        env.pop("PREFECT_API_URL")
         began = time.monotonic()
-        # Its own process group: stop() ends the server and its workers.
-        self._process = start([prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", self.port],
-                              self.home / "server.log", env=env, append=True)
-
-        def healthy() -> bool:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self._process.returncode}; see {self.home}/server.log")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        try:
-            wait_until(healthy, PREFECT_STARTUP_SECONDS, f"a healthy prefect server; see {self.home}/server.log",
-                       poll=0.5, error=RuntimeError)
-        except BaseException:
-            self.stop()
-            raise
+        self._process = launch(self.home, self.port, self.home / "server.log", {**os.environ, **PREFECT_QUIET},
+                               timeout=PREFECT_STARTUP_SECONDS, append=True)
         self.startup_seconds = time.monotonic() - began
         return self
 

@@ -27,7 +27,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pytest
 
@@ -72,12 +72,13 @@ class PrefectServer:
                 yield client
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
-    """``prefect server start`` on a free loopback port for the session."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+def launch(home: Path, port: int, log: Path, env: Mapping[str, str], timeout: float = SERVER_STARTUP_SECONDS,
+           append: bool = False) -> subprocess.Popen:
+    """``prefect server start`` on 127.0.0.1:``port`` with its database under ``home`` (``env``, less
+    any PREFECT_API_URL, is its environment), in a process group of its own, output to ``log``;
+    returned once ``/api/health`` answers. Raises RuntimeError, with the log's tail, if it exits or
+    is not healthy within ``timeout`` (it is stopped then)."""
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     env.update({
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -85,22 +86,36 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
         # command line's --host/--port: without them the browser would call port 4200.
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
-        # A run refused a slot of its deployment's concurrency limit is offered again after this
-        # many seconds (Prefect's default 30): the fleet drill tests fill their limit on purpose.
-        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
     })
-    log = home / "server.log"
-    proc = start([VENV_BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], log, env=env)
-    server = PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server start exited with {proc.returncode}:\n{tail(log)}")
-            return healthy(server.api_url)
+    proc = start([VENV_BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], log, env=env,
+                 append=append)
+    api_url = f"http://127.0.0.1:{port}/api"
 
-        wait_until(up, SERVER_STARTUP_SECONDS,
-                   lambda: f"prefect server start to be healthy on {server.api_url}:\n{tail(log)}")
-        yield server
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server start exited with {proc.returncode}:\n{tail(log)}")
+        return healthy(api_url)
+
+    try:
+        wait_until(up, timeout, lambda: f"prefect server start to be healthy on {api_url}:\n{tail(log)}",
+                   poll=0.5, error=RuntimeError)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free loopback port for the session."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    log = home / "server.log"
+    # A run refused a slot of its deployment's concurrency limit is offered again after this many
+    # seconds (Prefect's default 30): the fleet drill tests fill their limit on purpose.
+    proc = launch(home, port, log, {**os.environ, "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1"})
+    try:
+        yield PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
     finally:
         stop(proc)
 
