@@ -41,11 +41,9 @@ from memrestore.tasks.drill import (
     MAX_DRILL_CONCURRENCY,
     ManifestsById,
     attempt_plain,
-    close_scratch_root,
     drill_candidates,
     drill_tenant,
     list_snapshots_task,
-    open_scratch_root,
     tenants_to_drill,
 )
 from memrestore.tasks.drill_report import (
@@ -60,6 +58,7 @@ from memrestore.tasks.errors import SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest
 from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
+from memrestore.tasks.scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 
 T = TypeVar("T")

@@ -15,17 +15,13 @@ and restores inside it, with no ``restore-snapshot`` subflow: a subflow per rest
 of orchestration per tenant against ~25 ms of restore work (BENCHMARKS.md, row 5).
 :func:`drill_plain` is the same drill with no Prefect at all.
 
-A scratch copy lives in ``<scratch_dir>/tenant-<id>-<snapshot>-<random>/`` and is deleted once
-checked, unless the tenant failed and ``keep_failed`` is set; a scratch dir the drill created
-itself (none was given) is removed at the end when nothing was kept in it.
+Each snapshot tried is restored into a scratch copy of its own (tasks/scratch.py), deleted once
+checked unless the tenant failed and ``keep_failed`` is set.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, overload
@@ -35,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from memrestore.backends import Backend, SnapshotListing, list_snapshots, open_backend
 from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
 from memrestore.tasks.checks import CheckLevel, check_restored, hnsw_sizes
 from memrestore.tasks.drill_report import (
     AttemptResult,
@@ -45,12 +42,11 @@ from memrestore.tasks.drill_report import (
     hours,
     no_snapshot_result,
 )
-from memrestore.tasks.errors import ScratchDirError
-from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
 from memrestore.tasks.execute import execute
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
+from memrestore.tasks.scratch import close_scratch_root, discard_scratch_copy, new_scratch_copy, open_scratch_root
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
 
@@ -66,7 +62,6 @@ MAX_WALK_BACK = 10
 
 #: The event a failed tenant emits; a Prefect automation on it can page someone.
 DRILL_FAILED_EVENT = "memrestore.drill.failed"
-SCRATCH_PREFIX = "memrestore-drill-"
 MICROS_PER_SECOND = 1_000_000
 SECONDS_PER_HOUR = 3600
 
@@ -138,48 +133,6 @@ def stale_reason(tenant_id: int, age_seconds: float, max_age_hours: float | None
         f"latest snapshot is {hours(age_seconds)} old, above --max-age-hours {max_age_hours:g}: "
         f"check that backups of tenant {tenant_id} are still being taken."
     )
-
-
-# -- scratch copies -----------------------------------------------------------------------------
-
-
-def open_scratch_root(scratch_dir: str | Path | None) -> tuple[Path, bool]:
-    """The directory scratch copies go in, and whether the drill created it (and may remove it)."""
-    if scratch_dir is None:
-        return Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX)), True
-    root = Path(scratch_dir).expanduser().absolute()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ScratchDirError(root, "it exists and is not a directory") from None
-    except OSError as exc:
-        raise ScratchDirError(root, f"creating it failed ({exc.strerror or exc})") from exc
-    if not root.is_dir():
-        raise ScratchDirError(root, "it is not a directory")
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise ScratchDirError(root, "this user cannot create entries in it")
-    return root, False
-
-
-def close_scratch_root(root: Path, created: bool) -> None:
-    """Remove a scratch dir the drill created, if nothing was kept in it."""
-    if created:
-        try:
-            root.rmdir()
-        except OSError:
-            pass  # a kept copy is in it: the report names it
-
-
-def new_scratch_copy(root: Path, manifest: SnapshotManifest) -> Path:
-    """A fresh, empty directory for one restore (new_cluster accepts an empty data dir)."""
-    try:
-        return Path(tempfile.mkdtemp(prefix=f"tenant-{manifest.tenant_id}-{manifest.snapshot_id}-", dir=root))
-    except OSError as exc:
-        raise ScratchDirError(root, f"creating a directory in it failed ({exc.strerror or exc})") from exc
-
-
-def discard_scratch_copy(path: str | Path) -> None:
-    shutil.rmtree(path)
 
 
 # -- one attempt, one tenant ---------------------------------------------------------------------
