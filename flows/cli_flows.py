@@ -40,7 +40,8 @@ def connect_prefect() -> None:
     """Point this command at a Prefect API before Prefect is imported (it reads its settings
     once, at import): the one the user set up, else the shared local server of this
     ``PREFECT_HOME``, started now if none is running (flows/localserver.py)."""
-    from memrestore.flows.localserver import LocalServerError, configured_api_url, ensure_server
+    from memrestore.flows.localserver import LocalServerError, ensure_server
+    from memrestore.flows.prefect_config import configured_api_url
 
     if configured_api_url():
         return

@@ -67,7 +67,8 @@ def _server_lines(info, home: Path) -> list[str]:
 
 def server_status(as_json: bool = JsonOpt) -> None:
     """Show the local server of this PREFECT_HOME, if one is running."""
-    from memrestore.flows.localserver import configured_api_url, healthy, prefect_home, running_server
+    from memrestore.flows.localserver import healthy, running_server
+    from memrestore.flows.prefect_config import configured_api_url, prefect_home
 
     home = prefect_home()
     info = running_server(home)
@@ -91,7 +92,8 @@ def server_status(as_json: bool = JsonOpt) -> None:
 
 def server_start() -> None:
     """Start the local server now (commands start it when they need it)."""
-    from memrestore.flows.localserver import LocalServerError, ensure_server, prefect_home
+    from memrestore.flows.localserver import LocalServerError, ensure_server
+    from memrestore.flows.prefect_config import prefect_home
 
     try:
         info, started = ensure_server()
@@ -105,7 +107,8 @@ def server_stop(
     force: bool = typer.Option(False, "--force", help="Stop it even while a command uses it."),
 ) -> None:
     """Stop the local server of this PREFECT_HOME (the next command starts a new one)."""
-    from memrestore.flows.localserver import LocalServerError, prefect_home, stop_server
+    from memrestore.flows.localserver import LocalServerError, stop_server
+    from memrestore.flows.prefect_config import prefect_home
 
     try:
         info = stop_server(force=force)

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from memrestore.flows.prefect_config import prefect_home
 from memrestore.tasks.errors import LocalServerError
 
 #: Default idle time before the server stops itself: an operator's incident is a run of commands
@@ -54,46 +55,6 @@ USERS_NAME = "memrestore-server.users"
 LOG_NAME = "memrestore-server.log"
 #: What the server process's command line holds, to tell it from a process that took over its pid.
 COMMAND_TAG = "memrestore.flows.localserver"
-
-
-def prefect_home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-
-
-def configured_api_url() -> str | None:
-    """The Prefect API the user set up, if any, from the sources Prefect reads it from, without
-    importing Prefect (which costs a second): ``PREFECT_API_URL``; ``.env``, ``prefect.toml``
-    (``[api] url``) and ``pyproject.toml`` (``[tool.prefect.api] url``) in the working directory;
-    the active profile in ``profiles.toml`` (``PREFECT_PROFILES_PATH``, else
-    ``PREFECT_HOME/profiles.toml``; the profile ``PREFECT_PROFILE`` names, else its ``active``).
-    """
-    if url := os.environ.get("PREFECT_API_URL"):
-        return url
-    import tomllib
-
-    def toml(path: Path) -> dict:
-        try:
-            return tomllib.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def dig(data: dict, *keys: str):
-        for key in keys:
-            data = data.get(key) if isinstance(data, dict) else None
-        return data if isinstance(data, str) and data else None
-
-    try:
-        for line in Path(".env").read_text().splitlines():
-            key, _, value = line.strip().removeprefix("export ").partition("=")
-            if key.strip() == "PREFECT_API_URL" and value.strip().strip("'\""):
-                return value.strip().strip("'\"")
-    except (OSError, UnicodeDecodeError):
-        pass
-    if url := dig(toml(Path("prefect.toml")), "api", "url") or dig(toml(Path("pyproject.toml")), "tool", "prefect", "api", "url"):
-        return url
-    profiles = toml(Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml").expanduser())
-    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
-    return dig(profiles, "profiles", name or "", "PREFECT_API_URL")
 
 
 @dataclass

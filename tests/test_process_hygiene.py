@@ -30,7 +30,7 @@ import pytest
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
-from memrestore.flows import localserver
+from memrestore.flows import localserver, prefect_config
 from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
 from memrestore.tasks.layout import MARKER_NAME, read_marker
 from tests.conftest import tree
@@ -371,4 +371,4 @@ def test_a_configured_api_is_found_where_prefect_reads_it(tmp_path, monkeypatch,
         (tmp_path / "pyproject.toml").write_text(f'[tool.prefect.api]\nurl = "{url}"\n')
     elif where == "profile":
         (home / "profiles.toml").write_text(f'active = "prod"\n[profiles.prod]\nPREFECT_API_URL = "{url}"\n')
-    assert localserver.configured_api_url() == (None if where == "nothing" else url)
+    assert prefect_config.configured_api_url() == (None if where == "nothing" else url)
