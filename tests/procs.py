@@ -125,9 +125,26 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = STO
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            _dump_stacks(proc, sig, timeout)
             _signal(proc, signal.SIGKILL, group)
             proc.wait()
     return proc.returncode
+
+
+def _dump_stacks(proc: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Where a process that outlived its stop signal is waiting, on stderr (shown with the failing
+    test): the Python stacks of all its threads, from py-spy (the ``bench`` extra) when present."""
+    header = f"pid {proc.pid} ({' '.join(map(str, proc.args))[:200]}) outlived {signal.Signals(sig).name} by {timeout:.0f} s"
+    py_spy = VENV_BIN / "py-spy"
+    if not py_spy.exists():
+        print(f"{header}; no py-spy in {VENV_BIN} to show its stacks", file=sys.stderr)
+        return
+    try:
+        dump = subprocess.run([str(py_spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True,
+                              timeout=30)
+        print(f"{header}; its stacks:\n{dump.stdout}{dump.stderr}", file=sys.stderr)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"{header}; py-spy dump failed: {exc}", file=sys.stderr)
 
 
 class Started:
