@@ -115,9 +115,12 @@ def _signal(proc: subprocess.Popen, sig: int, group: bool) -> None:
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = STOP_SECONDS,
-         group: bool | None = None) -> int:
+         group: bool | None = None, slow_is_news: bool = True) -> int:
     """Signal a process we started (its process group if ``start`` gave it one, else its PID); if it
-    outlives ``timeout``, SIGKILL it the same way. Returns its exit status. Safe to call again."""
+    outlives ``timeout``, SIGKILL it the same way. Returns its exit status. Safe to call again.
+
+    A Python process that outlives its signal has its stacks printed first (``slow_is_news``); a
+    caller whose process routinely needs the SIGKILL (weed) passes False."""
     if group is None:
         group = getattr(proc, "own_group", False)
     if proc.poll() is None:
@@ -125,7 +128,8 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = STO
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _dump_stacks(proc, sig, timeout)
+            if slow_is_news:
+                _dump_stacks(proc, sig, timeout)
             _signal(proc, signal.SIGKILL, group)
             proc.wait()
     return proc.returncode

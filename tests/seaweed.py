@@ -167,7 +167,7 @@ class SeaweedS3(Started):
         """
         process, self._process = self._process, None
         if process is not None:
-            stop(process, timeout=self.stop_timeout)
+            stop(process, timeout=self.stop_timeout, slow_is_news=False)
             self._remove_grpc_sockets()
 
     @property

@@ -160,12 +160,17 @@ def lopsided(seaweedfs, monkeypatch):
 
 @pytest.mark.parametrize("streams", [3, 8])
 def test_streams_really_in_flight_at_a_far_store_proxy(seaweedfs, lopsided, monkeypatch, tmp_path, streams):
-    """Through a proxy that caps each connection at 2 MB/s and delays each request 20 ms, the
+    """Through a proxy that caps each connection at 1 MB/s and delays each request 20 ms, the
     restore keeps exactly ``streams`` GETs moving bytes until its last parts, never more: counted
-    at the proxy, per 0.1 s. (A fixed share per blob left the large blob on one connection.)"""
+    at the proxy, every 10 ms. (A fixed share per blob left the large blob on one connection.)
+
+    Between one part's last byte and the next part's request the client spends CPU (boto3 builds
+    and signs each request; 8 at once queue for the GIL): on these 2 cores up to ~0.1 s at each
+    wave of parts. At 1 MB/s a 1 MiB part takes ~1 s, so those gaps are a small share of the
+    timeline, as they are at real part sizes (8 MiB and up)."""
     monkeypatch.setattr(streams_module, "PART_SIZE", 1 * MiB)  # many parts of a small blob
     monkeypatch.setattr(streams_module, "MIN_PART_SIZE", 1 * MiB)
-    with FarProxy(seaweedfs.endpoint_url, rate=2_000_000, delay=0.02) as proxy:
+    with FarProxy(seaweedfs.endpoint_url, rate=1_000_000, delay=0.02) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
         backend = open_backend(f"s3://{lopsided}")
         plan = _plan(backend, "lop", "big")
@@ -181,7 +186,9 @@ def test_streams_really_in_flight_at_a_far_store_proxy(seaweedfs, lopsided, monk
     # The middle of the transfer (after the first parts started, before the last ones): full.
     middle = timeline[len(timeline) // 10: len(timeline) * 8 // 10]
     assert statistics.median(middle) == streams, shown
-    assert sum(n == streams for n in middle) >= 0.8 * len(middle), shown
+    # Kept full on average: the gaps between parts cost a few slices each wave; a design that left
+    # streams idle (one blob per connection, a wave waiting for its slowest part) costs far more.
+    assert statistics.mean(middle) >= 0.85 * streams, shown
     # and the bytes are the snapshot's
     expected = seaweedfs.client().get_object(Bucket=lopsided, Key=plan.items[1].content_key)["Body"].read()
     assert (tmp_path / "data" / "tenant_1" / "hnsw" / "big.bin").read_bytes() == expected

@@ -47,16 +47,24 @@ FINAL_STATE = re.compile(r"^(Completed|Failed|Crashed|Cancelled)$")
 ON_DEMAND = "restore-snapshot/on-demand"
 
 
-def _created_run_id(prefect_server: PrefectServer) -> str:
-    """The id of the on-demand deployment's run, once the Submit has created it."""
+def _created_run_id(prefect_server: PrefectServer, deployment_id: str, data_dir: Path) -> str:
+    """The id of the run the Submit created: the on-demand deployment's newest run restoring into
+    this test's ``data_dir``. (The session's server holds hundreds of runs by now, other tests' among
+    them with tenant 7, and an unfiltered read returns only 200 of them in id order.)"""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.client.schemas.sorting import FlowRunSort
+
     deadline = time.monotonic() + STEP_MS / 1000
     while True:
         with prefect_server.client() as client:
-            runs = client.read_flow_runs()
-        mine = [r for r in runs if r.parameters.get("tenant_id") == 7]
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
+        mine = [r for r in runs if r.parameters.get("data_dir") == str(data_dir)]
         if mine:
             return str(mine[0].id)
-        assert time.monotonic() < deadline, "the Submit created no flow run"
+        assert time.monotonic() < deadline, (
+            f"the Submit created no run of deployment {deployment_id} into {data_dir} in {STEP_MS // 1000} s")
         time.sleep(1)
 
 
@@ -123,6 +131,9 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
             page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
             page.get_by_role("button", name="Select mode").click()
             page.get_by_role("option", name="new_cluster", exact=True).click()
+            for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
+                assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
+            deployment_id = re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
             page.get_by_role("button", name="Submit", exact=True).click()
 
             # The toast links to the new run; its page refreshes its state as the run goes. On a
@@ -131,7 +142,7 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
             try:
                 page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
             except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
-                page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server)}")
+                page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
             page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
             flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
             state = _run_page_final_state(page)
