@@ -196,7 +196,10 @@ def test_streams_really_in_flight_at_a_far_store_proxy(seaweedfs, lopsided, monk
 
 def test_a_rate_limited_s3_restore_holds_its_cap(seaweedfs, lopsided, tmp_path):
     """Against SeaweedFS on loopback (which gives far more), 16 streams under a cap of 12 MiB/s:
-    the measured rate is within 10% of the cap."""
+    the restore never goes faster than the cap allows (10% for the bucket's first credit and the
+    clock), and is not throttled far below it. The lower bound is loose on purpose: a loaded
+    machine slows a restore, never speeds it up, and speed is the benchmark's to measure
+    (BENCHMARKS.md row 8 gives the figure); here it only catches a limiter gone wrong."""
     backend = open_backend(f"s3://{lopsided}")
     plan = _plan(backend, "lop2", "big")
     cap = parse_rate("12M")
@@ -205,7 +208,7 @@ def test_a_rate_limited_s3_restore_holds_its_cap(seaweedfs, lopsided, tmp_path):
         outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
     rate = outcome.total_bytes / (time.monotonic() - began)
     assert outcome.total_bytes > 24 * MiB
-    assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
+    assert 0.5 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
 
 
 def test_a_rate_limited_local_restore_holds_its_cap_and_restores_exactly(tmp_path):
@@ -217,7 +220,8 @@ def test_a_rate_limited_local_restore_holds_its_cap_and_restores_exactly(tmp_pat
     with Transfer(limit_rate="8M") as transfer:
         outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
     rate = outcome.total_bytes / (time.monotonic() - began)
-    assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
+    # As above: the cap is a ceiling; the floor only catches a limiter gone wrong.
+    assert 0.5 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
     assert tree(tmp_path / "data" / "tenant_1")["hnsw/m.bin"] == (tmp_path / "backend" / "s" / "hnsw-0.bin").read_bytes()
 
 
