@@ -28,6 +28,8 @@ from memrestore.tasks.errors import ServeError
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
+    from memrestore.flows.serve_stop import ServeStop
+
 ON_DEMAND = "on-demand"
 NIGHTLY = "nightly"
 DEFAULT_DRILL_CRON = "0 3 * * *"
@@ -136,10 +138,6 @@ def prefect_api(log: Callable[[str], None]) -> Iterator[str]:
         os.environ.pop("PREFECT_API_URL", None)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
 def serve(
     backend: str | None = None,
     drill_cron: str = DEFAULT_DRILL_CRON,
@@ -152,14 +150,17 @@ def serve(
     """Serve ``restore-snapshot/on-demand`` and, when ``backend`` is given, ``restore-drill/nightly``
     until interrupted (SIGINT or SIGTERM). The drill needs a backend: without one only the on-demand
     deployment is served (and a nightly schedule served earlier is left as it is)."""
-    import prefect
     from prefect.settings import PREFECT_UI_URL
 
+    from memrestore.flows.serve_stop import ServeStop
+
+    stopper: ServeStop | None = None
     if threading.current_thread() is threading.main_thread():
-        # Until the runner installs its own SIGTERM handler, SIGTERM unwinds this function (so a
-        # local server is stopped) instead of ending the process on the spot.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with prefect_api(log):
+        # Until the runner serves, a signal unwinds this function (so a local server is let go).
+        stopper = ServeStop("", log)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stopper.on_signal)
+    with prefect_api(log) as api_url:
         from memrestore.flows.alerts import ensure_crashed_restore_automation
 
         ensure_crashed_restore_automation(log)
@@ -175,4 +176,31 @@ def serve(
         if PREFECT_UI_URL.value():
             log(f"Prefect UI: {PREFECT_UI_URL.value()}/deployments")
         log("Ctrl-C (or SIGTERM) stops serving" + ("; the nightly schedule stays active" if backend else ""))
-        prefect.serve(*deployments, pause_on_shutdown=False, print_starting_message=False)
+        _run(deployments, stopper, api_url)
+
+
+def _run(deployments: list[RunnerDeployment], stopper: ServeStop | None, api_url: str) -> None:
+    """What ``prefect.serve`` does, with our stop (flows/serve_stop.py) in place of its own."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        # Runner.start installs this as its SIGTERM handler: a signal goes to ServeStop, which
+        # calls back here (without arguments) for Prefect's own stop.
+        def handle_sigterm(self, *args, **kwargs):
+            if stopper is None or args == ():  # called by ServeStop itself, or off the main thread
+                return super().handle_sigterm()
+            return stopper.on_signal(*args)
+
+    # Stopping leaves the nightly schedule active: Prefect's default would pause it.
+    runner = _Runner(pause_on_shutdown=False)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    if stopper is not None:
+        stopper.api_url, stopper.runner = api_url, runner
+    try:
+        asyncio.run(runner.start())
+    finally:
+        if stopper is not None:
+            stopper.finished.set()

@@ -73,6 +73,9 @@ def current(given: Listener | None = None) -> Listener:
 #: How often a restore's progress artifact is brought up to date while its blobs come down: often
 #: enough to watch, rarely enough that the API calls (one each) cost nothing beside the download.
 ARTIFACT_UPDATE_SECONDS = 1.0
+#: How long the end of a restore waits for an update in flight (one takes milliseconds on an API
+#: that answers) before leaving it, and the last update, undone.
+UPDATE_WAIT_SECONDS = 2.0
 
 
 class ProgressArtifact:
@@ -148,9 +151,14 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
     thread = threading.Thread(target=contextvars.copy_context().run, args=(publish,),
                               name="memrestore-progress-artifact", daemon=True)
     thread.start()
+    finished = False
     try:
         yield artifact
+        finished = True
     finally:
         stop.set()
-        thread.join()
-        bring_up_to_date()
+        # An update still waiting on an API that does not answer is left to its (daemon) thread:
+        # a restore that is stopping, or done, does not wait out Prefect's HTTP timeouts for it.
+        thread.join(timeout=UPDATE_WAIT_SECONDS)
+        if finished and not thread.is_alive():
+            bring_up_to_date()

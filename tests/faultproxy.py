@@ -263,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle()
 
-    do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+    do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
 
     # -- the proxy -----------------------------------------------------------
 

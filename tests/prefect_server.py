@@ -52,6 +52,18 @@ class PrefectServer:
     url: str  # http://127.0.0.1:PORT, the UI's root
     home: Path
     log: Path
+    pid: int | None = None  # the server's process (its group's leader), when this session started it
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server stops answering (SIGSTOP to its process group: connections are accepted by
+        the kernel, never answered, as a hung server or a dropped network does), then resumes."""
+        assert self.pid is not None, "only a server this session started can be frozen"
+        os.killpg(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.pid, signal.SIGCONT)
 
     @property
     def api_url(self) -> str:
@@ -115,7 +127,7 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
     # seconds (Prefect's default 30): the fleet drill tests fill their limit on purpose.
     proc = launch(home, port, log, {**os.environ, "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1"})
     try:
-        yield PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
+        yield PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log, pid=proc.pid)
     finally:
         stop(proc)
 
@@ -132,12 +144,15 @@ def _polled_since(client, name: str, since: datetime.datetime) -> bool:
 
 @contextmanager
 def serving(server: PrefectServer, *args: str, log: Path, expect: tuple[str, ...] = (
-        "restore-snapshot/on-demand",), stop_signal: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
-    """``memrestore serve *args`` against ``server``, yielded once its runner has polled the API for
-    every deployment in ``expect``; stopped with ``stop_signal`` by its PID at the end."""
+        "restore-snapshot/on-demand",), stop_signal: int = signal.SIGTERM,
+        env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """``memrestore serve *args`` against ``server`` (``env`` added to its environment, and so to
+    its flow runs'), yielded once its runner has polled the API for every deployment in
+    ``expect``; stopped with ``stop_signal`` by its PID at the end."""
     started = datetime.datetime.now(datetime.timezone.utc)
     # A runner polls every 10 s by default; every second keeps the tests short.
-    proc = start_memrestore(["serve", *args], log, env=server.env(PREFECT_RUNNER_POLL_FREQUENCY="1"), group=False)
+    proc = start_memrestore(["serve", *args], log, env=server.env(PREFECT_RUNNER_POLL_FREQUENCY="1", **(env or {})),
+                            group=False)
     try:
         with server.client() as client:
             def ready() -> bool:

@@ -246,3 +246,108 @@ def test_a_failed_drill_notifies_through_the_automation(tmp_path):
         receiver.shutdown()
         thread.join()
         receiver.server_close()
+
+
+# --- stopping beside an API that stopped answering ----------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie left for init to reap counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(prefect_server: PrefectServer, tmp_path):
+    """The Prefect API freezes under an on-demand restore in flight; SIGTERM to serve. Prefect's own
+    stop asks that API about the run before killing it and waited past 120 s with the restore still
+    going; serve now stops it (SIGTERM, then SIGKILL) and exits 1, saying so. The data dir keeps the
+    marker, and once the API is back the restore is resumed to the snapshot's bytes."""
+    from prefect.deployments import run_deployment
+
+    from memrestore.flows.serve_stop import API_SILENCE_SECONDS, FORCED_EXIT, RUN_STOP_SECONDS
+    from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
+    from memrestore.tasks.layout import MARKER_NAME, read_marker
+
+    backend = LocalBackend(tmp_path / "backend")
+    write_sample_snapshot(backend, tenant_id=7, snapshot_id="s1")
+    data_dir, held, log = tmp_path / "data", tmp_path / "held", tmp_path / "serve.log"
+    with serving(prefect_server, "--backend", backend.url, log=log,
+                 env={PAUSE_ENV: "stage-chunk:1", PAUSE_FILE_ENV: str(held)}) as serve:
+        with prefect_server.client():
+            run_deployment(ON_DEMAND, timeout=0, parameters={
+                "tenant_id": 7, "data_dir": str(data_dir), "mode": "new_cluster", "snapshot": "s1",
+                "destination": {"embedding_model": "minilm"}})
+        wait_until(held.exists, RUN_SECONDS, "the restore to be held mid-download")
+        restore_pid = read_marker(data_dir).pid
+
+        with prefect_server.frozen():
+            began = time.monotonic()
+            serve.send_signal(signal.SIGTERM)
+            code = serve.wait(timeout=60)  # a liveness bound: Prefect alone had not exited at 120 s
+            took = time.monotonic() - began
+            wait_until(lambda: _gone(restore_pid), 10, "the restore's process to be gone")
+    out = log.read_text()
+    assert code == FORCED_EXIT, out[-3000:]
+    assert (f"the Prefect API at {prefect_server.api_url} has not answered for {API_SILENCE_SECONDS:.0f} s"
+            in out), out[-3000:]
+    assert "1 restore(s) in flight stopped by SIGTERM" in out and "--resume" in out, out[-3000:]
+    print(f"serve exited {took:.1f} s after SIGTERM (the restore's own stop: up to {RUN_STOP_SECONDS:.0f} s)")
+    assert (data_dir / MARKER_NAME).exists()
+
+    env = prefect_server.env(PREFECT_HOME=str(tmp_path / "home"))
+    args = ["restore", "--backend", backend.url, "--tenant", "7", "--snapshot", "s1", "--data-dir", str(data_dir),
+            "--mode", "new_cluster", "--embedding-model", "minilm"]
+    refused = memrestore(*args, base=env)
+    assert refused.returncode == 1 and "its process is gone" in refused.stderr, refused.stderr
+    resumed = memrestore(*args, "--resume", base=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert tree(data_dir) == {
+        "tenant_7/data.sqlite": (backend.root / "s1/sqlite.db").read_bytes(),
+        "tenant_7/hnsw/minilm.bin": (backend.root / "s1/hnsw-0.bin").read_bytes(),
+        "tenant_7/hnsw/e5-base.bin": (backend.root / "s1/hnsw-1.bin").read_bytes(),
+    }
+
+
+def test_a_second_ctrl_c_stops_serve_at_once_when_the_api_stops_answering(prefect_server: PrefectServer, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(prefect_server, log=log) as serve:
+        with prefect_server.frozen():
+            serve.send_signal(signal.SIGINT)
+            wait_until(lambda: "SIGINT: stopping" in log.read_text(), 10, "serve to say it is stopping")
+            serve.send_signal(signal.SIGINT)
+            code = serve.wait(timeout=30)
+    out = log.read_text()
+    assert code == 1, out[-3000:]
+    assert "SIGINT again: stopping now, without waiting for Prefect" in out, out[-3000:]
+    assert "has not answered" not in out  # it did not wait for the watch
+
+
+def test_the_stop_watch_counts_any_http_answer_and_not_silence():
+    """serve's stop asks whether the API answers at all: an HTTP error (a Cloud workspace's 401, a
+    404 under a path prefix) is an answer; a listener that never replies, or nothing listening, is not."""
+    import socket
+
+    from memrestore.flows.serve_stop import answers
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody reads or replies
+    try:
+        assert answers(f"http://127.0.0.1:{server.server_port}/api/accounts/a/workspaces/w")
+        assert not answers(f"http://127.0.0.1:{silent.getsockname()[1]}/api", timeout=0.5)
+        assert not answers(f"http://127.0.0.1:{free_port()}/api", timeout=0.5)
+    finally:
+        silent.close()
+        server.shutdown()
+        server.server_close()

@@ -7,6 +7,7 @@ read back from a real Prefect API while the blobs come down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import threading
 import time
@@ -26,7 +27,7 @@ from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
 from tests.conftest import tree
 from tests.farproxy import FarProxy
-from tests.procs import memrestore
+from tests.procs import memrestore, wait_until
 from tests.seaweed import point_boto3
 
 KiB = 1024
@@ -314,6 +315,34 @@ def test_a_restore_shows_live_progress_in_a_prefect_artifact(tmp_path):
     assert final[0].description.startswith(f"{total / MiB:.1f} MiB of {total / MiB:.1f} MiB received")
     assert any(0 < value < 100 for value, _ in seen), seen  # seen part-way, while it ran
     assert [v for v, _ in seen] == sorted(v for v, _ in seen)  # never backwards
+
+
+@pytest.mark.parametrize("ends", ["done", "stopped"])
+def test_a_progress_update_stuck_on_a_silent_api_holds_up_neither_the_end_nor_a_stop(prefect_api, ends):
+    """The Prefect API stops answering artifact updates (a proxy in front of it reads them and
+    sends nothing for a minute) while a restore's progress is being published. The block still
+    ends within seconds, done or stopped by a signal (before, it joined the stuck update and waited
+    out Prefect's HTTP timeout and retries: minutes)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from memrestore.tasks.progress import UPDATE_WAIT_SECONDS, bytes_artifact
+    from tests.faultproxy import Fault, FaultProxy
+
+    received = [0]
+    with FaultProxy(prefect_api.removesuffix("/api"), stall_seconds=60) as proxy:
+        with temporary_settings({PREFECT_API_URL: f"{proxy.url}/api"}):
+            with pytest.raises(KeyboardInterrupt) if ends == "stopped" else contextlib.nullcontext():
+                with bytes_artifact(f"stuck-progress-{ends}", 100, lambda: received[0], every=0.05):
+                    proxy.always(Fault.STALL, match="/artifacts/")
+                    received[0] = 50
+                    wait_until(lambda: proxy.count("PATCH", "/artifacts/") >= 1, 10, "an update to be sent")
+                    began = time.monotonic()
+                    if ends == "stopped":
+                        raise KeyboardInterrupt
+            took = time.monotonic() - began
+        proxy.clear()
+    assert took < 20, f"the block took {took:.1f} s to end beside a stuck update"
+    assert took >= UPDATE_WAIT_SECONDS * 0.9  # it did wait for the update, as long as it says
 
 
 @pytest.mark.parametrize("args, needle", [
