@@ -157,6 +157,9 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
             page.screenshot(path=str(shot), full_page=True)
             html.write_text(page.content())
             print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
+            # What the operator would have read (a form's validation errors, a toast), for a CI log
+            # where the screenshot is gone with the machine.
+            print("the page's text:\n" + page.inner_text("body")[:3000])
             raise
 
     # The restored files: byte for byte the older snapshot's objects.
