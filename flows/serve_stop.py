@@ -147,10 +147,11 @@ class ServeStop:
             stopped, killed = self._stop_runs(wait=self.run_stop)
             runs = ""
             if stopped:
-                runs = (f"; {stopped} restore(s) in flight stopped by SIGTERM"
+                runs = (f"; {stopped} flow run(s) in flight stopped by SIGTERM"
                         + (f", {killed} of them killed after {self.run_stop:.0f} s" if killed else "")
-                        + ": each data dir keeps its marker: `memrestore restore ... --resume` finishes "
-                          "it, `memrestore abort --data-dir DIR` rolls it back")
+                        + ": a restore's data dir keeps its marker (`memrestore restore ... --resume` "
+                          "finishes it, `memrestore abort --data-dir DIR` rolls it back); a drill killed so "
+                          "may leave its scratch copy (tenant-<id>-...) in its scratch dir")
             self.log(f"{why}: serve stopped without it{runs}. The deployments and their schedules on "
                      "the server are as they were")
             self._exit()

@@ -151,14 +151,13 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
     thread = threading.Thread(target=contextvars.copy_context().run, args=(publish,),
                               name="memrestore-progress-artifact", daemon=True)
     thread.start()
-    finished = False
     try:
         yield artifact
-        finished = True
     finally:
         stop.set()
-        # An update still waiting on an API that does not answer is left to its (daemon) thread:
-        # a restore that is stopping, or done, does not wait out Prefect's HTTP timeouts for it.
+        # An update still waiting on an API that does not answer is left to its (daemon) thread,
+        # and the last one is not tried: a restore that is stopping, or done, does not wait out
+        # Prefect's HTTP timeouts and retries for its progress (minutes, measured).
         thread.join(timeout=UPDATE_WAIT_SECONDS)
-        if finished and not thread.is_alive():
+        if not thread.is_alive():
             bring_up_to_date()

@@ -292,7 +292,7 @@ def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(prefect_se
     assert code == FORCED_EXIT, out[-3000:]
     assert (f"the Prefect API at {prefect_server.api_url} has not answered for {API_SILENCE_SECONDS:.0f} s"
             in out), out[-3000:]
-    assert "1 restore(s) in flight stopped by SIGTERM" in out and "--resume" in out, out[-3000:]
+    assert "1 flow run(s) in flight stopped by SIGTERM" in out and "--resume" in out, out[-3000:]
     print(f"serve exited {took:.1f} s after SIGTERM (the restore's own stop: up to {RUN_STOP_SECONDS:.0f} s)")
     assert (data_dir / MARKER_NAME).exists()
 
