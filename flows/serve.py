@@ -193,8 +193,9 @@ def _run(deployments: list[RunnerDeployment], stopper: ServeStop | None, api_url
                 return super().handle_sigterm()
             return stopper.on_signal(*args)
 
-    # Stopping leaves the nightly schedule active: Prefect's default would pause it.
-    runner = _Runner(pause_on_shutdown=False)
+    # Stopping leaves the nightly schedule active: Prefect's default would pause it. No limit on
+    # runs at once, as prefect.serve passes (the Runner's own default is 5).
+    runner = _Runner(pause_on_shutdown=False, limit=None)
     for deployment in deployments:
         runner.add_deployment(deployment)
     if stopper is not None:

@@ -13,6 +13,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from prefect.client.schemas.filters import (
@@ -259,13 +260,29 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(prefect_server: PrefectServer, tmp_path):
+@pytest.fixture(scope="module")
+def freezable_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """A Prefect server of these tests' own, to freeze: the session's server, frozen, would come
+    back with a killed run still Running on it and the crash automation's clock running for it."""
+    from tests.prefect_server import launch
+
+    home = tmp_path_factory.mktemp("freezable-prefect")
+    port = free_port()
+    proc = launch(home, port, home / "server.log", os.environ)
+    try:
+        yield PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=home / "server.log", pid=proc.pid)
+    finally:
+        stop(proc)
+
+
+def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(freezable_server: PrefectServer, tmp_path):
     """The Prefect API freezes under an on-demand restore in flight; SIGTERM to serve. Prefect's own
     stop asks that API about the run before killing it and waited past 120 s with the restore still
     going; serve now stops it (SIGTERM, then SIGKILL) and exits 1, saying so. The data dir keeps the
     marker, and once the API is back the restore is resumed to the snapshot's bytes."""
     from prefect.deployments import run_deployment
 
+    prefect_server = freezable_server
     from memrestore.flows.serve_stop import API_SILENCE_SECONDS, FORCED_EXIT, RUN_STOP_SECONDS
     from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
     from memrestore.tasks.layout import MARKER_NAME, read_marker
@@ -310,7 +327,8 @@ def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(prefect_se
     }
 
 
-def test_a_second_ctrl_c_stops_serve_at_once_when_the_api_stops_answering(prefect_server: PrefectServer, tmp_path):
+def test_a_second_ctrl_c_stops_serve_at_once_when_the_api_stops_answering(freezable_server: PrefectServer, tmp_path):
+    prefect_server = freezable_server
     log = tmp_path / "serve.log"
     with serving(prefect_server, log=log) as serve:
         with prefect_server.frozen():
