@@ -117,19 +117,26 @@ def launch(home: Path, port: int, log: Path, env: Mapping[str, str], timeout: fl
     return proc
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
-    """``prefect server start`` on a free loopback port for the session."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
+@contextmanager
+def running_server(home: Path, env: Mapping[str, str]) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free loopback port, its state in ``home``, until the block ends."""
     port = free_port()
     log = home / "server.log"
-    # A run refused a slot of its deployment's concurrency limit is offered again after this many
-    # seconds (Prefect's default 30): the fleet drill tests fill their limit on purpose.
-    proc = launch(home, port, log, {**os.environ, "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1"})
+    proc = launch(home, port, log, env)
     try:
         yield PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=log, pid=proc.pid)
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free loopback port for the session."""
+    # A run refused a slot of its deployment's concurrency limit is offered again after this many
+    # seconds (Prefect's default 30): the fleet drill tests fill their limit on purpose.
+    with running_server(tmp_path_factory.mktemp("prefect-server-home"),
+                        {**os.environ, "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}) as server:
+        yield server
 
 
 def _polled_since(client, name: str, since: datetime.datetime) -> bool:

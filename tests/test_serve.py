@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import StateType
 from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
-from tests.prefect_server import PrefectServer, healthy, serving
+from tests.prefect_server import PrefectServer, healthy, running_server, serving
 from tests.procs import free_port, memrestore, start_memrestore, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -264,15 +264,8 @@ def _gone(pid: int) -> bool:
 def freezable_server(tmp_path_factory) -> Iterator[PrefectServer]:
     """A Prefect server of these tests' own, to freeze: the session's server, frozen, would come
     back with a killed run still Running on it and the crash automation's clock running for it."""
-    from tests.prefect_server import launch
-
-    home = tmp_path_factory.mktemp("freezable-prefect")
-    port = free_port()
-    proc = launch(home, port, home / "server.log", os.environ)
-    try:
-        yield PrefectServer(url=f"http://127.0.0.1:{port}", home=home, log=home / "server.log", pid=proc.pid)
-    finally:
-        stop(proc)
+    with running_server(tmp_path_factory.mktemp("freezable-prefect"), os.environ) as server:
+        yield server
 
 
 def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(freezable_server: PrefectServer, tmp_path):
@@ -282,10 +275,11 @@ def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(freezable_
     marker, and once the API is back the restore is resumed to the snapshot's bytes."""
     from prefect.deployments import run_deployment
 
-    prefect_server = freezable_server
     from memrestore.flows.serve_stop import API_SILENCE_SECONDS, FORCED_EXIT, RUN_STOP_SECONDS
     from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
     from memrestore.tasks.layout import MARKER_NAME, read_marker
+
+    prefect_server = freezable_server
 
     backend = LocalBackend(tmp_path / "backend")
     write_sample_snapshot(backend, tenant_id=7, snapshot_id="s1")
