@@ -140,6 +140,41 @@ def _wire_version(value: str) -> str:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _confirm_wipe(data_dir: Path, tenant: int) -> None:
+    """On a terminal, before a wipe_and_restore: list what it will delete (every entry of the data
+    dir, each tenant with its id and size) and ask. A script (no terminal) is not asked: choosing
+    the mode is its yes, as in the service's own restore. A no changes nothing and exits 1."""
+    import re
+    import sys
+
+    from memrestore.tasks import units
+    from memrestore.tasks.layout import replaced_by
+    from memrestore.tasks.modes import RestoreMode
+
+    if not (sys.stdin.isatty() and err.is_terminal):
+        return
+    going = replaced_by(data_dir, tenant, RestoreMode.WIPE_AND_RESTORE)
+    if not going:
+        return
+    from rich.table import Table
+
+    table = Table("entry", "tenant", "size", box=None)
+    for name, size in going:
+        match = re.fullmatch(r"tenant_(\d+)", name)
+        table.add_row(name, match.group(1) if match else "-", units.size(size))
+    others = [n for n, _ in going if n != f"tenant_{tenant}"]
+    err.print(f"wipe_and_restore deletes everything in {data_dir} and leaves only tenant {tenant}'s "
+              f"restored snapshot: {len(going)} entries, {units.size(sum(s for _, s in going))}:",
+              highlight=False, soft_wrap=True)
+    err.print(table)
+    if others:
+        err.print(f"To replace tenant {tenant} only and keep the other {len(others)} entries, answer no and "
+                  "use --mode replace_tenant.", highlight=False, soft_wrap=True)
+    if not typer.confirm(f"Delete these {len(going)} entries and restore tenant {tenant}?", default=False,
+                         err=True):
+        fail(f"not confirmed: nothing in {data_dir} was changed", code=1)
+
+
 def restore(
     backend: str = BackendOpt,
     tenant: int = typer.Option(..., "--tenant", min=0, help="The tenant to restore."),
@@ -161,10 +196,20 @@ def restore(
     check: CheckLevel = typer.Option(
         CheckLevel.QUICK, "--check", help="Check the staged copy before the commit: quick (SQLite quick_check "
         "and the manifest's tables), full (integrity_check), or none."),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Do not ask before wipe_and_restore deletes what the data dir holds (only a "
+        "terminal is asked)."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Restore a tenant's snapshot into a data dir, through the restore-snapshot flow."""
+    """Restore a tenant's snapshot into a data dir, through the restore-snapshot flow.
+
+    Modes: new_cluster (an empty or absent data dir), single_tenant (add the tenant; its dir must
+    be empty or absent), replace_tenant (replace the tenant's dir; every other entry untouched),
+    wipe_and_restore (delete everything in the data dir; on a terminal, asks first).
+    """
+    if mode is RestoreMode.WIPE_AND_RESTORE and not (dry_run or resume or yes):
+        _confirm_wipe(data_dir.absolute(), tenant)
     with running_flows(verbose):
         with importing_prefect():
             from memrestore.flows.restore import Destination, restore_snapshot

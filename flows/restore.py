@@ -27,6 +27,7 @@ from memrestore.backends.streams import parse_rate
 from memrestore.tasks import sequence
 from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
+from memrestore.tasks.layout import replaced_by
 from memrestore.tasks.execute import ITEM_CONCURRENCY
 from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from memrestore.tasks.hold import DataDirHold
@@ -134,8 +135,9 @@ async def restore_snapshot(
         backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
         tenant_id: The tenant to restore.
         data_dir: The destination service's data dir.
-        mode: new_cluster (empty data dir), single_tenant (this tenant only), or
-            wipe_and_restore (replace everything).
+        mode: new_cluster (an empty data dir), single_tenant (add this tenant; its dir must
+            be empty or absent), replace_tenant (replace this tenant's dir; every other tenant
+            untouched), or wipe_and_restore (delete everything in the data dir, then restore).
         snapshot: A snapshot id, or "latest" for the tenant's newest.
         destination: What the destination service is; checked against the snapshot.
         require_checksums: Refuse a snapshot with any blob lacking a checksum.
@@ -181,7 +183,8 @@ def _restore(
     with DataDirHold(Path(data_dir)) as hold:
         phase = preflight_task(plan, hold, mode, dry_run, resume, None if dry_run else _this_run())
         if dry_run:
-            return build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started)
+            return build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started,
+                                 removed=replaced_by(Path(data_dir), plan.tenant_id, mode))
 
         def stage() -> list[StagedItem]:
             if phase not in (None, Phase.STAGING):  # interrupted mid-commit: staged and verified already
@@ -202,7 +205,7 @@ def _restore(
         ), on_failure=lambda exc: _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id,
                                          {"reason": str(exc)}))
     outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
-                            check.value if check_seconds is not None else None, check_seconds)
+                            check.value if check_seconds is not None else None, check_seconds, hold.removed)
     _emit(
         "memrestore.restore.completed",
         tenant_id,

@@ -11,10 +11,24 @@ checks on the tenant dir of a copy (``root / tenant_<id>``):
   while the data dir is still exactly as it was;
 - the drills, on the copy they restored into scratch, with ``integrity_check``
   (:func:`check_restored`).
+
+A check changes neither the copy's bytes nor its folder. SQLite is opened on it with
+``immutable=1`` (:func:`open_untouched`): SQLite then takes no lock and creates no ``-wal``,
+``-shm`` or ``-journal`` file. A read-only open (``mode=ro``) is not enough: a checkpoint taken
+from a live WAL-mode database keeps the WAL header (bytes 18-19 are 2), and SQLite opening such a
+file creates ``data.sqlite-wal`` and ``data.sqlite-shm`` beside it, which a read-only connection
+cannot remove as it closes, so they would be committed with the tenant and handed to the service
+as a stale WAL index. The assumption ``immutable`` makes (nothing changes the file while it is
+open) holds here: the staged copy is under the restore's lock, the drill's copy in its own scratch
+dir, and neither has a ``-wal`` file of its own (a snapshot holds only ``data.sqlite``), so
+SQLite reads exactly what the service will read when it opens the restored file. Last,
+:func:`check_layout` holds the copy's tenant dir to FORMAT.md's layout: nothing beside the
+snapshot's files.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -28,13 +42,20 @@ from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.layout import staging_dir
 from memrestore.tasks.modes import CheckLevel  # defined there (no Prefect), importable from here
-from memrestore.tasks.plan import ItemKind, RestorePlan, hnsw_destination, sqlite_destination
+from memrestore.tasks.plan import ItemKind, RestorePlan, hnsw_destination, sqlite_destination, tenant_dir_name
 
 #: How many of SQLite's complaints a message quotes (``integrity_check`` can list a hundred).
 INTEGRITY_PROBLEMS_SHOWN = 3
 
 
 _PRAGMA = {CheckLevel.QUICK: "quick_check", CheckLevel.FULL: "integrity_check"}
+
+
+def open_untouched(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the database at ``path`` that writes nothing, beside it or in it:
+    no lock, no ``-wal``, ``-shm`` or ``-journal`` file, whatever its journal mode (see the
+    module's docstring for why ``immutable=1``)."""
+    return sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
 
 
 def check_sqlite(path: Path, level: CheckLevel = CheckLevel.FULL, what: str = "restored") -> None:
@@ -46,7 +67,7 @@ def check_sqlite(path: Path, level: CheckLevel = CheckLevel.FULL, what: str = "r
         )
     pragma = _PRAGMA[level]
     try:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        db = open_untouched(path)
         try:
             rows = [row[0] for row in db.execute(f"PRAGMA {pragma}")]
         finally:
@@ -69,7 +90,7 @@ def check_sqlite(path: Path, level: CheckLevel = CheckLevel.FULL, what: str = "r
 
 def check_tables(path: Path, tables: Iterable[str], what: str = "restored") -> None:
     """Every table in ``tables`` (the manifest's ``table_schema_versions``) exists in the database."""
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    db = open_untouched(path)
     try:
         present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
@@ -107,6 +128,34 @@ def check_hnsw_files(root: Path, manifest: SnapshotManifest, reported_sizes: Map
             )
 
 
+def tenant_files(root: Path, tenant_id: int) -> list[str]:
+    """Every entry under ``root / tenant_<id>`` that is not a directory, as a path relative to
+    ``root`` ('/'-separated, sorted); symlinks are listed, never followed."""
+    tenant = root / tenant_dir_name(tenant_id)
+    found = []
+    for folder, dirs, files in os.walk(tenant):
+        rel = Path(folder).relative_to(root)
+        found += [(rel / name).as_posix() for name in files]
+        found += [(rel / name).as_posix() for name in dirs if os.path.islink(Path(folder, name))]
+    return sorted(found)
+
+
+def check_layout(root: Path, tenant_id: int, expected: Iterable[str], what: str = "restored") -> None:
+    """The tenant dir under ``root`` holds exactly ``expected`` (paths relative to ``root``, as
+    FORMAT.md lays a snapshot out) and nothing beside them: no SQLite ``-wal``/``-shm``/``-journal``
+    file, nothing another process left."""
+    extra = sorted(set(tenant_files(root, tenant_id)) - set(expected))
+    if extra:
+        shown = ", ".join(extra[:INTEGRITY_PROBLEMS_SHOWN])
+        more = f" (and {len(extra) - INTEGRITY_PROBLEMS_SHOWN} more)" if len(extra) > INTEGRITY_PROBLEMS_SHOWN else ""
+        raise RestoredCopyCheckError(
+            f"the {what} copy under {root} holds {shown}{more} beside the snapshot's files; a "
+            "restored tenant dir holds only data.sqlite and hnsw/<model>.bin. Something other than "
+            "this restore wrote there while it ran: find what (a process with the copy open), "
+            "then restore again."
+        )
+
+
 def check_copy(root: Path, manifest: SnapshotManifest, reported_sizes: Mapping[str, int],
                level: CheckLevel = CheckLevel.FULL, what: str = "restored") -> None:
     """All of a copy's checks at ``level``; the first that fails raises RestoredCopyCheckError."""
@@ -116,6 +165,8 @@ def check_copy(root: Path, manifest: SnapshotManifest, reported_sizes: Mapping[s
     check_sqlite(sqlite_path, level, what)
     check_tables(sqlite_path, manifest.table_schema_versions, what)
     check_hnsw_files(root, manifest, reported_sizes, what)
+    check_layout(root, manifest.tenant_id, [sqlite_destination(manifest.tenant_id)] + [
+        hnsw_destination(manifest.tenant_id, e.embedding_model) for e in manifest.hnsw_snapshots], what)
 
 
 def hnsw_sizes(backend: Backend, manifest: SnapshotManifest) -> dict[str, int]:
@@ -141,6 +192,7 @@ def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel) -> fl
                 path = staging_root / item.destination
                 check_sqlite(path, level, "staged")
                 check_tables(path, plan.table_names, "staged")
+        check_layout(staging_root, plan.tenant_id, [item.destination for item in plan.items], "staged")
     return time.monotonic() - started
 
 

@@ -37,6 +37,7 @@ from memrestore.tasks.failpoints import crash_point
 from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.layout import (
     MARKER_NAME,
+    is_real_dir,
     OURS_PREFIX,
     DeadHolderFn,
     MarkerInfo,
@@ -46,22 +47,19 @@ from memrestore.tasks.layout import (
     fsync_dir,
     is_temp_name,
     read_marker,
-    service_entries,
+    entry_bytes,
+    leaving_entries,
     staging_dir,
     trash_dir,
 )
 from memrestore.tasks.plan import RestoreMode, tenant_dir_name
 
 
-def _is_real_dir(path: Path) -> bool:
-    return os.path.isdir(path) and not os.path.islink(path)
-
-
 def commit_staged(hold: DataDirHold, tenant_id: int, mode: RestoreMode) -> None:
     """Put the staged tenant at ``data_dir/tenant_<id>``.
 
-    What it replaces goes to ``.restore-aside/`` first: under wipe_and_restore every service
-    entry, otherwise only the (empty) tenant dir, if there is one.
+    What it replaces (:func:`leaving_entries`) goes to ``.restore-aside/`` first: under
+    wipe_and_restore every service entry, otherwise only the tenant's own dir, if there is one.
     """
     data_dir = hold.data_dir
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
@@ -70,20 +68,17 @@ def commit_staged(hold: DataDirHold, tenant_id: int, mode: RestoreMode) -> None:
     try:
         hold.set_phase(Phase.COMMITTING)
         new_is_in = not os.path.lexists(staged)  # a resumed commit may have moved it already
-        if mode is RestoreMode.WIPE_AND_RESTORE:
-            leaving = service_entries(data_dir)
-        else:
-            leaving = [final.name] if os.path.lexists(final) else []
+        leaving = leaving_entries(data_dir, tenant_id, mode)
         if new_is_in and final.name in leaving:
             leaving.remove(final.name)
         if leaving:
             try:
                 os.mkdir(aside)
             except FileExistsError:
-                if not _is_real_dir(aside):  # never move the service's data through a symlink
+                if not is_real_dir(aside):  # never move the service's data through a symlink
                     raise DestinationIOError("setting old data aside in", aside, OSError(errno.ENOTDIR, "not a directory")) from None
             for name in leaving:
-                if mode is not RestoreMode.WIPE_AND_RESTORE and (not _is_real_dir(final) or os.listdir(final)):
+                if mode is RestoreMode.SINGLE_TENANT and (not is_real_dir(final) or os.listdir(final)):
                     raise TenantPathOccupiedError(tenant_id, final)  # it changed since preflight
                 os.rename(data_dir / name, aside / name)
                 crash_point("moved-aside")
@@ -104,7 +99,7 @@ def commit_staged(hold: DataDirHold, tenant_id: int, mode: RestoreMode) -> None:
 
 
 def _remove(path: Path) -> None:
-    if _is_real_dir(path):
+    if is_real_dir(path):
         shutil.rmtree(path)  # removes symlinks inside, never follows them
     elif os.path.lexists(path):
         os.unlink(path)
@@ -121,6 +116,9 @@ def remove_leftovers(hold: DataDirHold) -> None:
     for name in sorted(os.listdir(data_dir)):
         if name.startswith(OURS_PREFIX) and name not in (MARKER_NAME, aside_dir(data_dir).name, trash_dir(data_dir).name):
             _remove(data_dir / name)
+    old = aside_dir(data_dir) if is_real_dir(aside_dir(data_dir)) else trash_dir(data_dir)  # a resumed cleanup: trash
+    if is_real_dir(old):
+        hold.removed = [(name, entry_bytes(old / name)) for name in sorted(os.listdir(old))]
     if os.path.lexists(aside_dir(data_dir)):
         if os.path.lexists(trash_dir(data_dir)):
             _remove(trash_dir(data_dir))
@@ -144,11 +142,11 @@ def roll_back(hold: DataDirHold, tenant_id: int) -> None:
     staged = staging_dir(data_dir) / tenant_dir_name(tenant_id)
     final = data_dir / tenant_dir_name(tenant_id)
     if info is not None and info.phase in (Phase.COMMITTING, Phase.CLEANUP):
-        if not os.path.lexists(staged) and _is_real_dir(final):
+        if not os.path.lexists(staged) and is_real_dir(final):
             staged.parent.mkdir(exist_ok=True)
             os.rename(final, staged)  # the new tenant, moved in before the interruption
         for holder in (trash_dir(data_dir), aside_dir(data_dir)):
-            if _is_real_dir(holder):
+            if is_real_dir(holder):
                 for name in sorted(os.listdir(holder)):
                     os.rename(holder / name, data_dir / name)
         fsync_dir(data_dir)
@@ -168,7 +166,7 @@ def abort(data_dir: Path, on_dead_holder: DeadHolderFn | None = None) -> MarkerI
     ``on_dead_holder`` hears of the marker first (its restore's process is gone)."""
     with DataDirHold(data_dir) as hold:
         if not os.path.lexists(hold.marker):
-            if _is_real_dir(hold.data_dir) and hold.lock():  # no restore running: sweep a finished one's leftovers
+            if is_real_dir(hold.data_dir) and hold.lock():  # no restore running: sweep a finished one's leftovers
                 for name in os.listdir(hold.data_dir):
                     if name == trash_dir(hold.data_dir).name or is_temp_name(name):
                         _remove(hold.data_dir / name)

@@ -160,24 +160,36 @@ class ChecksumsRequiredError(IncompatibleSnapshotError):
 
 
 class DataDirNotEmptyError(RestoreRefusedError):
-    def __init__(self, path: Path, entries: list[str]) -> None:
+    """new_cluster on a data dir that holds something. The hint names the one-tenant mode that
+    fits (never wipe_and_restore, which would delete every other tenant too)."""
+
+    def __init__(self, path: Path, entries: list[str], tenant_id: int | None = None) -> None:
         self.path = path
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        tenant = f"tenant_{tenant_id}" if tenant_id is not None else None
+        if tenant is not None and tenant in entries:
+            hint = (f"To replace {tenant} only, with every other entry left as it is, use --mode "
+                    "replace_tenant")
+        else:
+            hint = "To add this tenant beside what is there, use --mode single_tenant"
         super().__init__(
             f"data dir {path} is not empty (found: {shown}); new_cluster restores only into an "
-            "empty or absent data dir. Use --mode single_tenant to add one tenant beside the "
-            "others, or --mode wipe_and_restore to replace everything, if that is what you mean."
+            f"empty or absent data dir. {hint}; to start a fresh data dir, name an empty or absent one."
         )
 
 
 class TenantPathOccupiedError(RestoreRefusedError):
+    """single_tenant on a tenant dir that holds data: pointed to replace_tenant, the one-tenant
+    replace, not to wipe_and_restore."""
+
     def __init__(self, tenant_id: int, path: Path) -> None:
         self.tenant_id = tenant_id
         self.path = path
         super().__init__(
             f"tenant {tenant_id} already has data in {path}; single_tenant will not overwrite "
-            "it. Move that directory away first, or use --mode wipe_and_restore to replace the "
-            "whole data dir, if that is what you mean."
+            f"it. To replace tenant {tenant_id} only, use --mode replace_tenant: its current dir "
+            "is set aside until the restored one is in place (and put back if the restore fails "
+            "or is aborted), and every other tenant is left untouched."
         )
 
 

@@ -43,6 +43,9 @@ class DataDirHold:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.locked = False
+        #: What the finished restore replaced and deleted (name, bytes), as its cleanup found it
+        #: set aside: the outcome lists it.
+        self.removed: list[tuple[str, int]] = []
         #: The phase of the marker this hold took or adopted; None while it holds none.
         self.phase: Phase | None = None
 

@@ -33,6 +33,8 @@ from typing import Callable
 from pydantic import BaseModel
 
 from memrestore.backends.errors import shown
+from memrestore.tasks.modes import RestoreMode
+from memrestore.tasks.plan import tenant_dir_name
 
 OURS_PREFIX = ".restore"
 MARKER_NAME = ".restore-in-progress"
@@ -103,6 +105,42 @@ def trash_dir(data_dir: Path) -> Path:
 def service_entries(data_dir: Path) -> list[str]:
     """Names in the data dir that belong to the service (everything not ``.restore*``)."""
     return sorted(name for name in os.listdir(data_dir) if not name.startswith(OURS_PREFIX))
+
+
+def is_real_dir(path: Path) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def leaving_entries(data_dir: Path, tenant_id: int, mode: RestoreMode) -> list[str]:
+    """The entries of ``data_dir`` that a restore in ``mode`` replaces (sets aside, then deletes
+    once the new tenant is in place): under wipe_and_restore every service entry; otherwise the
+    tenant's own dir, if there is one (empty, under single_tenant, which refuses otherwise)."""
+    if mode is RestoreMode.WIPE_AND_RESTORE:
+        return service_entries(data_dir)
+    final = data_dir / tenant_dir_name(tenant_id)
+    return [final.name] if os.path.lexists(final) else []
+
+
+def replaced_by(data_dir: Path, tenant_id: int, mode: RestoreMode) -> list[tuple[str, int]]:
+    """What a restore of ``tenant_id`` in ``mode`` would delete from ``data_dir`` as it stands
+    now: each entry's name and bytes (for a dry run's plan and the command line's question)."""
+    if not is_real_dir(data_dir):
+        return []
+    return [(name, entry_bytes(data_dir / name)) for name in leaving_entries(data_dir, tenant_id, mode)]
+
+
+def entry_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` (a file, or a tree walked without following links)."""
+    if not is_real_dir(path):
+        return os.lstat(path).st_size if os.path.lexists(path) else 0
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def fsync_dir(path: Path) -> None:

@@ -14,6 +14,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from memrestore.tasks import units
 from memrestore.tasks.plan import RestoreMode, RestorePlan
 from memrestore.tasks.stage import StagedItem
 
@@ -25,6 +26,14 @@ class ItemOutcome(BaseModel):
     destination: str
     checksum: str | None
     verified: bool
+
+
+class RemovedEntry(BaseModel):
+    """An entry of the data dir that the restore replaced and deleted (or, in a dry run's plan,
+    would): a tenant's dir or any other file or dir of the service, with its bytes."""
+
+    name: str
+    bytes: int
 
 
 class RestoreOutcome(BaseModel):
@@ -41,6 +50,8 @@ class RestoreOutcome(BaseModel):
     #: How the staged copy was checked before the commit (tasks/checks.py), and how long it took.
     check: str | None = None
     check_seconds: float | None = None
+    #: What the restore replaced and deleted from the data dir (a dry run: what it would).
+    removed: list[RemovedEntry] = []
 
     @property
     def mib_per_second(self) -> float | None:
@@ -58,8 +69,10 @@ def build_outcome(
     seconds: float,
     check: str | None = None,
     check_seconds: float | None = None,
+    removed: list[tuple[str, int]] = (),
 ) -> RestoreOutcome:
-    """Combine the plan with what staging found (``staged`` is None for a dry run)."""
+    """Combine the plan with what staging found (``staged`` is None for a dry run) and what the
+    restore replaced (``removed``: names and bytes)."""
     by_key = {s.item.content_key: s for s in staged or []}
     items = []
     for item in plan.items:
@@ -89,7 +102,18 @@ def build_outcome(
         warnings=plan.warnings,
         check=check,
         check_seconds=round(check_seconds, 3) if check_seconds is not None else None,
+        removed=[RemovedEntry(name=name, bytes=size) for name, size in removed],
     )
+
+
+def removed_lines(outcome: RestoreOutcome) -> list[str]:
+    """What the restore deleted from the data dir, a line an entry (a dry run: what it would)."""
+    if not outcome.removed:
+        return []
+    verb = "would delete" if outcome.status == "planned" else "deleted"
+    total = sum(e.bytes for e in outcome.removed)
+    return [f"{verb} from the data dir: {len(outcome.removed)} entries, {units.size(total)}"] + [
+        f"  {e.name} ({units.size(e.bytes)})" for e in outcome.removed]
 
 
 def _size(n: int | None) -> str:
@@ -133,6 +157,9 @@ def summary_markdown(outcome: RestoreOutcome) -> str:
         f"- verified: {len(outcome.items) - unverified} of {len(outcome.items)}",
     ]
     lines += [f"- warning: {w}" for w in outcome.warnings]
+    removed = removed_lines(outcome)
+    if removed:
+        lines += [f"- {removed[0]}:"] + [f"    - `{e.name}` ({units.size(e.bytes)})" for e in outcome.removed]
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +177,7 @@ def human_summary(outcome: RestoreOutcome) -> str:
         took = f" in {outcome.check_seconds:.2f} s" if outcome.check_seconds is not None else ""
         lines.append(f"  staged copy checked before the commit: {outcome.check}{took}"
                      if outcome.check != "none" else "  staged copy not checked before the commit (--check none)")
+    lines += ["  " + line for line in removed_lines(outcome)]
     return "\n".join(lines)
 
 

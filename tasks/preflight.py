@@ -62,11 +62,13 @@ def check_mode(plan: RestorePlan, data_dir: Path, mode: RestoreMode) -> None:
     if mode is RestoreMode.NEW_CLUSTER:
         entries = service_entries(data_dir)
         if entries:
-            raise DataDirNotEmptyError(data_dir, entries)
+            raise DataDirNotEmptyError(data_dir, entries, plan.tenant_id)
     tenant = data_dir / plan.tenant_dir
     if mode is RestoreMode.SINGLE_TENANT and _check_is_plain_dir(tenant, "tenant directory"):
         if os.listdir(tenant):
             raise TenantPathOccupiedError(plan.tenant_id, tenant)
+    if mode is RestoreMode.REPLACE_TENANT:
+        _check_is_plain_dir(tenant, "tenant directory")  # whatever it holds is replaced, never followed
     # wipe_and_restore has no precondition: it replaces whatever is there.
 
 

@@ -20,6 +20,7 @@ os.environ.pop("MEMRESTORE_NO_CACHE", None)
 
 from memrestore.backends import LocalBackend  # noqa: E402
 from memrestore.backends.sample import write_sample_snapshot  # noqa: E402
+from tests.layout import sqlite_side_files  # noqa: E402
 from tests.faultproxy import faultproxy  # noqa: E402,F401  (a fault proxy before SeaweedFS)
 from tests.seaweed import s3_env, seaweedfs  # noqa: E402,F401  (session fixture; boto3 pointed at it)
 from tests.prefect_server import prefect_server  # noqa: E402,F401  (session fixture)
@@ -33,6 +34,18 @@ def _no_local_server_left():
     from memrestore.flows.localserver import stop_server
 
     stop_server(Path(_PREFECT_HOME), force=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_sqlite_side_files_left(request):
+    """After every test that had a tmp dir: no ``data.sqlite-wal``/``-shm``/``-journal`` anywhere
+    in it. A restore, or a check of a restored or staged copy, must leave nothing beside the
+    database (issue 19); a test whose own service connection makes them closes it first."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is not None:
+        left = sqlite_side_files(tmp)
+        assert not left, f"left beside a restored or checked database: {[str(p) for p in left]}"
 
 
 @pytest.fixture(scope="session")

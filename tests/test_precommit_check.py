@@ -5,7 +5,6 @@ with the data dir exactly as it was; ``--check none`` restores it anyway."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import blake3
@@ -20,15 +19,13 @@ from memrestore.tasks.execute import execute
 from memrestore.tasks.layout import MARKER_NAME
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
+from tests.checkpoints import snapshot_with_checkpoint, sqlite3_cli
 from tests.conftest import tree
+from tests.layout import data_dir_for
 from tests.procs import memrestore
 
 TENANT = 4
 PAGE = 4096
-
-
-def sqlite3_cli(db: Path, sql: str) -> None:
-    subprocess.run(["sqlite3", str(db), sql], check=True, capture_output=True)
 
 
 def checkpoint(path: Path) -> None:
@@ -52,29 +49,11 @@ def damage(path: Path, how: str) -> None:
 
 def damaged_snapshot(backend: LocalBackend, tmp: Path, how: str, snapshot_id: str = "damaged") -> str:
     """A snapshot whose checkpoint is damaged and whose manifest has that damaged file's blake3."""
-    manifest = write_sample_snapshot(backend, tenant_id=TENANT, snapshot_id=snapshot_id,
-                                     created_at_unix_micros=1_700_000_000_000_000)
     db = tmp / f"{snapshot_id}.sqlite"
     checkpoint(db)
     damage(db, how)
-    backend.put_object(manifest.sqlite_checkpoint_key, db)
-    put_manifest(backend, manifest.model_copy(update={
-        "sqlite_checkpoint_checksum": blake3.blake3(db.read_bytes()).hexdigest()}))
+    snapshot_with_checkpoint(backend, db, tenant_id=TENANT, snapshot_id=snapshot_id)
     return snapshot_id
-
-
-def data_dir_for(mode: RestoreMode, root: Path) -> Path:
-    """What each mode's destination holds before the restore (what must survive a refusal)."""
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True)
-    if mode is RestoreMode.SINGLE_TENANT:
-        (data_dir / "tenant_9").mkdir()
-        (data_dir / "tenant_9" / "data.sqlite").write_bytes(b"tenant 9's database")
-    elif mode is RestoreMode.WIPE_AND_RESTORE:
-        (data_dir / f"tenant_{TENANT}").mkdir()
-        (data_dir / f"tenant_{TENANT}" / "data.sqlite").write_bytes(b"the working database the service runs on")
-        (data_dir / "service.conf").write_text("port = 7000\n")
-    return data_dir
 
 
 @pytest.mark.parametrize("how", ["torn page", "truncated"])
@@ -82,7 +61,7 @@ def data_dir_for(mode: RestoreMode, root: Path) -> Path:
 def test_a_damaged_checkpoint_is_refused_before_the_commit(tmp_path, mode, how):
     backend = LocalBackend(tmp_path / "backend")
     sid = damaged_snapshot(backend, tmp_path, how)
-    data_dir = data_dir_for(mode, tmp_path)
+    data_dir = data_dir_for(mode, tmp_path, TENANT)
     before = tree(data_dir)
     plan = validate(read_manifest(backend, sid), DestinationState(embedding_model="minilm"), backend.url)
     with pytest.raises(RestoredCopyCheckError) as refused:
@@ -131,7 +110,7 @@ def test_a_missing_table_is_refused_too(tmp_path):
 def test_the_command_line_refuses_it_in_every_mode_and_check_none_restores_it(tmp_path, prefect_api, mode):
     backend = LocalBackend(tmp_path / "backend")
     sid = damaged_snapshot(backend, tmp_path, "torn page")
-    data_dir = data_dir_for(mode, tmp_path)
+    data_dir = data_dir_for(mode, tmp_path, TENANT)
     before = tree(data_dir)
     args = ["restore", "--backend", backend.url, "--tenant", TENANT, "--snapshot", sid, "--data-dir", data_dir,
             "--mode", mode.value, "--embedding-model", "minilm"]
