@@ -97,7 +97,7 @@ class Layout:
 
     def expected(self, new: dict[str, bytes]) -> dict[str, bytes]:
         """The data dir's exact tree after the restore."""
-        if self.mode is RestoreMode.SINGLE_TENANT:
+        if self.mode in (RestoreMode.SINGLE_TENANT, RestoreMode.REPLACE_TENANT):
             kept = {k: v for k, v in self.old_tree.items() if not k.startswith(f"tenant_{TENANT}/")}
             return kept | new
         return dict(new)
@@ -108,7 +108,7 @@ class Layout:
         tops = {rel.split("/")[0] for rel in self.old_tree}
         if self.mode is RestoreMode.WIPE_AND_RESTORE:
             return len(tops)
-        if self.mode is RestoreMode.SINGLE_TENANT:
+        if self.mode in (RestoreMode.SINGLE_TENANT, RestoreMode.REPLACE_TENANT):
             return int(f"tenant_{TENANT}" in tops)
         return 0
 
@@ -119,6 +119,8 @@ LAYOUTS: list[Layout] = [
     Layout("other tenants", RestoreMode.SINGLE_TENANT, OTHERS),
     Layout("other tenants, empty tenant dir, extras", RestoreMode.SINGLE_TENANT,
            OTHERS | {f"tenant_{TENANT}/": b""} | EXTRAS),
+    Layout("other tenants, no tenant dir", RestoreMode.REPLACE_TENANT, OTHERS),
+    Layout("other tenants, old tenant, extras", RestoreMode.REPLACE_TENANT, OTHERS | OLD_TENANT | EXTRAS),
     Layout("other tenants, old tenant", RestoreMode.WIPE_AND_RESTORE, OTHERS | OLD_TENANT),
     Layout("other tenants, old tenant, extras", RestoreMode.WIPE_AND_RESTORE, OTHERS | OLD_TENANT | EXTRAS),
 ]

@@ -222,7 +222,7 @@ def _freeze_the_marker_holder(data_dir: Path, procs: list[subprocess.Popen]) -> 
 
 
 def test_two_cli_restores_started_together(prefect_api, snap, race_log, tmp_path):
-    for n, layout in enumerate([LAYOUTS[0], LAYOUTS[5]][:CLI_ROUNDS]):
+    for n, layout in enumerate([LAYOUTS[0], LAYOUTS[7]][:CLI_ROUNDS]):
         data_dir = tmp_path / f"cli{n}" / "data"
         layout.seed(data_dir)
         args = [*MEMRESTORE, "restore", "--backend", snap.backend.url, "--tenant",

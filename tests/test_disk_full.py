@@ -48,7 +48,7 @@ from tests.restorekit import (
 MIB = 1024 * 1024
 GATED_KEY = f"{SNAPSHOT}/hnsw-1.bin"
 #: One layout per mode, with old data wherever the mode allows it.
-MODE_LAYOUTS = [LAYOUTS[1], LAYOUTS[3], LAYOUTS[5]]
+MODE_LAYOUTS = [LAYOUTS[1], LAYOUTS[3], LAYOUTS[5], LAYOUTS[7]]
 MODE_IDS = [layout.mode.value for layout in MODE_LAYOUTS]
 
 
