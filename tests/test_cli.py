@@ -85,7 +85,7 @@ def test_refusals_are_one_clear_message_and_exit_1(backend, snapshot, data_dir):
     before = tree(data_dir)
     common = ["--backend", backend.url, "--tenant", 1, "--data-dir", data_dir, "--embedding-model", "minilm"]
     assert_one_clean_error(memrestore("restore", *common, "--snapshot", "snap-1", "--mode", "new_cluster"),
-                           "is not empty", "tenant_7", "wipe_and_restore")
+                           "is not empty", "tenant_7", "--mode single_tenant")
     assert_one_clean_error(memrestore("restore", *common, "--snapshot", "nope", "--mode", "single_tenant"),
                            "snapshot 'nope' not found")
     assert_one_clean_error(memrestore("restore", *common, "--snapshot", "snap-1", "--mode", "single_tenant",

@@ -146,7 +146,7 @@ def test_parameters_are_typed_for_the_ui_form():
     props = schema["properties"]
     assert set(props) >= {"backend", "tenant_id", "data_dir", "mode", "snapshot", "destination", "dry_run"}
     mode_ref = props["mode"]["allOf"][0]["$ref"].rsplit("/", 1)[1] if "allOf" in props["mode"] else props["mode"]["$ref"].rsplit("/", 1)[1]
-    assert schema["definitions"][mode_ref]["enum"] == ["new_cluster", "single_tenant", "wipe_and_restore"]
+    assert schema["definitions"][mode_ref]["enum"] == ["new_cluster", "single_tenant", "replace_tenant", "wipe_and_restore"]
     dest_ref = (props["destination"].get("$ref") or props["destination"]["allOf"][0]["$ref"]).rsplit("/", 1)[1]
     assert set(schema["definitions"][dest_ref]["properties"]) == {"wire_version", "tombstone_floor", "embedding_model"}
     assert "description" in props["mode"] or "description" in schema["definitions"][mode_ref]

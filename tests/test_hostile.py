@@ -1003,7 +1003,7 @@ def restore_in_sandbox(
     expected = {f"{tenant}/data.sqlite": blobs[doc["sqlite_checkpoint_key"]]}
     for entry in doc["hnsw_snapshots"]:
         expected[f"{tenant}/hnsw/{safe_model_file_name(entry['embedding_model'])}"] = blobs[entry["content_key"]]
-    if mode is RestoreMode.SINGLE_TENANT:
+    if mode in (RestoreMode.SINGLE_TENANT, RestoreMode.REPLACE_TENANT):
         kept = {rel: v for rel, v in files_of(service_view(data_before)).items() if rel.split(os.sep)[0] != tenant}
         expected.update(kept)
     assert files_of(data_after) == expected
@@ -1095,6 +1095,10 @@ def test_symlinks_in_the_destination_are_refused_or_not_followed(tmp_path, mode,
         assert error is None  # wipe replaces the link itself
     elif setup.startswith(".restore-staging"):
         assert error is None  # our own leftovers: dropped, never followed
+    elif mode is RestoreMode.REPLACE_TENANT:
+        # The tenant's dir is replaced whole (its links moved aside, then deleted, never followed);
+        # a tenant path that is itself a link is refused.
+        assert (error is not None) == setup.startswith("tenant dir ->"), error
     else:
         assert error is not None  # the tenant's path is taken: new_cluster and single_tenant refuse
 
