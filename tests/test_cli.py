@@ -13,6 +13,7 @@ from memrestore.backends import open_backend
 from memrestore.backends.sample import write_sample_snapshot
 from memrestore.tasks.layout import MARKER_NAME
 from tests.conftest import tree
+from tests.layout import assert_restored_layout
 from tests.procs import memrestore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -38,6 +39,7 @@ def test_restore_json_from_a_local_folder(backend, snapshot, data_dir):
         assert item["verified"] is True
         assert Path(item["destination"]).read_bytes() == (backend.root / item["content_key"]).read_bytes()
     assert not (data_dir / MARKER_NAME).exists()
+    assert_restored_layout(data_dir, snapshot)
 
 
 def test_restore_from_seaweedfs_through_the_cli(s3_env, tmp_path):

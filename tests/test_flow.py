@@ -14,6 +14,7 @@ from memrestore.flows.restore import restore_snapshot, verify_snapshot
 from memrestore.tasks.errors import ChecksumMismatchError
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
+from tests.layout import assert_restored_layout
 from tests.procs import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -64,6 +65,7 @@ def test_flow_restores_and_publishes_table_summary_and_json_result(backend, snap
     restored = tree(data_dir)
     assert sorted(restored) == ["tenant_1/data.sqlite", "tenant_1/hnsw/e5-base.bin", "tenant_1/hnsw/minilm.bin"]
     assert restored["tenant_1/data.sqlite"] == (backend.root / "snap-1/sqlite.db").read_bytes()
+    assert_restored_layout(data_dir, snapshot)
 
     flow_run_id = state.state_details.flow_run_id
     run, task_runs, persisted = _flow_run(flow_run_id, task_runs=10)
