@@ -112,8 +112,15 @@ def removed_lines(outcome: RestoreOutcome) -> list[str]:
         return []
     verb = "would delete" if outcome.status == "planned" else "deleted"
     total = sum(e.bytes for e in outcome.removed)
-    return [f"{verb} from the data dir: {len(outcome.removed)} entries, {units.size(total)}"] + [
-        f"  {e.name} ({units.size(e.bytes)})" for e in outcome.removed]
+    count = f"{len(outcome.removed)} {'entry' if len(outcome.removed) == 1 else 'entries'}"
+    return [f"{verb} from the data dir: {count}, {units.size(total)}"] + [
+        f"  {e.name} ({_removed_entry(outcome, e)})" for e in outcome.removed]
+
+
+def _removed_entry(outcome: RestoreOutcome, entry: RemovedEntry) -> str:
+    if entry.name == f"tenant_{outcome.tenant_id}":
+        return f"{units.size(entry.bytes)}, the tenant's data before the restore"
+    return units.size(entry.bytes)
 
 
 def _size(n: int | None) -> str:
@@ -159,7 +166,7 @@ def summary_markdown(outcome: RestoreOutcome) -> str:
     lines += [f"- warning: {w}" for w in outcome.warnings]
     removed = removed_lines(outcome)
     if removed:
-        lines += [f"- {removed[0]}:"] + [f"    - `{e.name}` ({units.size(e.bytes)})" for e in outcome.removed]
+        lines += [f"- {removed[0]}:"] + [f"    - `{e.name}` ({_removed_entry(outcome, e)})" for e in outcome.removed]
     return "\n".join(lines) + "\n"
 
 

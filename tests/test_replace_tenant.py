@@ -67,7 +67,7 @@ def test_replace_tenant_replaces_one_tenant_and_leaves_every_other_entry_byte_id
 
     again = memrestore(*restore_args(backend, data_dir, "replace_tenant"))  # the human output says it too
     assert again.returncode == 0, again.stderr
-    assert "deleted from the data dir: 1 entries" in again.stdout and "tenant_1 (" in again.stdout
+    assert "deleted from the data dir: 1 entry," in again.stdout and "tenant_1 (" in again.stdout
     assert others(data_dir) == OTHERS
 
 
@@ -153,4 +153,4 @@ def test_the_flows_summary_artifact_lists_what_the_replace_deleted(shared):
         return [a.data for a in artifacts if a.type == "markdown"]
 
     (summary,) = asyncio.run(summaries())
-    assert "deleted from the data dir: 1 entries" in summary and "`tenant_1`" in summary
+    assert "deleted from the data dir: 1 entry," in summary and "`tenant_1`" in summary
