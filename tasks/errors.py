@@ -58,6 +58,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from memrestore.backends.errors import BadInputError, RestoreError, shown
+from memrestore.tasks import units
 
 
 class SnapshotNotFoundError(BadInputError):
@@ -207,8 +208,9 @@ class LeftoverAsideError(RestoreRefusedError):
     def __init__(self, aside: Path) -> None:
         self.path = aside
         super().__init__(
-            f"{aside} holds data set aside by an interrupted wipe_and_restore whose marker was "
-            "removed: it may be the data dir's previous contents. Move what you need from it "
+            f"{aside} holds data set aside by an interrupted restore (a wipe_and_restore or a "
+            "replace_tenant) whose marker was removed: it may be the only copy of what the data dir "
+            "held before. Move what you need from it "
             f"back into {aside.parent}, delete it, and run the restore again."
         )
 
@@ -217,8 +219,8 @@ class InsufficientSpaceError(RestoreRefusedError):
     def __init__(self, path: Path, needed: int, free: int) -> None:
         self.needed, self.free = needed, free
         super().__init__(
-            f"the file system of {path} has {free / 2**20:.1f} MiB free but the snapshot needs "
-            f"{needed / 2**20:.1f} MiB staged beside the current data; free some space or "
+            f"the file system of {path} has {units.size(free)} free but the snapshot needs "
+            f"{units.size(needed)} staged beside the current data; free some space or "
             "restore into a larger volume."
         )
 

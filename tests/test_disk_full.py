@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from memrestore.tasks import units
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks.errors import DestinationIOError, InsufficientSpaceError
 from memrestore.tasks.execute import execute
@@ -150,7 +151,7 @@ def test_the_preflight_refuses_a_snapshot_bigger_than_the_free_space(layout, vol
     assert err.needed == total + SPACE_HEADROOM and err.free <= free
     message = str(err)
     assert str(data_dir) in message, message
-    assert f"{err.free / MIB:.1f} MiB free" in message and f"{err.needed / MIB:.1f} MiB" in message, message
+    assert f"{units.size(err.free)} free" in message and f"needs {units.size(err.needed)}" in message, message
     assert_untouched(data_dir, layout)
 
 
