@@ -49,10 +49,12 @@ from memrestore.tasks.drill import (
 from memrestore.tasks.drill_report import (
     DrillReport,
     TenantDrillResult,
+    artifact_key,
     build_report,
     crashed_result,
     no_snapshot_result,
     publish_report_task,
+    run_name,
 )
 from memrestore.tasks.errors import SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest
@@ -93,10 +95,34 @@ def _drill_in_this_run(
     )
 
 
-#: One tenant's drill as a task run of the drill's flow run (``via_deployment``: a flow run).
-drill_tenant_task = task(
-    name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False,
-)(_drill_in_this_run)
+def tenant_state(result: TenantDrillResult, data: Any = None) -> State:
+    """How a tenant's run ends: Completed when the tenant passed; Failed, with the tenant's
+    reason as the state's message, when it failed. Either way the state's data is the tenant's
+    result (``data``, else ``result`` itself), which the drill collects into its report."""
+    data = result if data is None else data
+    if result.status == "ok":
+        return Completed(message=f"tenant {result.tenant_id} passed", data=data)
+    return Failed(message=result.reason or f"tenant {result.tenant_id} failed", data=data)
+
+
+@task(name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False,
+      retries=0)  # a failed tenant is a finding: running it again would only hide a flaky backup
+def drill_tenant_task(
+    backend: str,
+    tenant_id: int,
+    candidates: Sequence[SnapshotManifest],
+    scratch_root: str,
+    now: float,
+    max_age_hours: float | None,
+    keep_failed: bool,
+    unreadable: int,
+    streams: int = DEFAULT_STREAMS,
+    limit: RateLimit | None = None,
+) -> State:
+    """One tenant's drill as a task run of the drill's flow run (``via_deployment``: a flow run,
+    :func:`drill_tenant_flow`), Failed when the tenant failed (:func:`tenant_state`)."""
+    return tenant_state(_drill_in_this_run(backend, tenant_id, candidates, scratch_root, now, max_age_hours,
+                                           keep_failed, unreadable, streams, limit))
 
 
 @flow(
@@ -118,7 +144,8 @@ def drill_tenant_flow(
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
     snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
-    is the tenant's line of the drill report; the run's message says whether the tenant passed.
+    is the tenant's line of the drill report; the run ends Failed, the tenant's reason its
+    message, when the tenant failed.
 
     Args:
         backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
@@ -144,12 +171,11 @@ def drill_tenant_flow(
                                     streams, limit)
     finally:
         close_scratch_root(root, created)
-    # Completed either way, the verdict in the result and the message (and each failed attempt a
-    # warning in the log): a deployment run that returns a Failed state holding a dict ends with
-    # Prefect's engine raising TypeError ("Unexpected result for failed state") in the worker's
-    # process.
-    verdict = "passed" if result.status == "ok" else f"failed: {result.reason}"
-    return Completed(message=f"tenant {tenant_id} {verdict}", data=result.model_dump(mode="json"))
+    # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
+    # the fleet's parent reads. (The engine's last step, raising the Failed state's "exception",
+    # finds a dict and raises TypeError in the worker's process; Prefect 3.9 has already reported
+    # the run's final state by then and exits 0, so the worker leaves the run Failed.)
+    return tenant_state(result, data=result.model_dump(mode="json"))
 
 
 def _fleet_outcomes(
@@ -200,8 +226,20 @@ def _emit_failed(result: TenantDrillResult, backend: str) -> None:
     )
 
 
+def _drill_run_name() -> str:
+    """``drill-<backend>-<UTC minute>``: the backend's label (tasks/drill_report.run_name) and the
+    time the run was scheduled for (a nightly run: its cron time; any other: when it was made)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    backend = str((context.parameters or {}).get("backend", "")) if context else ""
+    scheduled = context.flow_run.expected_start_time if context and context.flow_run else None
+    return run_name(backend, scheduled.timestamp() if scheduled else time.time())
+
+
 @flow(
     name="restore-drill",
+    flow_run_name=_drill_run_name,
     persist_result=True,
     result_serializer="json",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_DRILL_CONCURRENCY),
@@ -272,7 +310,7 @@ def restore_drill(
             )
 
         outcomes = _bounded(submit, chosen, concurrency)
-    progress = ProgressArtifact("drill-progress", f"0 of {len(chosen)} tenants drilled")
+    progress = ProgressArtifact(artifact_key("progress", backend), f"0 of {len(chosen)} tenants drilled")
     results: dict[int, TenantDrillResult] = {}
 
     try:
@@ -294,7 +332,7 @@ def restore_drill(
         failed = ", ".join(str(r.tenant_id) for r in report.failures)
         return Failed(
             message=f"{report.failed} of {len(chosen)} tenants failed the restore drill (tenants {failed}); "
-            "see the drill-report artifact",
+            f"see the {artifact_key('summary', backend)} and {artifact_key('report', backend)} artifacts",
             data=data,
         )
     return data

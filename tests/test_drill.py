@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -72,6 +73,8 @@ def write_fleet(backend: LocalBackend, now_micros: int) -> dict[str, SnapshotMan
     2  latest corrupted after the backup (a flipped byte): the older t2-good is the last good
     3  stale: restores clean, but is 30 h old
     4  latest names a table its checkpoint lacks, and there is nothing older
+    5  latest checkpoint truncated when the backup was taken (its checksum is of the cut bytes,
+       so it restores, and fails SQLite's integrity_check); the older t5-good is 36 h old
     """
     small = (("minilm", 8),)
     made = {
@@ -90,7 +93,25 @@ def write_fleet(backend: LocalBackend, now_micros: int) -> dict[str, SnapshotMan
     ghost = write_sample_snapshot(backend, tenant_id=4, snapshot_id="t4-ghost", models=small,
                                   created_at_unix_micros=now_micros - HOUR_MICROS)
     made["t4-ghost"] = _with_ghost_table(backend, ghost)
+    made["t5-good"] = write_sample_snapshot(backend, tenant_id=5, snapshot_id="t5-good", models=small,
+                                            created_at_unix_micros=now_micros - 36 * HOUR_MICROS)
+    made["t5-trunc"] = _with_truncated_checkpoint(
+        backend, write_sample_snapshot(backend, tenant_id=5, snapshot_id="t5-trunc", models=small, sqlite_rows=400,
+                                       created_at_unix_micros=now_micros - HOUR_MICROS))
     return made
+
+
+def _with_truncated_checkpoint(backend: LocalBackend, manifest: SnapshotManifest) -> SnapshotManifest:
+    """Cut the stored checkpoint in half and record the cut bytes' checksum in the manifest, as a
+    backup that copied a checkpoint still being written would."""
+    from blake3 import blake3
+
+    path = backend.root / manifest.sqlite_checkpoint_key
+    cut = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(cut)
+    changed = manifest.model_copy(update={"sqlite_checkpoint_checksum": blake3(cut).hexdigest()})
+    put_manifest(backend, changed)
+    return changed
 
 
 def _by_tenant(report: dict) -> dict[int, dict]:
@@ -163,49 +184,115 @@ def test_candidates_are_newest_first_and_the_age_rule(backend):
 # -- the walk back, with no Prefect ----------------------------------------------------------------
 
 
-def test_plain_drill_reports_each_tenant_and_leaves_scratch_empty(backend, tmp_path):
+def test_plain_drill_reports_each_tenant_worst_first_and_leaves_scratch_empty(backend, tmp_path):
     write_fleet(backend, NOW_MICROS)
     scratch = tmp_path / "scratch"
-    report = drill_plain(backend, [1, 2, 3, 4, 9], max_age_hours=24, scratch_dir=scratch, now=NOW)
-    assert (report.ok, report.failed) == (1, 4)
+    report = drill_plain(backend, [1, 2, 3, 4, 5, 9], max_age_hours=24, scratch_dir=scratch, now=NOW)
+    assert (report.ok, report.failed) == (1, 5)
+    # Worst first: no snapshot restores (4, 9), then the oldest effective RPO (5: 36 h, 3: 30 h,
+    # 2: 5 h), then the tenants that passed.
+    assert [r.tenant_id for r in report.tenants] == [4, 9, 5, 3, 2, 1]
     t = {r.tenant_id: r for r in report.tenants}
 
     assert t[1].status == "ok" and t[1].reason is None
     assert (t[1].snapshot_id, t[1].last_good_snapshot_id) == ("t1-new", "t1-new")
     assert t[1].snapshot_age_seconds == t[1].last_good_age_seconds == 3600
     assert t[1].bytes == sum(f.stat().st_size for f in (backend.root / "t1-new").iterdir() if f.name != "manifest.json")
-    assert t[1].restore_seconds is not None
+    assert t[1].restore_seconds is not None and not t[1].rpo_over_max_age
 
     assert t[2].status == "failed" and t[2].snapshot_id == "t2-bad"
     assert t[2].reason.startswith("checksum mismatch for 't2-bad/hnsw-0.bin'")
     assert (t[2].last_good_snapshot_id, t[2].last_good_age_seconds) == ("t2-good", 5 * 3600)
-    assert t[2].snapshot_age_seconds == 2 * 3600 and t[2].bytes is None
+    assert t[2].snapshot_age_seconds == 2 * 3600 and t[2].bytes is None and not t[2].rpo_over_max_age
 
     assert t[3].status == "failed" and t[3].reason.startswith("latest snapshot is 30.0 h old, above --max-age-hours 24")
     assert (t[3].last_good_snapshot_id, t[3].last_good_age_seconds) == ("t3-stale", 30 * 3600)
+    assert t[3].rpo_over_max_age
 
     assert t[4].status == "failed" and "lacks table(s) 'ghost_table'" in t[4].reason
     assert t[4].reason.endswith("no snapshot of tenant 4 restores cleanly (1 tried).")
     assert t[4].last_good_snapshot_id is None and t[4].last_good_age_seconds is None
 
+    # The truncated checkpoint restores (its checksum is of the cut bytes) and fails the check; the
+    # reason says which file, and that its copy is gone, not a path that no longer exists. The
+    # latest is fresh, but the snapshot the walk back found is over the limit: so is the RPO.
+    assert t[5].status == "failed" and t[5].bytes and t[5].last_good_snapshot_id == "t5-good"
+    assert t[5].reason.startswith(
+        "SQLite integrity_check of the restored checkpoint tenant_5/data.sqlite (in a scratch copy since deleted; "
+        "--keep-failed keeps failed copies) failed: ")
+    assert t[5].reason.endswith("the newest snapshot that restores, t5-good, is 36.0 h old, above --max-age-hours "
+                                "24: a restore today loses more than the limit allows.")
+    assert t[5].rpo_over_max_age and t[5].last_good_age_seconds == 36 * 3600
+
     assert t[9].status == "failed" and t[9].snapshot_id is None
     assert "holds no finished snapshot of tenant 9" in t[9].reason
 
     assert list(scratch.iterdir()) == []
-    assert all(r.kept_copies == [] for r in report.tenants)
+    assert all(r.kept_copies == [] and str(scratch) not in (r.reason or "") for r in report.tenants)
+
+
+def test_the_report_in_units_for_people_worst_first_with_whole_reasons(backend, tmp_path):
+    """The table (the artifact's, the CLI's) and the summary: tasks/units.py's sizes, rates,
+    durations and ages, the RPO flagged over the limit, every failed tenant's reason whole."""
+    from memrestore.tasks import units
+    from memrestore.tasks.drill_report import summary_markdown, table_rows
+
+    write_fleet(backend, NOW_MICROS)
+    report = drill_plain(backend, [1, 2, 3, 5], max_age_hours=24, scratch_dir=tmp_path / "scratch", now=NOW)
+    rows = table_rows(report, 24)
+    assert [(r["tenant"], r["status"]) for r in rows] == [(5, "failed"), (3, "failed"), (2, "failed"), (1, "ok")]
+    assert list(rows[0]) == ["tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last good", "RPO", "reason"]
+    healthy = report.tenants[-1]
+    assert rows[3]["size"] == units.size(healthy.bytes) and rows[3]["size"].endswith(" KiB")
+    assert rows[3]["rate"] == units.rate(healthy.bytes / healthy.restore_seconds)
+    assert rows[3]["RTO"] == units.duration(healthy.restore_seconds) and rows[3]["age"] == "1.0 h"
+    assert [r["RPO"] for r in rows] == ["36.0 h, over the 24 h limit", "30.0 h, over the 24 h limit", "5.0 h", "1.0 h"]
+    assert (rows[2]["size"], rows[2]["rate"], rows[2]["RTO"], rows[2]["last good"]) == ("-", "-", "-", "t2-good")
+    assert [r["reason"] for r in rows] == [t.reason or "" for t in report.tenants]
+
+    summary = summary_markdown(report, backend.url, NOW, 24)
+    for r in report.failures:
+        assert f"- **tenant {r.tenant_id} failed** (" in summary and r.reason in summary
+    assert summary.index("tenant 5 failed") < summary.index("tenant 3 failed") < summary.index("tenant 2 failed")
+    assert "(last good snapshot `t5-good`, RPO 36.0 h, over the 24 h limit)" in summary
+    assert "1 tenant(s) passed; oldest RPO 1.0 h, longest RTO " in summary
+
+
+def test_one_artifact_key_and_a_run_name_per_backend():
+    from memrestore.tasks.drill_report import artifact_key, backend_key, run_name
+
+    at = 1_796_612_400.0  # 2026-12-07 03:00 UTC
+    assert run_name("s3://backups/memory", at) == "drill-s3-backups-memory-2026-12-07T03:00Z"
+    assert run_name("s3://backups/", at) == "drill-s3-backups-2026-12-07T03:00Z"
+    assert run_name("/srv/nightly/Memory Store", at + 59) == "drill-file-nightly-memory-store-2026-12-07T03:00Z"
+    key = artifact_key("report", "s3://backups/memory")
+    assert re.fullmatch(r"drill-report-s3-backups-memory-[0-9a-f]{8}", key)
+    # Stable: the same backend however it is spelled; another backend, another history.
+    assert backend_key("s3://backups/memory/") == backend_key("s3://backups/memory")
+    assert backend_key("/srv/nightly/memory") == backend_key("file:///srv/nightly/memory")
+    assert backend_key("/a/nightly/memory") != backend_key("/b/nightly/memory")
+    assert backend_key("s3://backups/memory") != backend_key("s3://backups/memory-eu")
+    for url in ("s3://B_ucket/Pre.fix", "file:///", "", "weird://x", "/" + "x" * 300):
+        for kind in ("report", "summary", "progress"):
+            assert re.fullmatch(r"[a-z0-9-]*", artifact_key(kind, url)), url
+        assert len(run_name(url, at)) < 80
 
 
 def test_plain_drill_keeps_only_failed_copies_when_asked(backend, tmp_path):
     write_fleet(backend, NOW_MICROS)
     scratch = tmp_path / "scratch"
-    report = drill_plain(backend, [1, 3, 4], max_age_hours=24, scratch_dir=scratch, keep_failed=True, now=NOW)
+    report = drill_plain(backend, [1, 3, 4, 5], max_age_hours=24, scratch_dir=scratch, keep_failed=True, now=NOW)
     t = {r.tenant_id: r for r in report.tenants}
     assert t[1].kept_copies == []
     kept = sorted(p.name.rsplit("-", 1)[0] for p in scratch.iterdir())
-    assert kept == ["tenant-3-t3-stale", "tenant-4-t4-ghost"]
+    assert kept == ["tenant-3-t3-stale", "tenant-4-t4-ghost", "tenant-5-t5-trunc"]
     # The kept copy is the restored data dir, ready to inspect.
     ghost_copy = Path(t[4].kept_copies[0])
     assert sorted(tree(ghost_copy)) == ["tenant_4/data.sqlite", "tenant_4/hnsw/minilm.bin"]
+    # A reason names a kept copy's file as it is, there to be opened.
+    [truncated] = t[5].kept_copies
+    assert f"checkpoint {truncated}/tenant_5/data.sqlite failed: " in t[5].reason and "since deleted" not in t[5].reason
+    assert Path(truncated, "tenant_5/data.sqlite").is_file()
 
 
 def test_walk_back_stops_after_its_limit_and_says_so(backend, tmp_path):
