@@ -176,15 +176,13 @@ def _slug(text: str) -> str:
 def backend_label(url: str) -> str:
     """A short name of the backend for people: ``s3-backups-memory`` for ``s3://backups/memory``
     (the bucket and the prefix's last part), ``file-nightly-memory`` for ``/srv/nightly/memory``
-    (the path's last two parts); only ``a-z0-9-``."""
+    (the path's last two parts), their end when they are long; only ``a-z0-9-``."""
     parsed = urlparse(canonical_backend_url(url))
     parts = [p for p in unquote(parsed.path).split("/") if p]
-    if parsed.scheme == "s3":
-        parts = [parsed.netloc, *parts[-1:]]
-    else:
-        parts = parts[-2:]
-    label = _slug("-".join([parsed.scheme or "backend", *parts]))[:LABEL_CHARS].rstrip("-")
-    return label or "backend"
+    body = _slug("-".join([parsed.netloc, *parts[-1:]] if parsed.scheme == "s3" else parts[-2:]))
+    if len(body) > LABEL_CHARS:  # keep the end, where the names differ, from a word's start
+        body = body[-LABEL_CHARS:].split("-", 1)[-1]
+    return "-".join(filter(None, [_slug(parsed.scheme) or "backend", body]))
 
 
 def backend_key(url: str) -> str:
