@@ -9,6 +9,13 @@ with backoff) and logs each attempt; no ``restore-snapshot`` subflow, no task pe
 (:func:`drill_tenant_flow`, deployed as ``drill-tenant/fleet``) on a work pool's workers, doing
 the same there (``flows/fleet.py``).
 
+A tenant that fails ends its own run Failed (the ``drill-tenant`` task run, or the fleet's child
+flow run), the tenant's reason the state's message, its result the state's data: the drill still
+collects every tenant's result, and Prefect retries none (a failed check is a finding). The run is
+named for its backend and the time it was scheduled for (``drill-s3-backups-memory-2026-12-07T03:00Z``)
+and publishes its artifacts under keys of the backend's (tasks/drill_report.artifact_key), so that
+each backend has one history of reports.
+
 The run ends Failed when any tenant failed, and still carries the report: it returns a Failed
 state whose data is the report, so the report is the run's persisted result either way. Read it
 with :func:`drill_report` on the state (``restore_drill(..., return_state=True)``); a plain call
