@@ -54,7 +54,9 @@ from memrestore.tasks.drill import (
     tenants_to_drill,
 )
 from memrestore.tasks.drill_report import (
+    RESULT_SERIALIZER,
     DrillReport,
+    TenantDrillFailed,
     TenantDrillResult,
     artifact_key,
     build_report,
@@ -93,7 +95,7 @@ def _drill_in_this_run(
     return drill_tenant(
         tenant_id,
         candidates,
-        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit),
+        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -136,7 +138,7 @@ def drill_tenant_task(
     name="drill-tenant",
     flow_run_name="drill-tenant-{tenant_id}",
     persist_result=True,
-    result_serializer="json",
+    result_serializer=RESULT_SERIALIZER,
 )
 def drill_tenant_flow(
     backend: str,
@@ -179,10 +181,10 @@ def drill_tenant_flow(
     finally:
         close_scratch_root(root, created)
     # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
-    # the fleet's parent reads. (The engine's last step, raising the Failed state's "exception",
-    # finds a dict and raises TypeError in the worker's process; Prefect 3.9 has already reported
-    # the run's final state by then and exits 0, so the worker leaves the run Failed.)
-    return tenant_state(result, data=result.model_dump(mode="json"))
+    # the fleet's parent reads. A failed tenant's is a TenantDrillFailed: the engine's last step
+    # raises a Failed run's data and logs it, so the run's log ends with the tenant's reason.
+    return tenant_state(result, data=result.model_dump(mode="json") if result.status == "ok"
+                        else TenantDrillFailed(result))
 
 
 def _fleet_outcomes(

@@ -290,7 +290,7 @@ def check_plain(backend: Backend) -> CheckFn:
 
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
-    streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None,
+    streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
     flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
@@ -298,7 +298,9 @@ def attempt_plain(
     A transient backend error in the restore or the check is retried with the tasks' backoff
     (:func:`tasks.retry.retrying`); a restore tried again starts over in the same scratch copy,
     which :func:`tasks.execute.execute` emptied when it rolled the failed try back. Any other
-    error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``.
+    error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``;
+    a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
+    (:func:`drill_tenant` deletes it otherwise).
     """
     restore, check = restore_plain(backend, streams, limit), check_plain(backend)
 
@@ -313,14 +315,15 @@ def attempt_plain(
         result = attempt_snapshot(manifest, scratch_root, retrying(restore, on_retry=on_retry("restore")),
                                   retrying(check, on_retry=on_retry("check")))
         where = f"tenant {manifest.tenant_id}, snapshot {manifest.snapshot_id}"
+        why = result.reason if keep_failed else said_deleted(result.reason, result.scratch)
         if not result.restored:
-            logger.warning("%s: the restore failed: %s", where, result.reason)
+            logger.warning("%s: the restore failed: %s", where, why)
         elif result.ok:
             logger.info("%s: restored %s in %s, checked clean", where, units.size(result.bytes),
                         units.duration(result.restore_seconds))
         else:
             logger.warning("%s: restored %s in %s, but the check failed: %s", where, units.size(result.bytes),
-                           units.duration(result.restore_seconds), result.reason)
+                           units.duration(result.restore_seconds), why)
         return result
 
     return attempt
@@ -341,7 +344,7 @@ def drill_plain(
     now = time.time() if now is None else now
     listing = list_snapshots(backend)
     root, created = open_scratch_root(scratch_dir)
-    attempt = attempt_plain(backend, root)
+    attempt = attempt_plain(backend, root, keep_failed=keep_failed)
     try:
         results = [
             drill_tenant(

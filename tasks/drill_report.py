@@ -100,6 +100,51 @@ class DrillReport(BaseModel):
         return [t for t in self.tenants if t.status == "failed"]
 
 
+class TenantDrillFailed(Exception):
+    """A tenant failed its drill: the data of a fleet child's Failed state, the tenant's result
+    inside. Prefect's engine raises a failed run's data as its last step (and logs it in the
+    run's log): this says the tenant's reason there, where a bare dict raised a TypeError. Its
+    JSON (:data:`RESULT_SERIALIZER`) keeps the whole result, which the drill reads back."""
+
+    def __init__(self, result: TenantDrillResult) -> None:
+        self.result = result
+        super().__init__(f"tenant {result.tenant_id} failed the drill: {result.reason}")
+
+    def __reduce__(self):
+        return TenantDrillFailed, (self.result,)
+
+
+_FAILED_TENANT = "__memrestore_tenant_drill_failed__"
+
+
+def result_encoder(obj: object) -> object:
+    """Prefect's JSON encoder, and a failed tenant's result kept whole."""
+    from prefect.serializers import prefect_json_object_encoder
+
+    if isinstance(obj, TenantDrillFailed):
+        return {_FAILED_TENANT: obj.result.model_dump(mode="json")}
+    return prefect_json_object_encoder(obj)
+
+
+def result_decoder(obj: dict) -> object:
+    """Prefect's JSON decoder, and a failed tenant's result read back as :class:`TenantDrillFailed`."""
+    from prefect.serializers import prefect_json_object_decoder
+
+    if _FAILED_TENANT in obj:
+        return TenantDrillFailed(TenantDrillResult.model_validate(obj[_FAILED_TENANT]))
+    return prefect_json_object_decoder(obj)
+
+
+def _result_serializer():
+    from prefect.serializers import JSONSerializer
+
+    return JSONSerializer(object_encoder=f"{__name__}.result_encoder", object_decoder=f"{__name__}.result_decoder")
+
+
+#: The fleet child's results: JSON, a failed tenant's (:class:`TenantDrillFailed`) included.
+RESULT_SERIALIZER = _result_serializer()
+
+
 def worst_first(result: TenantDrillResult) -> tuple:
     """The report's order: failed tenants before the ones that passed; among each, a tenant with
     no snapshot that restores first, then the oldest effective RPO (last good snapshot's age);

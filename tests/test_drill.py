@@ -517,11 +517,18 @@ def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_
     others = [r for r in task_runs if r.name not in tenant_runs]  # named <task>-<3 hex digits>
     assert sorted(r.name.rsplit("-", 1)[0] for r in others) == ["drill-report", "list-snapshots"]
     assert all(r.state.is_completed() for r in others)
-    # Each failed attempt is a warning of its tenant's run (the walk back: t2-bad, then t2-good).
-    logs = _run_logs(drill_run, until="tenant 2, snapshot t2-bad: the restore failed")
-    tenant_2 = tenant_runs["drill-tenant-2"].id
+    # Each failed attempt is a warning of its tenant's run (the walk back: t2-bad, then t2-good),
+    # in units, naming no file of a copy that is deleted.
+    _run_logs(drill_run, until="tenant 2, snapshot t2-bad: the restore failed")
+    logs = _run_logs(drill_run, until="tenant 5, snapshot t5-trunc: restored")
+    tenant_2, tenant_5 = tenant_runs["drill-tenant-2"].id, tenant_runs["drill-tenant-5"].id
     assert any(log.task_run_id == tenant_2 and log.message.startswith(
         "tenant 2, snapshot t2-bad: the restore failed: checksum mismatch for 't2-bad/hnsw-0.bin'") for log in logs)
+    assert any(log.task_run_id == tenant_5 and log.message.startswith(
+        "tenant 5, snapshot t5-trunc: restored 96.0 KiB in ") and " s, but the check failed: SQLite integrity_check "
+        "of the restored checkpoint tenant_5/data.sqlite (in a scratch copy since deleted;" in log.message
+        for log in logs), [log.message for log in logs if log.task_run_id == tenant_5]
+    assert not any(str(scratch) in log.message for log in logs)
 
     # The artifacts' keys are the backend's: one history per backend, whatever ran the drill.
     progress_key = artifact_key("progress", backend.url)
