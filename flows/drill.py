@@ -104,34 +104,23 @@ def _drill_in_this_run(
     )
 
 
-def tenant_state(result: TenantDrillResult, data: Any = None) -> State:
-    """How a tenant's run ends: Completed when the tenant passed; Failed, with the tenant's
-    reason as the state's message, when it failed. Either way the state's data is the tenant's
-    result (``data``, else ``result`` itself), which the drill collects into its report."""
-    data = result if data is None else data
+def tenant_state(result: TenantDrillResult, passed: Any = None) -> State:
+    """How a tenant's run ends: Completed when the tenant passed, its data ``passed`` (else the
+    result itself); Failed when it failed, the tenant's reason the state's message and a
+    :class:`TenantDrillFailed` holding the result its data (what Prefect logs and, at a flow
+    run's end, raises). The drill reads the result back from either."""
     if result.status == "ok":
-        return Completed(message=f"tenant {result.tenant_id} passed", data=data)
-    return Failed(message=result.reason or f"tenant {result.tenant_id} failed", data=data)
+        return Completed(message=f"tenant {result.tenant_id} passed", data=result if passed is None else passed)
+    return Failed(message=result.reason or f"tenant {result.tenant_id} failed", data=TenantDrillFailed(result))
 
 
 @task(name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False,
       retries=0)  # a failed tenant is a finding: running it again would only hide a flaky backup
-def drill_tenant_task(
-    backend: str,
-    tenant_id: int,
-    candidates: Sequence[SnapshotManifest],
-    scratch_root: str,
-    now: float,
-    max_age_hours: float | None,
-    keep_failed: bool,
-    unreadable: int,
-    streams: int = DEFAULT_STREAMS,
-    limit: RateLimit | None = None,
-) -> State:
+def drill_tenant_task(backend: str, tenant_id: int, *args: Any, **kwargs: Any) -> State:
     """One tenant's drill as a task run of the drill's flow run (``via_deployment``: a flow run,
-    :func:`drill_tenant_flow`), Failed when the tenant failed (:func:`tenant_state`)."""
-    return tenant_state(_drill_in_this_run(backend, tenant_id, candidates, scratch_root, now, max_age_hours,
-                                           keep_failed, unreadable, streams, limit))
+    :func:`drill_tenant_flow`), Failed when the tenant failed (:func:`tenant_state`). The
+    arguments are :func:`_drill_in_this_run`'s."""
+    return tenant_state(_drill_in_this_run(backend, tenant_id, *args, **kwargs))
 
 
 @flow(
@@ -183,8 +172,7 @@ def drill_tenant_flow(
     # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
     # the fleet's parent reads. A failed tenant's is a TenantDrillFailed: the engine's last step
     # raises a Failed run's data and logs it, so the run's log ends with the tenant's reason.
-    return tenant_state(result, data=result.model_dump(mode="json") if result.status == "ok"
-                        else TenantDrillFailed(result))
+    return tenant_state(result, passed=result.model_dump(mode="json"))
 
 
 def _fleet_outcomes(
@@ -324,6 +312,8 @@ def restore_drill(
 
     try:
         for tenant_id, outcome in outcomes:
+            if isinstance(outcome, TenantDrillFailed):  # the tenant's run ended Failed: its result
+                outcome = outcome.result
             result = outcome if isinstance(outcome, TenantDrillResult) else crashed_result(tenant_id, outcome)
             results[tenant_id] = result
             if result.status == "failed":
