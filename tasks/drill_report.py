@@ -56,9 +56,11 @@ class TenantDrillResult(BaseModel):
     latest itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
-    kept with ``keep_failed`` (a reason never names a copy that was deleted). ``lost_runs`` (fleet drills only, ``flows/fleet.py``) name the runs of
-    this tenant's drill that were lost before one finished (their worker died, or they outlived
-    the child timeout), each with its worker and what became of it: the line is the retry's.
+    kept with ``keep_failed`` (a reason never names a copy that was deleted). ``lost_runs``
+    (fleet drills only, ``flows/fleet.py``) name the runs of this tenant's drill that were lost
+    before one finished (their worker died, or they outlived the child timeout), each with its
+    worker and what became of it: the line is the retry's. ``rpo_over_max_age`` (added) says
+    whether the effective RPO, ``last_good_age_seconds``, is over the drill's maximum age.
     """
 
     tenant_id: int

@@ -78,6 +78,8 @@ def said_deleted(text: str | None, copy: str | Path) -> str | None:
         inside = match.group(1) or ""
         tail = inside[len(inside.rstrip(_TRAILING)):]
         inside = inside[:len(inside) - len(tail)].lstrip("/")
-        return f"{inside} {DELETED}{tail}" if inside else f"a scratch copy since deleted (--keep-failed keeps failed copies){tail}"
+        if not inside:
+            return f"a scratch copy since deleted (--keep-failed keeps failed copies){tail}"
+        return f"{inside} {DELETED}{tail}"
 
     return re.sub(re.escape(str(copy)) + r"(/\S*)?", told, text)
