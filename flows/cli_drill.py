@@ -22,8 +22,9 @@ from memrestore.flows.cli_common import (
 from memrestore.flows.cli_flows import connect_prefect, importing_prefect, quiet_prefect
 
 
-def _print_drill(report, as_json: bool) -> None:
-    """The drill report: JSON on stdout, or a table and each failed tenant's reason."""
+def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -> None:
+    """The drill report, worst first: JSON on stdout, or a table (sizes, rates, durations and ages
+    in tasks/units.py's units) and each failed tenant's whole reason."""
     from rich.table import Table
 
     from memrestore.tasks.drill_report import table_rows
@@ -33,19 +34,21 @@ def _print_drill(report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
-    table = Table("tenant", "status", "snapshot", "age", "RTO", "bytes", "MB/s", "last good", box=None)
-    for row in table_rows(report):
-        status = "ok" if row["status"] == "ok" else "[bold red]FAILED[/]"
-        table.add_row(str(row["tenant"]), status, row["snapshot"], row["age"], row["RTO"], str(row["bytes"]),
-                      row["MB/s"], row["last good"])
-    out.print(table)
+    columns = ("tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last good", "RPO")
+    table = Table(*columns, box=None)
+    for r, row in zip(report.tenants, table_rows(report, max_age_hours)):
+        status = "ok" if r.status == "ok" else "[bold red]FAILED[/]"
+        rpo = f"[bold red]{row['RPO']}[/]" if r.rpo_over_max_age or r.last_good_snapshot_id is None else row["RPO"]
+        table.add_row(str(r.tenant_id), status, *(row[c] for c in columns[2:-1]), rpo)
+    out.print(table, highlight=False)
     for r in report.failures:
-        out.print(f"tenant {r.tenant_id}: {r.reason}", highlight=False, soft_wrap=True)
+        out.print(f"tenant {r.tenant_id}: {r.reason}", highlight=False, soft_wrap=True, markup=False)
         for path in r.kept_copies:
-            out.print(f"  kept for inspection: {path}", highlight=False, soft_wrap=True)
+            out.print(f"  kept for inspection: {path}", highlight=False, soft_wrap=True, markup=False)
     for r in report.tenants:
         for lost in r.lost_runs:
-            out.print(f"tenant {r.tenant_id}: a run of its drill was lost, {lost}", highlight=False, soft_wrap=True)
+            out.print(f"tenant {r.tenant_id}: a run of its drill was lost, {lost}", highlight=False, soft_wrap=True,
+                      markup=False)
     out.print(f"{report.ok} ok, {report.failed} failed", highlight=False)
 
 
@@ -124,5 +127,5 @@ def drill(
             **optional,
         )
         report = drill_report(state)
-    _print_drill(report, as_json)
+    _print_drill(report, as_json, max_age_hours)
     raise typer.Exit(1 if report.failed else 0)

@@ -9,6 +9,13 @@ with backoff) and logs each attempt; no ``restore-snapshot`` subflow, no task pe
 (:func:`drill_tenant_flow`, deployed as ``drill-tenant/fleet``) on a work pool's workers, doing
 the same there (``flows/fleet.py``).
 
+A tenant that fails ends its own run Failed (the ``drill-tenant`` task run, or the fleet's child
+flow run), the tenant's reason the state's message, its result the state's data: the drill still
+collects every tenant's result, and Prefect retries none (a failed check is a finding). The run is
+named for its backend and the time it was scheduled for (``drill-s3-backups-memory-2026-12-07T03:00Z``)
+and publishes its artifacts under keys of the backend's (tasks/drill_report.artifact_key), so that
+each backend has one history of reports.
+
 The run ends Failed when any tenant failed, and still carries the report: it returns a Failed
 state whose data is the report, so the report is the run's persisted result either way. Read it
 with :func:`drill_report` on the state (``restore_drill(..., return_state=True)``); a plain call
@@ -47,12 +54,16 @@ from memrestore.tasks.drill import (
     tenants_to_drill,
 )
 from memrestore.tasks.drill_report import (
+    RESULT_SERIALIZER,
     DrillReport,
+    TenantDrillFailed,
     TenantDrillResult,
+    artifact_key,
     build_report,
     crashed_result,
     no_snapshot_result,
     publish_report_task,
+    run_name,
 )
 from memrestore.tasks.errors import SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest
@@ -84,7 +95,7 @@ def _drill_in_this_run(
     return drill_tenant(
         tenant_id,
         candidates,
-        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit),
+        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -93,17 +104,30 @@ def _drill_in_this_run(
     )
 
 
-#: One tenant's drill as a task run of the drill's flow run (``via_deployment``: a flow run).
-drill_tenant_task = task(
-    name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False,
-)(_drill_in_this_run)
+def tenant_state(result: TenantDrillResult, passed: Any = None) -> State:
+    """How a tenant's run ends: Completed when the tenant passed, its data ``passed`` (else the
+    result itself); Failed when it failed, the tenant's reason the state's message and a
+    :class:`TenantDrillFailed` holding the result its data (what Prefect logs and, at a flow
+    run's end, raises). The drill reads the result back from either."""
+    if result.status == "ok":
+        return Completed(message=f"tenant {result.tenant_id} passed", data=result if passed is None else passed)
+    return Failed(message=result.reason or f"tenant {result.tenant_id} failed", data=TenantDrillFailed(result))
+
+
+@task(name="drill-tenant", task_run_name="drill-tenant-{tenant_id}", cache_policy=NO_CACHE, persist_result=False,
+      retries=0)  # a failed tenant is a finding: running it again would only hide a flaky backup
+def drill_tenant_task(backend: str, tenant_id: int, *args: Any, **kwargs: Any) -> State:
+    """One tenant's drill as a task run of the drill's flow run (``via_deployment``: a flow run,
+    :func:`drill_tenant_flow`), Failed when the tenant failed (:func:`tenant_state`). The
+    arguments are :func:`_drill_in_this_run`'s."""
+    return tenant_state(_drill_in_this_run(backend, tenant_id, *args, **kwargs))
 
 
 @flow(
     name="drill-tenant",
     flow_run_name="drill-tenant-{tenant_id}",
     persist_result=True,
-    result_serializer="json",
+    result_serializer=RESULT_SERIALIZER,
 )
 def drill_tenant_flow(
     backend: str,
@@ -118,7 +142,8 @@ def drill_tenant_flow(
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
     snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
-    is the tenant's line of the drill report; the run's message says whether the tenant passed.
+    is the tenant's line of the drill report; the run ends Failed, the tenant's reason its
+    message, when the tenant failed.
 
     Args:
         backend: Where the snapshots are: file:///abs/path, a path, or s3://bucket/prefix.
@@ -144,12 +169,10 @@ def drill_tenant_flow(
                                     streams, limit)
     finally:
         close_scratch_root(root, created)
-    # Completed either way, the verdict in the result and the message (and each failed attempt a
-    # warning in the log): a deployment run that returns a Failed state holding a dict ends with
-    # Prefect's engine raising TypeError ("Unexpected result for failed state") in the worker's
-    # process.
-    verdict = "passed" if result.status == "ok" else f"failed: {result.reason}"
-    return Completed(message=f"tenant {tenant_id} {verdict}", data=result.model_dump(mode="json"))
+    # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
+    # the fleet's parent reads. A failed tenant's is a TenantDrillFailed: the engine's last step
+    # raises a Failed run's data and logs it, so the run's log ends with the tenant's reason.
+    return tenant_state(result, passed=result.model_dump(mode="json"))
 
 
 def _fleet_outcomes(
@@ -200,8 +223,20 @@ def _emit_failed(result: TenantDrillResult, backend: str) -> None:
     )
 
 
+def _drill_run_name() -> str:
+    """``drill-<backend>-<UTC minute>``: the backend's label (tasks/drill_report.run_name) and the
+    time the run was scheduled for (a nightly run: its cron time; any other: when it was made)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    backend = str((context.parameters or {}).get("backend", "")) if context else ""
+    scheduled = context.flow_run.expected_start_time if context and context.flow_run else None
+    return run_name(backend, scheduled.timestamp() if scheduled else time.time())
+
+
 @flow(
     name="restore-drill",
+    flow_run_name=_drill_run_name,
     persist_result=True,
     result_serializer="json",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_DRILL_CONCURRENCY),
@@ -272,11 +307,13 @@ def restore_drill(
             )
 
         outcomes = _bounded(submit, chosen, concurrency)
-    progress = ProgressArtifact("drill-progress", f"0 of {len(chosen)} tenants drilled")
+    progress = ProgressArtifact(artifact_key("progress", backend), f"0 of {len(chosen)} tenants drilled")
     results: dict[int, TenantDrillResult] = {}
 
     try:
         for tenant_id, outcome in outcomes:
+            if isinstance(outcome, TenantDrillFailed):  # the tenant's run ended Failed: its result
+                outcome = outcome.result
             result = outcome if isinstance(outcome, TenantDrillResult) else crashed_result(tenant_id, outcome)
             results[tenant_id] = result
             if result.status == "failed":
@@ -294,7 +331,7 @@ def restore_drill(
         failed = ", ".join(str(r.tenant_id) for r in report.failures)
         return Failed(
             message=f"{report.failed} of {len(chosen)} tenants failed the restore drill (tenants {failed}); "
-            "see the drill-report artifact",
+            f"see the {artifact_key('summary', backend)} and {artifact_key('report', backend)} artifacts",
             data=data,
         )
     return data

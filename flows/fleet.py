@@ -27,6 +27,10 @@ runs. Children that no worker takes are given up (Cancelled, and the tenants fai
 the drill's runs is on a worker and nothing has moved for ``child_timeout_seconds``. So every
 tenant gets a line in the report, whatever happens to the workers.
 
+A child whose tenant failed ends Failed (the tenant's reason its message, red in the UI like a
+local drill's task run), its persisted result a ``TenantDrillFailed`` holding the tenant's whole
+result; the parent reads that as it reads a passing child's result. Only a Crashed child is lost.
+
 The parent reads each child's result (its persisted JSON) through Prefect's result storage: with
 the default, a file under the worker's ``PREFECT_HOME``, readable by a parent on the same machine.
 Across machines, give the workers and the parent a shared result storage block (docs/fleet.md);
@@ -43,7 +47,7 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from memrestore.tasks.drill_report import TenantDrillResult, crashed_result, describe_failure
+from memrestore.tasks.drill_report import TenantDrillFailed, TenantDrillResult, crashed_result, describe_failure
 from memrestore.tasks.errors import FleetError
 
 if TYPE_CHECKING:
@@ -261,6 +265,8 @@ def _verdict(run: FlowRun, child: _Child) -> TenantDrillResult | _Lost:
         return _failed(child, f"{_where(run)} ended {state.name}, but its result cannot be read here "
                               f"({describe_failure(exc)}); the drill and its workers need a shared result "
                               "storage (docs/fleet.md)")
+    if isinstance(data, TenantDrillFailed):  # the tenant failed its drill: its whole result
+        return data.result
     if isinstance(data, BaseException):
         return crashed_result(child.tenant_id, data)
     if isinstance(data, dict):

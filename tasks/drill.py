@@ -39,14 +39,20 @@ from memrestore.tasks.drill_report import (
     TenantDrillResult,
     build_report,
     describe_failure,
-    hours,
     no_snapshot_result,
 )
 from memrestore.tasks.execute import execute
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks import units
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
-from memrestore.tasks.scratch import close_scratch_root, discard_scratch_copy, new_scratch_copy, open_scratch_root
+from memrestore.tasks.scratch import (
+    close_scratch_root,
+    discard_scratch_copy,
+    new_scratch_copy,
+    open_scratch_root,
+    said_deleted,
+)
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
 
@@ -125,13 +131,27 @@ def snapshot_age_seconds(manifest: SnapshotManifest, now: float) -> float:
     return round(now - manifest.created_at_unix_micros / MICROS_PER_SECOND, 3)
 
 
+def over_max_age(age_seconds: float | None, max_age_hours: float | None) -> bool:
+    """Whether a snapshot this old is over the limit (never, when there is no limit)."""
+    return age_seconds is not None and max_age_hours is not None and age_seconds > max_age_hours * SECONDS_PER_HOUR
+
+
 def stale_reason(tenant_id: int, age_seconds: float, max_age_hours: float | None) -> str | None:
     """Why the latest snapshot is too old, or None when it is recent enough (or no limit is set)."""
-    if max_age_hours is None or age_seconds <= max_age_hours * SECONDS_PER_HOUR:
+    if not over_max_age(age_seconds, max_age_hours):
         return None
     return (
-        f"latest snapshot is {hours(age_seconds)} old, above --max-age-hours {max_age_hours:g}: "
+        f"latest snapshot is {units.age(age_seconds)} old, above --max-age-hours {max_age_hours:g}: "
         f"check that backups of tenant {tenant_id} are still being taken."
+    )
+
+
+def stale_last_good_reason(manifest: SnapshotManifest, age_seconds: float, max_age_hours: float) -> str:
+    """Why a tenant whose latest snapshot failed is also past its limit: the older snapshot the
+    walk back found restorable is over it, so the recovery point the tenant really has is too."""
+    return (
+        f"the newest snapshot that restores, {manifest.snapshot_id}, is {units.age(age_seconds)} old, "
+        f"above --max-age-hours {max_age_hours:g}: a restore today loses more than the limit allows."
     )
 
 
@@ -185,26 +205,29 @@ def drill_tenant(
     """Drill one tenant: try its latest snapshot, walk back while they fail, judge the age.
 
     ``candidates`` are newest first (:func:`drill_candidates`). Every scratch copy is deleted once
-    judged, except a failed one when ``keep_failed`` is set.
+    judged, except a failed one when ``keep_failed`` is set; the reason names a copy's files only
+    when the copy is kept (a deleted one is said to be deleted).
     """
     if not candidates:
         return no_snapshot_result(tenant_id, backend_url, unreadable)
     latest = candidates[0]
     age = snapshot_age_seconds(latest, now)
     first = attempt(latest)
-    reasons = [] if first.ok else [first.reason or "the restore failed"]
     stale = stale_reason(tenant_id, age, max_age_hours)
-    if stale:
-        reasons.append(stale)
     kept: list[str] = []
 
-    def judged(result: AttemptResult, failed: bool) -> None:
+    def judged(result: AttemptResult, failed: bool) -> str | None:
+        """Keep or delete the attempt's copy; its reason, as true once that is done."""
         if failed and keep_failed:
             kept.append(result.scratch)
-        else:
-            discard_scratch_copy(result.scratch)
+            return result.reason
+        discard_scratch_copy(result.scratch)
+        return said_deleted(result.reason, result.scratch)
 
-    judged(first, failed=bool(reasons))
+    why = judged(first, failed=not first.ok or stale is not None)
+    reasons = [] if first.ok else [why or "the restore failed"]
+    if stale:
+        reasons.append(stale)
     last_good = latest if first.ok else None
     if last_good is None:
         older = candidates[1:]
@@ -222,6 +245,9 @@ def drill_tenant(
                 )
             else:
                 reasons.append(f"no snapshot of tenant {tenant_id} restores cleanly ({len(candidates)} tried).")
+    rpo = snapshot_age_seconds(last_good, now) if last_good else None
+    if last_good is not None and last_good is not latest and over_max_age(rpo, max_age_hours):
+        reasons.append(stale_last_good_reason(last_good, rpo, max_age_hours))
     return TenantDrillResult(
         tenant_id=tenant_id,
         snapshot_id=latest.snapshot_id,
@@ -231,8 +257,9 @@ def drill_tenant(
         snapshot_age_seconds=age,
         bytes=first.bytes,
         last_good_snapshot_id=last_good.snapshot_id if last_good else None,
-        last_good_age_seconds=snapshot_age_seconds(last_good, now) if last_good else None,
+        last_good_age_seconds=rpo,
         kept_copies=kept,
+        rpo_over_max_age=over_max_age(rpo, max_age_hours),
     )
 
 
@@ -263,7 +290,7 @@ def check_plain(backend: Backend) -> CheckFn:
 
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
-    streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None,
+    streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
     flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
@@ -271,7 +298,9 @@ def attempt_plain(
     A transient backend error in the restore or the check is retried with the tasks' backoff
     (:func:`tasks.retry.retrying`); a restore tried again starts over in the same scratch copy,
     which :func:`tasks.execute.execute` emptied when it rolled the failed try back. Any other
-    error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``.
+    error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``;
+    a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
+    (:func:`drill_tenant` deletes it otherwise).
     """
     restore, check = restore_plain(backend, streams, limit), check_plain(backend)
 
@@ -286,13 +315,15 @@ def attempt_plain(
         result = attempt_snapshot(manifest, scratch_root, retrying(restore, on_retry=on_retry("restore")),
                                   retrying(check, on_retry=on_retry("check")))
         where = f"tenant {manifest.tenant_id}, snapshot {manifest.snapshot_id}"
+        why = result.reason if keep_failed else said_deleted(result.reason, result.scratch)
         if not result.restored:
-            logger.warning("%s: the restore failed: %s", where, result.reason)
+            logger.warning("%s: the restore failed: %s", where, why)
         elif result.ok:
-            logger.info("%s: restored %d bytes in %.3f s, checked clean", where, result.bytes, result.restore_seconds)
+            logger.info("%s: restored %s in %s, checked clean", where, units.size(result.bytes),
+                        units.duration(result.restore_seconds))
         else:
-            logger.warning("%s: restored %d bytes in %.3f s, but the check failed: %s",
-                           where, result.bytes, result.restore_seconds, result.reason)
+            logger.warning("%s: restored %s in %s, but the check failed: %s", where, units.size(result.bytes),
+                           units.duration(result.restore_seconds), why)
         return result
 
     return attempt
@@ -313,7 +344,7 @@ def drill_plain(
     now = time.time() if now is None else now
     listing = list_snapshots(backend)
     root, created = open_scratch_root(scratch_dir)
-    attempt = attempt_plain(backend, root)
+    attempt = attempt_plain(backend, root, keep_failed=keep_failed)
     try:
         results = [
             drill_tenant(

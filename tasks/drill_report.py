@@ -1,13 +1,20 @@
 """A restore drill's report: each tenant's result, the whole report, and how people see it (the
-CLI's table, the Prefect artifacts: a table and a markdown summary).
+CLI's table, the Prefect artifacts: a table and a markdown summary, under keys of the backend's
+own, and the drill run's name).
 
-Built by tasks/drill.py, which drills; read by the command line, the drill flows and the fleet.
+The report is sorted worst first (:func:`worst_first`); sizes, rates, durations and ages are
+written by tasks/units.py, as everywhere else. Built by tasks/drill.py, which drills; read by the
+command line, the drill flows and the fleet.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import re
+from pathlib import Path
 from typing import Iterable, Literal, Mapping
+from urllib.parse import unquote, urlparse
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,13 +22,15 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from memrestore.backends.errors import RestoreError
+from memrestore.tasks import units
 
 SECONDS_PER_HOUR = 3600
-BYTES_PER_MB = 1_000_000
-
-
-def hours(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / SECONDS_PER_HOUR:.1f} h"
+#: The longest backend label in a run name or an artifact key: enough for a bucket and a prefix
+#: (``s3-backups-memory``), short enough that the UI's run list shows the time after it.
+LABEL_CHARS = 40
+#: Hex digits of the backend URL's hash in an artifact key: two backends whose labels agree
+#: (``/a/backups/memory``, ``/b/backups/memory``) still get histories of their own.
+KEY_HASH_CHARS = 8
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -47,9 +56,11 @@ class TenantDrillResult(BaseModel):
     latest itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
-    kept with ``keep_failed``. ``lost_runs`` (fleet drills only, ``flows/fleet.py``) name the runs of
-    this tenant's drill that were lost before one finished (their worker died, or they outlived
-    the child timeout), each with its worker and what became of it: the line is the retry's.
+    kept with ``keep_failed`` (a reason never names a copy that was deleted). ``lost_runs``
+    (fleet drills only, ``flows/fleet.py``) name the runs of this tenant's drill that were lost
+    before one finished (their worker died, or they outlived the child timeout), each with its
+    worker and what became of it: the line is the retry's. ``rpo_over_max_age`` (added) says
+    whether the effective RPO, ``last_good_age_seconds``, is over the drill's maximum age.
     """
 
     tenant_id: int
@@ -63,12 +74,15 @@ class TenantDrillResult(BaseModel):
     last_good_age_seconds: float | None = None
     kept_copies: list[str] = []
     lost_runs: list[str] = []
+    #: True when a maximum age was set and the effective RPO (the last good snapshot's age) is
+    #: over it; False when it is within it, or when there is no limit or no good snapshot.
+    rpo_over_max_age: bool = False
 
     @property
-    def mb_per_second(self) -> float | None:
+    def bytes_per_second(self) -> float | None:
         if not self.bytes or not self.restore_seconds:
             return None
-        return self.bytes / BYTES_PER_MB / self.restore_seconds
+        return self.bytes / self.restore_seconds
 
 
 class DrillReport(BaseModel):
@@ -88,8 +102,62 @@ class DrillReport(BaseModel):
         return [t for t in self.tenants if t.status == "failed"]
 
 
+class TenantDrillFailed(Exception):
+    """A tenant failed its drill: the data of a fleet child's Failed state, the tenant's result
+    inside. Prefect's engine raises a failed run's data as its last step (and logs it in the
+    run's log): this says the tenant's reason there, where a bare dict raised a TypeError. Its
+    JSON (:data:`RESULT_SERIALIZER`) keeps the whole result, which the drill reads back."""
+
+    def __init__(self, result: TenantDrillResult) -> None:
+        self.result = result
+        super().__init__(f"tenant {result.tenant_id} failed the drill: {result.reason}")
+
+    def __reduce__(self):
+        return TenantDrillFailed, (self.result,)
+
+
+_FAILED_TENANT = "__memrestore_tenant_drill_failed__"
+
+
+def result_encoder(obj: object) -> object:
+    """Prefect's JSON encoder, and a failed tenant's result kept whole."""
+    from prefect.serializers import prefect_json_object_encoder
+
+    if isinstance(obj, TenantDrillFailed):
+        return {_FAILED_TENANT: obj.result.model_dump(mode="json")}
+    return prefect_json_object_encoder(obj)
+
+
+def result_decoder(obj: dict) -> object:
+    """Prefect's JSON decoder, and a failed tenant's result read back as :class:`TenantDrillFailed`."""
+    from prefect.serializers import prefect_json_object_decoder
+
+    if _FAILED_TENANT in obj:
+        return TenantDrillFailed(TenantDrillResult.model_validate(obj[_FAILED_TENANT]))
+    return prefect_json_object_decoder(obj)
+
+
+def _result_serializer():
+    from prefect.serializers import JSONSerializer
+
+    return JSONSerializer(object_encoder=f"{__name__}.result_encoder", object_decoder=f"{__name__}.result_decoder")
+
+
+#: The fleet child's results: JSON, a failed tenant's (:class:`TenantDrillFailed`) included.
+RESULT_SERIALIZER = _result_serializer()
+
+
+def worst_first(result: TenantDrillResult) -> tuple:
+    """The report's order: failed tenants before the ones that passed; among each, a tenant with
+    no snapshot that restores first, then the oldest effective RPO (last good snapshot's age);
+    then by tenant id."""
+    rpo = result.last_good_age_seconds
+    return (result.status == "ok", rpo is not None, -(rpo or 0.0), result.tenant_id)
+
+
 def build_report(results: Iterable[TenantDrillResult], unreadable: Mapping[str, str] | None = None) -> DrillReport:
-    results = list(results)
+    """The report of ``results``, sorted worst first (:func:`worst_first`)."""
+    results = sorted(results, key=worst_first)
     failed = sum(r.status == "failed" for r in results)
     return DrillReport(tenants=results, ok=len(results) - failed, failed=failed, unreadable=dict(unreadable or {}))
 
@@ -129,28 +197,90 @@ def describe_failure(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
+# -- names and keys: one history per backend -------------------------------------------------------
+
+
+def canonical_backend_url(url: str) -> str:
+    """The backend URL as the backends spell it (``file:///abs/path``, ``s3://bucket/prefix``), so
+    that a bare path and its file URL, or a trailing slash, name one backend. Never raises: a URL
+    the backends would refuse comes back stripped, and the drill refuses it on its own."""
+    url = url.strip()
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        prefix = parsed.path.strip("/")
+        return f"s3://{parsed.netloc}/{prefix}" if prefix else f"s3://{parsed.netloc}"
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path) or "/").absolute().as_uri()
+    if url and not (parsed.scheme and len(parsed.scheme) > 1):
+        return Path(url).expanduser().absolute().as_uri()
+    return url
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def backend_label(url: str) -> str:
+    """A short name of the backend for people: ``s3-backups-memory`` for ``s3://backups/memory``
+    (the bucket and the prefix's last part), ``file-nightly-memory`` for ``/srv/nightly/memory``
+    (the path's last two parts), their end when they are long; only ``a-z0-9-``."""
+    parsed = urlparse(canonical_backend_url(url))
+    parts = [p for p in unquote(parsed.path).split("/") if p]
+    body = _slug("-".join([parsed.netloc, *parts[-1:]] if parsed.scheme == "s3" else parts[-2:]))
+    if len(body) > LABEL_CHARS:  # keep the end, where the names differ, from a word's start
+        body = body[-LABEL_CHARS:].split("-", 1)[-1]
+    return "-".join(filter(None, [_slug(parsed.scheme) or "backend", body]))
+
+
+def backend_key(url: str) -> str:
+    """The backend's part of the drill's artifact keys: its label and a short hash of its
+    canonical URL. The same for every drill of one backend, different between backends."""
+    digest = hashlib.sha256(canonical_backend_url(url).encode()).hexdigest()[:KEY_HASH_CHARS]
+    return f"{backend_label(url)}-{digest}"
+
+
+def artifact_key(kind: str, backend_url: str) -> str:
+    """``drill-report-<backend>``, ``drill-summary-<backend>``, ``drill-progress-<backend>``: each
+    artifact's history (its versions, one per drill) is one backend's."""
+    return f"drill-{kind}-{backend_key(backend_url)}"
+
+
+def run_name(backend_url: str, at: float) -> str:
+    """The drill run's name: ``drill-<backend label>-2026-12-07T03:00Z`` (UTC, to the minute: a
+    scheduled run is named for the time it was scheduled for)."""
+    when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    return f"drill-{backend_label(backend_url)}-{when}"
+
+
 # -- the report, for people ------------------------------------------------------------------------
 
 
-def _mb_per_second(result: TenantDrillResult) -> str:
-    rate = result.mb_per_second
-    return "-" if rate is None else f"{rate:.3g}"
+def rpo_text(result: TenantDrillResult, max_age_hours: float | None) -> str:
+    """The effective RPO, the last good snapshot's age: ``5.0 h``; ``30.0 h, over the 24 h
+    limit``; ``none restores`` when no snapshot of the tenant restored clean."""
+    if result.last_good_age_seconds is None:
+        return "none restores"
+    shown = units.age(result.last_good_age_seconds)
+    if result.rpo_over_max_age and max_age_hours is not None:
+        return f"{shown}, over the {max_age_hours:g} h limit"
+    return shown
 
 
-def table_rows(report: DrillReport) -> list[dict]:
-    """One row per tenant: status, snapshot, age, RTO, bytes, MB/s, last good, reason."""
+def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[dict]:
+    """One row per tenant, worst first: status, latest snapshot and its age, its restore's
+    duration (RTO), size and rate, the last good snapshot, the effective RPO (flagged when over
+    ``max_age_hours``), the reason."""
     return [
         {
             "tenant": r.tenant_id,
             "status": r.status,
             "snapshot": r.snapshot_id or "-",
-            "age": hours(r.snapshot_age_seconds),
-            "RTO": "-" if r.restore_seconds is None else f"{r.restore_seconds:.2f} s",
-            "bytes": "-" if r.bytes is None else r.bytes,
-            "MB/s": _mb_per_second(r),
-            "last good": (
-                f"{r.last_good_snapshot_id} ({hours(r.last_good_age_seconds)})" if r.last_good_snapshot_id else "none"
-            ),
+            "age": units.age(r.snapshot_age_seconds),
+            "RTO": units.duration(r.restore_seconds),
+            "size": units.size(r.bytes),
+            "rate": units.rate(r.bytes_per_second),
+            "last good": r.last_good_snapshot_id or "none",
+            "RPO": rpo_text(r, max_age_hours),
             "reason": r.reason or "",
         }
         for r in report.tenants
@@ -158,6 +288,8 @@ def table_rows(report: DrillReport) -> list[dict]:
 
 
 def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, max_age_hours: float | None) -> str:
+    """The drill in a few lines, worst first, each failed tenant's reason whole (the table's
+    cells show only the start of a long one)."""
     total = len(report.tenants)
     verdict = f"all {total} tenants passed" if not report.failed else f"{report.failed} of {total} tenants failed"
     when = datetime.datetime.fromtimestamp(drilled_at, datetime.timezone.utc).isoformat(timespec="seconds")
@@ -170,11 +302,17 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
     ]
     for r in report.failures:
         good = (
-            f"last good snapshot `{r.last_good_snapshot_id}`, {hours(r.last_good_age_seconds)} old"
-            if r.last_good_snapshot_id else "no restorable snapshot"
+            f"last good snapshot `{r.last_good_snapshot_id}`, RPO {rpo_text(r, max_age_hours)}"
+            if r.last_good_snapshot_id else "no snapshot restores"
         )
         lines.append(f"- **tenant {r.tenant_id} failed** ({good}): {r.reason}")
         lines += [f"  - kept for inspection: `{path}`" for path in r.kept_copies]
+    passed = [r for r in report.tenants if r.status == "ok"]
+    if passed:
+        oldest = max(r.last_good_age_seconds or 0.0 for r in passed)
+        slowest = max((r.restore_seconds for r in passed if r.restore_seconds is not None), default=None)
+        lines.append(f"- {len(passed)} tenant(s) passed; oldest RPO {units.age(oldest)}, "
+                     f"longest RTO {units.duration(slowest)}")
     for r in report.tenants:
         if r.lost_runs:
             lines.append(f"- tenant {r.tenant_id}: {len(r.lost_runs)} run(s) of its drill were lost on the way:")
@@ -185,11 +323,12 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
 
 
 def publish_report(report: DrillReport, backend_url: str, drilled_at: float, max_age_hours: float | None) -> None:
-    """The report as Prefect artifacts: a table (one row per tenant) and a markdown summary."""
-    create_table_artifact(table=table_rows(report), key="drill-report",
+    """The report as Prefect artifacts, keyed by the backend (:func:`artifact_key`): a table (one
+    row per tenant, worst first) and a markdown summary."""
+    create_table_artifact(table=table_rows(report, max_age_hours), key=artifact_key("report", backend_url),
                           description=f"restore drill of {backend_url}: {report.ok} ok, {report.failed} failed")
     create_markdown_artifact(markdown=summary_markdown(report, backend_url, drilled_at, max_age_hours),
-                             key="drill-summary", description=f"restore drill of {backend_url}")
+                             key=artifact_key("summary", backend_url), description=f"restore drill of {backend_url}")
 
 
 @task(name="drill-report", cache_policy=NO_CACHE, persist_result=False)

@@ -2,12 +2,14 @@
 
 A scratch copy lives in ``<scratch_dir>/tenant-<id>-<snapshot>-<random>/`` and is deleted once
 checked, unless the tenant failed and ``keep_failed`` is set; a scratch dir the drill created
-itself (none was given) is removed at the end when nothing was kept in it.
+itself (none was given) is removed at the end when nothing was kept in it. A reason that named
+a file of a copy since deleted says so instead (:func:`said_deleted`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,3 +58,28 @@ def new_scratch_copy(root: Path, manifest: SnapshotManifest) -> Path:
 
 def discard_scratch_copy(path: str | Path) -> None:
     shutil.rmtree(path)
+
+
+#: How a file of a deleted copy is named in a reason: where it was within the copy, and that the
+#: copy is gone (the drill's own words for keeping it: --keep-failed, keep_failed in the UI).
+DELETED = "(in a scratch copy since deleted; --keep-failed keeps failed copies)"
+_TRAILING = ".,;:)'\""
+
+
+def said_deleted(text: str | None, copy: str | Path) -> str | None:
+    """``text`` with every path inside the scratch copy ``copy``, which has just been deleted,
+    told as the file it was within the copy and that the copy is gone:
+    ``.../tenant-5-snap-x1y2/tenant_5/data.sqlite`` becomes ``tenant_5/data.sqlite (in a scratch
+    copy since deleted; --keep-failed keeps failed copies)``."""
+    if not text:
+        return text
+
+    def told(match: re.Match) -> str:
+        inside = match.group(1) or ""
+        tail = inside[len(inside.rstrip(_TRAILING)):]
+        inside = inside[:len(inside) - len(tail)].lstrip("/")
+        if not inside:
+            return f"a scratch copy since deleted (--keep-failed keeps failed copies){tail}"
+        return f"{inside} {DELETED}{tail}"
+
+    return re.sub(re.escape(str(copy)) + r"(/\S*)?", told, text)

@@ -5,7 +5,9 @@ artifacts, events and runs under a real Prefect API (with S3 failing through the
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -72,6 +74,8 @@ def write_fleet(backend: LocalBackend, now_micros: int) -> dict[str, SnapshotMan
     2  latest corrupted after the backup (a flipped byte): the older t2-good is the last good
     3  stale: restores clean, but is 30 h old
     4  latest names a table its checkpoint lacks, and there is nothing older
+    5  latest checkpoint truncated when the backup was taken (its checksum is of the cut bytes,
+       so it restores, and fails SQLite's integrity_check); the older t5-good is 36 h old
     """
     small = (("minilm", 8),)
     made = {
@@ -90,7 +94,25 @@ def write_fleet(backend: LocalBackend, now_micros: int) -> dict[str, SnapshotMan
     ghost = write_sample_snapshot(backend, tenant_id=4, snapshot_id="t4-ghost", models=small,
                                   created_at_unix_micros=now_micros - HOUR_MICROS)
     made["t4-ghost"] = _with_ghost_table(backend, ghost)
+    made["t5-good"] = write_sample_snapshot(backend, tenant_id=5, snapshot_id="t5-good", models=small,
+                                            created_at_unix_micros=now_micros - 36 * HOUR_MICROS)
+    made["t5-trunc"] = _with_truncated_checkpoint(
+        backend, write_sample_snapshot(backend, tenant_id=5, snapshot_id="t5-trunc", models=small, sqlite_rows=400,
+                                       created_at_unix_micros=now_micros - HOUR_MICROS))
     return made
+
+
+def _with_truncated_checkpoint(backend: LocalBackend, manifest: SnapshotManifest) -> SnapshotManifest:
+    """Cut the stored checkpoint in half and record the cut bytes' checksum in the manifest, as a
+    backup that copied a checkpoint still being written would."""
+    from blake3 import blake3
+
+    path = backend.root / manifest.sqlite_checkpoint_key
+    cut = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(cut)
+    changed = manifest.model_copy(update={"sqlite_checkpoint_checksum": blake3(cut).hexdigest()})
+    put_manifest(backend, changed)
+    return changed
 
 
 def _by_tenant(report: dict) -> dict[int, dict]:
@@ -163,49 +185,115 @@ def test_candidates_are_newest_first_and_the_age_rule(backend):
 # -- the walk back, with no Prefect ----------------------------------------------------------------
 
 
-def test_plain_drill_reports_each_tenant_and_leaves_scratch_empty(backend, tmp_path):
+def test_plain_drill_reports_each_tenant_worst_first_and_leaves_scratch_empty(backend, tmp_path):
     write_fleet(backend, NOW_MICROS)
     scratch = tmp_path / "scratch"
-    report = drill_plain(backend, [1, 2, 3, 4, 9], max_age_hours=24, scratch_dir=scratch, now=NOW)
-    assert (report.ok, report.failed) == (1, 4)
+    report = drill_plain(backend, [1, 2, 3, 4, 5, 9], max_age_hours=24, scratch_dir=scratch, now=NOW)
+    assert (report.ok, report.failed) == (1, 5)
+    # Worst first: no snapshot restores (4, 9), then the oldest effective RPO (5: 36 h, 3: 30 h,
+    # 2: 5 h), then the tenants that passed.
+    assert [r.tenant_id for r in report.tenants] == [4, 9, 5, 3, 2, 1]
     t = {r.tenant_id: r for r in report.tenants}
 
     assert t[1].status == "ok" and t[1].reason is None
     assert (t[1].snapshot_id, t[1].last_good_snapshot_id) == ("t1-new", "t1-new")
     assert t[1].snapshot_age_seconds == t[1].last_good_age_seconds == 3600
     assert t[1].bytes == sum(f.stat().st_size for f in (backend.root / "t1-new").iterdir() if f.name != "manifest.json")
-    assert t[1].restore_seconds is not None
+    assert t[1].restore_seconds is not None and not t[1].rpo_over_max_age
 
     assert t[2].status == "failed" and t[2].snapshot_id == "t2-bad"
     assert t[2].reason.startswith("checksum mismatch for 't2-bad/hnsw-0.bin'")
     assert (t[2].last_good_snapshot_id, t[2].last_good_age_seconds) == ("t2-good", 5 * 3600)
-    assert t[2].snapshot_age_seconds == 2 * 3600 and t[2].bytes is None
+    assert t[2].snapshot_age_seconds == 2 * 3600 and t[2].bytes is None and not t[2].rpo_over_max_age
 
     assert t[3].status == "failed" and t[3].reason.startswith("latest snapshot is 30.0 h old, above --max-age-hours 24")
     assert (t[3].last_good_snapshot_id, t[3].last_good_age_seconds) == ("t3-stale", 30 * 3600)
+    assert t[3].rpo_over_max_age
 
     assert t[4].status == "failed" and "lacks table(s) 'ghost_table'" in t[4].reason
     assert t[4].reason.endswith("no snapshot of tenant 4 restores cleanly (1 tried).")
     assert t[4].last_good_snapshot_id is None and t[4].last_good_age_seconds is None
 
+    # The truncated checkpoint restores (its checksum is of the cut bytes) and fails the check; the
+    # reason says which file, and that its copy is gone, not a path that no longer exists. The
+    # latest is fresh, but the snapshot the walk back found is over the limit: so is the RPO.
+    assert t[5].status == "failed" and t[5].bytes and t[5].last_good_snapshot_id == "t5-good"
+    assert t[5].reason.startswith(
+        "SQLite integrity_check of the restored checkpoint tenant_5/data.sqlite (in a scratch copy since deleted; "
+        "--keep-failed keeps failed copies) failed: ")
+    assert t[5].reason.endswith("the newest snapshot that restores, t5-good, is 36.0 h old, above --max-age-hours "
+                                "24: a restore today loses more than the limit allows.")
+    assert t[5].rpo_over_max_age and t[5].last_good_age_seconds == 36 * 3600
+
     assert t[9].status == "failed" and t[9].snapshot_id is None
     assert "holds no finished snapshot of tenant 9" in t[9].reason
 
     assert list(scratch.iterdir()) == []
-    assert all(r.kept_copies == [] for r in report.tenants)
+    assert all(r.kept_copies == [] and str(scratch) not in (r.reason or "") for r in report.tenants)
+
+
+def test_the_report_in_units_for_people_worst_first_with_whole_reasons(backend, tmp_path):
+    """The table (the artifact's, the CLI's) and the summary: tasks/units.py's sizes, rates,
+    durations and ages, the RPO flagged over the limit, every failed tenant's reason whole."""
+    from memrestore.tasks import units
+    from memrestore.tasks.drill_report import summary_markdown, table_rows
+
+    write_fleet(backend, NOW_MICROS)
+    report = drill_plain(backend, [1, 2, 3, 5], max_age_hours=24, scratch_dir=tmp_path / "scratch", now=NOW)
+    rows = table_rows(report, 24)
+    assert [(r["tenant"], r["status"]) for r in rows] == [(5, "failed"), (3, "failed"), (2, "failed"), (1, "ok")]
+    assert list(rows[0]) == ["tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last good", "RPO", "reason"]
+    healthy = report.tenants[-1]
+    assert rows[3]["size"] == units.size(healthy.bytes) and rows[3]["size"].endswith(" KiB")
+    assert rows[3]["rate"] == units.rate(healthy.bytes / healthy.restore_seconds)
+    assert rows[3]["RTO"] == units.duration(healthy.restore_seconds) and rows[3]["age"] == "1.0 h"
+    assert [r["RPO"] for r in rows] == ["36.0 h, over the 24 h limit", "30.0 h, over the 24 h limit", "5.0 h", "1.0 h"]
+    assert (rows[2]["size"], rows[2]["rate"], rows[2]["RTO"], rows[2]["last good"]) == ("-", "-", "-", "t2-good")
+    assert [r["reason"] for r in rows] == [t.reason or "" for t in report.tenants]
+
+    summary = summary_markdown(report, backend.url, NOW, 24)
+    for r in report.failures:
+        assert f"- **tenant {r.tenant_id} failed** (" in summary and r.reason in summary
+    assert summary.index("tenant 5 failed") < summary.index("tenant 3 failed") < summary.index("tenant 2 failed")
+    assert "(last good snapshot `t5-good`, RPO 36.0 h, over the 24 h limit)" in summary
+    assert "1 tenant(s) passed; oldest RPO 1.0 h, longest RTO " in summary
+
+
+def test_one_artifact_key_and_a_run_name_per_backend():
+    from memrestore.tasks.drill_report import artifact_key, backend_key, run_name
+
+    at = 1_796_612_400.0  # 2026-12-07 03:00 UTC
+    assert run_name("s3://backups/memory", at) == "drill-s3-backups-memory-2026-12-07T03:00Z"
+    assert run_name("s3://backups/", at) == "drill-s3-backups-2026-12-07T03:00Z"
+    assert run_name("/srv/nightly/Memory Store", at + 59) == "drill-file-nightly-memory-store-2026-12-07T03:00Z"
+    key = artifact_key("report", "s3://backups/memory")
+    assert re.fullmatch(r"drill-report-s3-backups-memory-[0-9a-f]{8}", key)
+    # Stable: the same backend however it is spelled; another backend, another history.
+    assert backend_key("s3://backups/memory/") == backend_key("s3://backups/memory")
+    assert backend_key("/srv/nightly/memory") == backend_key("file:///srv/nightly/memory")
+    assert backend_key("/a/nightly/memory") != backend_key("/b/nightly/memory")
+    assert backend_key("s3://backups/memory") != backend_key("s3://backups/memory-eu")
+    for url in ("s3://B_ucket/Pre.fix", "file:///", "", "weird://x", "/" + "x" * 300):
+        for kind in ("report", "summary", "progress"):
+            assert re.fullmatch(r"[a-z0-9-]*", artifact_key(kind, url)), url
+        assert len(run_name(url, at)) < 80
 
 
 def test_plain_drill_keeps_only_failed_copies_when_asked(backend, tmp_path):
     write_fleet(backend, NOW_MICROS)
     scratch = tmp_path / "scratch"
-    report = drill_plain(backend, [1, 3, 4], max_age_hours=24, scratch_dir=scratch, keep_failed=True, now=NOW)
+    report = drill_plain(backend, [1, 3, 4, 5], max_age_hours=24, scratch_dir=scratch, keep_failed=True, now=NOW)
     t = {r.tenant_id: r for r in report.tenants}
     assert t[1].kept_copies == []
     kept = sorted(p.name.rsplit("-", 1)[0] for p in scratch.iterdir())
-    assert kept == ["tenant-3-t3-stale", "tenant-4-t4-ghost"]
+    assert kept == ["tenant-3-t3-stale", "tenant-4-t4-ghost", "tenant-5-t5-trunc"]
     # The kept copy is the restored data dir, ready to inspect.
     ghost_copy = Path(t[4].kept_copies[0])
     assert sorted(tree(ghost_copy)) == ["tenant_4/data.sqlite", "tenant_4/hnsw/minilm.bin"]
+    # A reason names a kept copy's file as it is, there to be opened.
+    [truncated] = t[5].kept_copies
+    assert f"checkpoint {truncated}/tenant_5/data.sqlite failed: " in t[5].reason and "since deleted" not in t[5].reason
+    assert Path(truncated, "tenant_5/data.sqlite").is_file()
 
 
 def test_walk_back_stops_after_its_limit_and_says_so(backend, tmp_path):
@@ -383,58 +471,86 @@ def _drill_failed_events(flow_run_id, expected: int) -> list:
 @pytest.mark.usefixtures("prefect_api")
 def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_tenant(backend, tmp_path):
     from memrestore.flows.drill import drill_report, restore_drill
+    from memrestore.tasks.drill_report import artifact_key
 
     write_fleet(backend, int(time.time() * 10**6))
     scratch = tmp_path / "scratch"
-    state = restore_drill(backend=backend.url, tenants=[1, 2, 3, 9], max_age_hours=24,
+    state = restore_drill(backend=backend.url, tenants=[1, 2, 3, 5, 9], max_age_hours=24,
                           scratch_dir=str(scratch), return_state=True)
     assert state.is_failed()
-    assert state.message.startswith("3 of 4 tenants failed the restore drill (tenants 2, 3, 9)")
+    report_key, summary_key = artifact_key("report", backend.url), artifact_key("summary", backend.url)
+    assert state.message == (f"4 of 5 tenants failed the restore drill (tenants 9, 5, 3, 2); see the {summary_key} "
+                             f"and {report_key} artifacts")
     report = drill_report(state)
-    assert (report.ok, report.failed) == (1, 3)
+    assert (report.ok, report.failed) == (1, 4)
+    assert [r.tenant_id for r in report.tenants] == [9, 5, 3, 2, 1]  # worst first
     t = {r.tenant_id: r for r in report.tenants}
-    assert [t[i].status for i in (1, 2, 3, 9)] == ["ok", "failed", "failed", "failed"]
+    assert [t[i].status for i in (1, 2, 3, 5, 9)] == ["ok", "failed", "failed", "failed", "failed"]
     assert t[2].reason.startswith("checksum mismatch for 't2-bad/hnsw-0.bin'")
     assert t[2].last_good_snapshot_id == "t2-good"
     assert 5 * 3600 <= t[2].last_good_age_seconds < 6 * 3600
-    assert "30.0 h old, above --max-age-hours 24" in t[3].reason
+    assert "30.0 h old, above --max-age-hours 24" in t[3].reason and t[3].rpo_over_max_age
+    assert "tenant_5/data.sqlite (in a scratch copy since deleted" in t[5].reason and t[5].rpo_over_max_age
     assert list(scratch.iterdir()) == []
 
     drill_run = state.state_details.flow_run_id
     run, persisted, subflows, task_runs, artifacts = _read_back(drill_run)
     # The report is the run's persisted JSON result, Failed or not.
     assert run.state.is_failed() and persisted == report.model_dump(mode="json")
+    # Named for its backend and the minute it was made for, never a random pair of words.
+    when = run.expected_start_time.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    assert run.name == f"drill-file-{tmp_path.name.replace('_', '-')}-backend-{when}"
 
     # Each tenant is one drill-tenant task run that restores in itself: no restore-snapshot run,
-    # no task per step. A tenant's findings are in its result, so every run completed.
+    # no task per step. A failed tenant's run is Failed, its reason the state's message, and ran
+    # once: Prefect does not retry a tenant that failed its checks.
     assert subflows == []
-    tenant_runs = [t for t in task_runs if t.name.startswith("drill-tenant-")]
-    assert sorted(t.name for t in tenant_runs) == ["drill-tenant-1", "drill-tenant-2", "drill-tenant-3", "drill-tenant-9"]
-    others = [t for t in task_runs if t not in tenant_runs]  # named <task>-<3 hex digits>
-    assert sorted(t.name.rsplit("-", 1)[0] for t in others) == ["drill-report", "list-snapshots"]
-    assert all(t.state.is_completed() for t in task_runs)
-    # Each failed attempt is a warning of its tenant's run (the walk back: t2-bad, then t2-good).
-    logs = _run_logs(drill_run, until="tenant 2, snapshot t2-bad: the restore failed")
-    tenant_2 = next(t.id for t in task_runs if t.name == "drill-tenant-2")
+    tenant_runs = {r.name: r for r in task_runs if r.name.startswith("drill-tenant-")}
+    assert sorted(tenant_runs) == ["drill-tenant-1", "drill-tenant-2", "drill-tenant-3", "drill-tenant-5",
+                                   "drill-tenant-9"]
+    assert tenant_runs["drill-tenant-1"].state.is_completed()
+    assert tenant_runs["drill-tenant-1"].state.message == "tenant 1 passed"
+    for i in (2, 3, 5, 9):
+        tenant_run = tenant_runs[f"drill-tenant-{i}"]
+        assert tenant_run.state.is_failed() and tenant_run.state.message == t[i].reason, tenant_run.state
+        assert tenant_run.run_count == 1
+    others = [r for r in task_runs if r.name not in tenant_runs]  # named <task>-<3 hex digits>
+    assert sorted(r.name.rsplit("-", 1)[0] for r in others) == ["drill-report", "list-snapshots"]
+    assert all(r.state.is_completed() for r in others)
+    # Each failed attempt is a warning of its tenant's run (the walk back: t2-bad, then t2-good),
+    # in units, naming no file of a copy that is deleted.
+    _run_logs(drill_run, until="tenant 2, snapshot t2-bad: the restore failed")
+    logs = _run_logs(drill_run, until="tenant 5, snapshot t5-trunc: restored")
+    tenant_2, tenant_5 = tenant_runs["drill-tenant-2"].id, tenant_runs["drill-tenant-5"].id
     assert any(log.task_run_id == tenant_2 and log.message.startswith(
         "tenant 2, snapshot t2-bad: the restore failed: checksum mismatch for 't2-bad/hnsw-0.bin'") for log in logs)
+    assert any(log.task_run_id == tenant_5 and log.message.startswith(
+        "tenant 5, snapshot t5-trunc: restored 96.0 KiB in ") and " s, but the check failed: SQLite integrity_check "
+        "of the restored checkpoint tenant_5/data.sqlite (in a scratch copy since deleted;" in log.message
+        for log in logs), [log.message for log in logs if log.task_run_id == tenant_5]
+    assert not any(str(scratch) in log.message for log in logs)
 
+    # The artifacts' keys are the backend's: one history per backend, whatever ran the drill.
+    progress_key = artifact_key("progress", backend.url)
     by_run_and_key = {(a.flow_run_id, a.key): a for a in artifacts if a.key}
-    assert {key for _, key in by_run_and_key} == {"drill-report", "drill-summary", "drill-progress"}
-    table = by_run_and_key[(drill_run, "drill-report")]
-    rows = json.loads(table.data)
+    assert {key for _, key in by_run_and_key} == {report_key, summary_key, progress_key}
+    rows = json.loads(by_run_and_key[(drill_run, report_key)].data)
     assert [(r["tenant"], r["status"], r["snapshot"]) for r in rows] == [
-        (1, "ok", "t1-new"), (2, "failed", "t2-bad"), (3, "failed", "t3-stale"), (9, "failed", "-")]
-    assert rows[1]["last good"].startswith("t2-good (5.0 h)") and rows[0]["MB/s"] != "-"
-    assert set(rows[0]) == {"tenant", "status", "snapshot", "age", "RTO", "bytes", "MB/s", "last good", "reason"}
-    summary = by_run_and_key[(drill_run, "drill-summary")]
-    assert "3 of 4 tenants failed" in summary.data and "**tenant 2 failed**" in summary.data
-    progress = by_run_and_key[(drill_run, "drill-progress")]
+        (9, "failed", "-"), (5, "failed", "t5-trunc"), (3, "failed", "t3-stale"), (2, "failed", "t2-bad"),
+        (1, "ok", "t1-new")]
+    assert [r["RPO"] for r in rows] == ["none restores", "36.0 h, over the 24 h limit", "30.0 h, over the 24 h limit",
+                                        "5.0 h", "1.0 h"]
+    assert rows[4]["size"] == "152.0 KiB" and rows[4]["rate"].endswith("/s") and rows[4]["age"] == "1.0 h"
+    assert set(rows[0]) == {"tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last good", "RPO", "reason"}
+    summary = by_run_and_key[(drill_run, summary_key)]
+    assert "4 of 5 tenants failed" in summary.data and "**tenant 2 failed**" in summary.data
+    assert all(r.reason in summary.data for r in report.failures)
+    progress = by_run_and_key[(drill_run, progress_key)]
     assert progress.type == "progress" and float(progress.data) == 100.0
 
-    events = _drill_failed_events(drill_run, expected=3)
+    events = _drill_failed_events(drill_run, expected=4)
     assert sorted(e.resource.id for e in events) == [
-        "memrestore.tenant.2", "memrestore.tenant.3", "memrestore.tenant.9"]
+        "memrestore.tenant.2", "memrestore.tenant.3", "memrestore.tenant.5", "memrestore.tenant.9"]
     tenant_2 = next(e for e in events if e.resource.id == "memrestore.tenant.2")
     assert tenant_2.payload["last_good_snapshot_id"] == "t2-good"
     assert tenant_2.payload["reason"] == t[2].reason
@@ -536,8 +652,10 @@ def test_cli_drill_json_exit_status_and_kept_copies(backend, tmp_path):
     report = json.loads(done.stdout)
     assert (report["ok"], report["failed"]) == (1, 3)
     t = _by_tenant(report)
-    assert set(t[1]) >= {"tenant_id", "snapshot_id", "status", "reason", "restore_seconds", "snapshot_age_seconds",
-                         "bytes", "last_good_snapshot_id", "last_good_age_seconds"}
+    assert set(t[1]) == {"tenant_id", "snapshot_id", "status", "reason", "restore_seconds", "snapshot_age_seconds",
+                         "bytes", "last_good_snapshot_id", "last_good_age_seconds", "kept_copies", "lost_runs",
+                         "rpo_over_max_age"}
+    assert [r["tenant_id"] for r in report["tenants"]] == [4, 9, 2, 1]  # worst first
     assert [t[i]["status"] for i in (1, 2, 4, 9)] == ["ok", "failed", "failed", "failed"]
     assert t[2]["reason"].startswith("checksum mismatch") and t[2]["last_good_snapshot_id"] == "t2-good"
     assert "ghost_table" in t[4]["reason"] and t[4]["last_good_snapshot_id"] is None
@@ -555,10 +673,43 @@ def test_cli_drill_healthy_tenant_prints_a_table_and_exits_0(backend, tmp_path):
     done = _cli("--backend", backend.url, "--tenant", "1", "--max-age-hours", "24", "--scratch-dir", str(scratch))
     assert done.returncode == 0, done.stderr
     header, row = done.stdout.splitlines()[:2]
-    assert header.split() == ["tenant", "status", "snapshot", "age", "RTO", "bytes", "MB/s", "last", "good"]
-    assert row.split()[:4] == ["1", "ok", "t1-new", "1.0"]
+    assert header.split() == ["tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last", "good", "RPO"]
+    assert row.split()[:5] == ["1", "ok", "t1-new", "1.0", "h"]
     assert done.stdout.rstrip().endswith("1 ok, 0 failed")
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_drill_table_is_worst_first_in_units_with_whole_reasons(backend, tmp_path):
+    """What an operator reads at the terminal after a failed drill: failed tenants first (no
+    restorable snapshot, then the oldest RPO), sizes, rates, durations and ages in units, the RPO
+    over the limit flagged, each reason whole, and no path of a copy that was deleted."""
+    write_fleet(backend, int(time.time() * 10**6))
+    scratch = tmp_path / "scratch"
+    done = _cli("--backend", backend.url, *(a for i in (1, 2, 3, 5, 9) for a in ("--tenant", str(i))),
+                "--max-age-hours", "24", "--scratch-dir", str(scratch))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last", "good", "RPO"]
+    rows = [line.split() for line in lines[1:6]]
+    assert [r[0] for r in rows] == ["9", "5", "3", "2", "1"]
+    assert [r[1] for r in rows] == ["FAILED", "FAILED", "FAILED", "FAILED", "ok"]
+    table = "\n".join(lines[:6])
+    assert re.search(r"^\s*5\s+FAILED\s+t5-trunc\s+1\.0 h\s+[\d.]+ s\s+96\.0 KiB\s+[\d.]+ [KM]iB/s\s+t5-good\s+"
+                     r"36\.0 h, over the 24 h limit\s*$", table, re.M), table
+    assert re.search(r"^\s*1\s+ok\s+t1-new\s+1\.0 h\s+[\d.]+ s\s+152\.0 KiB\s+[\d.]+ [KM]iB/s\s+t1-new\s+1\.0 h\s*$",
+                     table, re.M), table
+    assert re.search(r"^\s*9\s+FAILED\s+-\s+-\s+-\s+-\s+-\s+none\s+none restores\s*$", table, re.M), table
+    assert not re.search(r"\d{5,}", table)  # no raw byte counts
+    # Each failed tenant's reason whole, worst first, below the table.
+    reasons = [line for line in lines[6:] if re.match(r"tenant \d+: ", line)]
+    assert [r.split(":")[0] for r in reasons] == ["tenant 9", "tenant 5", "tenant 3", "tenant 2"]
+    assert reasons[1].startswith("tenant 5: SQLite integrity_check of the restored checkpoint tenant_5/data.sqlite "
+                                 "(in a scratch copy since deleted; --keep-failed keeps failed copies) failed: ")
+    assert reasons[1].endswith("t5-good, is 36.0 h old, above --max-age-hours 24: a restore today loses more than "
+                               "the limit allows.")
+    assert str(scratch) not in done.stdout and list(scratch.iterdir()) == []
+    assert lines[-1] == "1 ok, 4 failed"
 
 
 @pytest.mark.usefixtures("prefect_api")

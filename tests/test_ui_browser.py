@@ -90,6 +90,17 @@ def browser_page(tmp_path: Path):
             browser.close()
 
 
+def keep_failed_page(page, tmp_path: Path) -> None:
+    """A failing UI test's page: its screenshot and HTML in ``tmp_path``, and its text printed."""
+    shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
+    page.screenshot(path=str(shot), full_page=True)
+    html.write_text(page.content())
+    print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
+    # What the operator would have read (a form's validation errors, a toast), for a CI log where
+    # the screenshot is gone with the machine.
+    print("the page's text:\n" + page.inner_text("body")[:3000])
+
+
 def _run_page_final_state(page) -> str:
     """Wait on the flow run's page until its state badge shows a final state; return it."""
     badge = page.get_by_text(FINAL_STATE).first
@@ -153,13 +164,7 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
             page.get_by_role("heading", name="restore-summary-tenant-7").wait_for()
             page.get_by_role("heading", name="restore-items-tenant-7").wait_for()
         except BaseException:
-            shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
-            page.screenshot(path=str(shot), full_page=True)
-            html.write_text(page.content())
-            print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
-            # What the operator would have read (a form's validation errors, a toast), for a CI log
-            # where the screenshot is gone with the machine.
-            print("the page's text:\n" + page.inner_text("body")[:3000])
+            keep_failed_page(page, tmp_path)
             raise
 
     # The restored files: byte for byte the older snapshot's objects.
