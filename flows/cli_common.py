@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from memrestore.backends.errors import RestoreError
+from memrestore.backends.listing import InstantSpellingError, format_instant, parse_instant
 from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
 
 # Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
@@ -53,6 +54,33 @@ def _limit_rate(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _as_of(value: Optional[str]) -> Optional[str]:
+    """An ``--as-of`` time, refused (exit 2) unless ISO 8601; kept as written (see :func:`as_of_instant`)."""
+    if value is not None:
+        try:
+            parse_instant(value)
+        except InstantSpellingError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def as_of_instant(value: str, what: str) -> tuple[int, str]:
+    """An ``--as-of`` time as unix microseconds and as the UTC instant, said on stderr with
+    ``what`` is done with it: the instant is what the snapshots are compared with, whatever zone
+    it was written in."""
+    micros = parse_instant(value)
+    instant = format_instant(micros)
+    written = "" if value.strip() == instant else f" ({value!r}{' read as UTC' if _zoneless(value) else ''})"
+    err.print(f"as of {instant}{written}: {what}", highlight=False, soft_wrap=True)
+    return micros, instant
+
+
+def _zoneless(value: str) -> bool:
+    import datetime
+
+    return datetime.datetime.fromisoformat(value.strip()).tzinfo is None
+
+
 BackendOpt = typer.Option(..., "--backend", help="file:///abs/path, a path, or s3://bucket\\[/prefix]")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs and tracebacks.")
@@ -65,3 +93,8 @@ LimitRateOpt = typer.Option(
     None, "--limit-rate", callback=_limit_rate, metavar="RATE",
     help="Cap the total download rate, bytes a second: 50M, 1G, 500k (powers of 1024); a drill's cap is "
          "shared by the tenants it restores at once. Default: no cap.")
+AsOfOpt = typer.Option(
+    None, "--as-of", callback=_as_of, metavar="TIME",
+    help="The tenant as it was at TIME: its newest snapshot created at or before it (ties and order as "
+         "for latest). ISO 8601: 2026-12-07T14:00:00Z, 2026-12-07T15:00+01:00, 2026-12-07; without a "
+         "zone, UTC.")
