@@ -64,15 +64,14 @@ def _as_of(value: Optional[str]) -> Optional[str]:
     return value
 
 
-def as_of_instant(value: str, what: str) -> tuple[int, str]:
-    """An ``--as-of`` time as unix microseconds and as the UTC instant, said on stderr with
-    ``what`` is done with it: the instant is what the snapshots are compared with, whatever zone
-    it was written in."""
+def as_of_instant(value: str) -> tuple[int, str, str]:
+    """An ``--as-of`` time as unix microseconds, as the UTC instant the snapshots are compared
+    with (whatever zone it was written in), and as a note for people: ``as of <instant>``, with
+    how it was written when that differs (and ``read as UTC`` when it had no zone)."""
     micros = parse_instant(value)
     instant = format_instant(micros)
     written = "" if value.strip() == instant else f" ({value!r}{' read as UTC' if _zoneless(value) else ''})"
-    err.print(f"as of {instant}{written}: {what}", highlight=False, soft_wrap=True)
-    return micros, instant
+    return micros, instant, f"as of {instant}{written}"
 
 
 def _zoneless(value: str) -> bool:

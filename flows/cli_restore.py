@@ -115,7 +115,7 @@ def snapshots(
     from memrestore.tasks import units
     from memrestore.tasks.choose import no_snapshot_message, snapshots_command
 
-    moment, instant = as_of_instant(as_of, "listing the snapshots created at or before it") if as_of else (None, None)
+    moment, instant, note = as_of_instant(as_of) if as_of else (None, None, None)
     with errors_as_messages(verbose):
         store = open_backend(backend)
         listing = list_snapshots(store)
@@ -164,6 +164,8 @@ def snapshots(
         return
     from rich.table import Table
 
+    if note:
+        err.print(f"{note}: the snapshots created at or before it", highlight=False, soft_wrap=True)
     marker = f"<- as of {instant}" if instant else "<- latest"
     table = Table("tenant", "snapshot", "created (UTC)", "age", "size", "models", "checksums", "label", "",
                   box=None)
@@ -188,19 +190,21 @@ def _wire_version(value: str) -> str:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _snapshot_choice(snapshot: Optional[str], as_of: Optional[str]) -> tuple[str, Optional[str]]:
+def _snapshot_choice(snapshot: Optional[str], as_of: Optional[str]) -> tuple[str, Optional[str], Optional[str]]:
     """``--snapshot`` and ``--as-of`` as the flow takes them: a snapshot id or ``latest``, and the
-    UTC instant when a time was given. Refused (exit 2): neither, or a snapshot id with a time."""
+    UTC instant when a time was given (with its note for people). Refused (exit 2): neither, or a
+    snapshot id with a time."""
     from memrestore.tasks.errors import SnapshotChoiceError
 
     if snapshot is None and as_of is None:
         raise typer.BadParameter("pass --snapshot ID (or latest), or --as-of TIME for the newest snapshot "
                                  "created at or before TIME", param_hint="'--snapshot'")
     if as_of is None:
-        return snapshot, None  # type: ignore[return-value]
+        return snapshot, None, None  # type: ignore[return-value]
     if snapshot not in (None, "latest"):
         raise typer.BadParameter(str(SnapshotChoiceError(snapshot, as_of)), param_hint="'--as-of'")
-    return "latest", as_of_instant(as_of, "the newest snapshot created at or before it")[1]
+    _, instant, note = as_of_instant(as_of)
+    return "latest", instant, note
 
 
 def restore(
@@ -231,7 +235,7 @@ def restore(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Restore a tenant's snapshot into a data dir, through the restore-snapshot flow."""
-    snapshot, instant = _snapshot_choice(snapshot, as_of)
+    snapshot, instant, note = _snapshot_choice(snapshot, as_of)
     with running_flows(verbose):
         with importing_prefect():
             from memrestore.flows.restore import Destination, restore_snapshot
@@ -261,6 +265,9 @@ def restore(
                 as_of=instant,
             ))
         _print_outcome(result, as_json)
+        if note:
+            err.print(f"{note}: snapshot {result['snapshot_id']} was tenant {tenant}'s newest created at or "
+                      "before it", highlight=False, soft_wrap=True)
 
 
 def verify(

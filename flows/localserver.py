@@ -328,11 +328,13 @@ def users(home: Path) -> list[User]:
 
 
 def describe_users(home: Path) -> str:
-    """``pid 1234: memrestore restore --backend ...``, one per user, for a message."""
+    """``a running memrestore command (pid 1234: memrestore restore --backend ...)``: who uses the
+    server now, for a message."""
     listed = users(home)
-    if not listed:
-        return "a running memrestore command"
-    return "; ".join(f"pid {u.pid}: {u.command}" for u in listed)
+    named = "; ".join(f"pid {u.pid}: {u.command}" for u in listed)
+    if len(listed) > 1:
+        return f"{len(listed)} running memrestore commands ({named})"
+    return "a running memrestore command" + (f" ({named})" if named else "")
 
 
 def last_used(home: Path) -> float | None:

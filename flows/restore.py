@@ -152,7 +152,7 @@ async def restore_snapshot(
             quick_check, the manifest's tables), full (integrity_check), or none.
         as_of: Restore the tenant as it was at this time: its newest snapshot created at or
             before it, with snapshot "latest". ISO 8601 (2026-12-07T14:00:00Z); without a zone,
-            UTC. Empty: the newest of all.
+            UTC. None (the default): the newest of all.
     """
     with _steps_client():
         outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
