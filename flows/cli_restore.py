@@ -338,16 +338,19 @@ def demo(
     (err if as_json else out).print(_next_steps(ran), highlight=False, soft_wrap=True)
 
 
+def _from_here(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it (``.demo/data-as-of``)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _program() -> str:
     """How this command was invoked, for commands to paste: ``.venv/bin/memrestore`` after
     ``make demo``, else ``memrestore``."""
     argv0 = Path(sys.argv[0])
-    if argv0.name != "memrestore":
-        return "memrestore"
-    try:
-        return str(argv0.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(argv0)
+    return _from_here(argv0.absolute()) if argv0.name == "memrestore" else "memrestore"
 
 
 def _next_steps(ran) -> str:
@@ -362,7 +365,7 @@ def _next_steps(ran) -> str:
         f"  {me} snapshots --backend {backend}",
         "      # each snapshot with its size and age, each tenant's latest marked",
         f"  {me} restore --backend {backend} --tenant 1 --as-of {ran.between} \\",
-        f"      --data-dir {shlex.quote(str(ran.next_data_dir))} --mode new_cluster",
+        f"      --data-dir {shlex.quote(_from_here(ran.next_data_dir))} --mode new_cluster",
         "      # tenant 1 as it was at that time: its older snapshot, t1-older",
         f"  {me} verify --backend {backend} --snapshot latest --tenant 2",
         "      # download and hash tenant 2's latest, writing nothing",
