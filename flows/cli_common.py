@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -45,23 +45,22 @@ def errors_as_messages(verbose: bool) -> Iterator[None]:
         fail(f"unexpected {type(exc).__name__}: {exc} (run again with --verbose for the traceback)")
 
 
-def _limit_rate(value: Optional[str]) -> Optional[str]:
-    if value is not None:
-        try:
-            parse_rate(value)
-        except RateSpellingError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return value
+def _refused_by(parse: Callable[[str], object], error: type[ValueError]) -> Callable[[Optional[str]], Optional[str]]:
+    """An option's callback: a value ``parse`` refuses with ``error`` is a usage error (exit 2),
+    saying why; any other is kept as written."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                parse(value)
+            except error as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return check
 
 
-def _as_of(value: Optional[str]) -> Optional[str]:
-    """An ``--as-of`` time, refused (exit 2) unless ISO 8601; kept as written (see :func:`as_of_instant`)."""
-    if value is not None:
-        try:
-            parse_instant(value)
-        except InstantSpellingError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return value
+_limit_rate = _refused_by(parse_rate, RateSpellingError)
+_as_of = _refused_by(parse_instant, InstantSpellingError)  # kept as written: see as_of_instant
 
 
 def as_of_instant(value: str) -> tuple[int, str, str]:

@@ -4,14 +4,19 @@ tests/test_ui_browser.py (a real ``prefect server start``, ``memrestore serve``,
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, serving
-from tests.test_ui_browser import ON_DEMAND, TOAST_MS, _created_run_id, _run_page_final_state, browser_page  # noqa: F401
+from tests.test_ui_browser import (  # noqa: F401 - browser_page is a fixture
+    ON_DEMAND,
+    browser_page,
+    open_custom_run,
+    shown_on_failure,
+    submit_and_see_it_completed,
+)
 
 MORNING, NOON = 1_796_634_000_000_000, 1_796_644_800_000_000  # 2026-12-07 09:00 and 12:00 UTC
 
@@ -24,41 +29,21 @@ def test_the_form_restores_the_tenant_as_it_was_at_a_time_with_its_defaults(
         write_sample_snapshot(backend, tenant_id=8, snapshot_id=sid, created_at_unix_micros=created)  # two models
     data_dir = tmp_path / "data"
 
-    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)):
-        try:
-            page.goto(f"{prefect_server.url}/v2/deployments")
-            page.get_by_role("link", name="on-demand", exact=True).first.click()
-            page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Custom run").click()
-            page.get_by_label("backend", exact=True).wait_for()
-            page.get_by_label("tenant_id", exact=True).fill("8")
-            page.get_by_label("data_dir", exact=True).fill(str(data_dir))
-            page.get_by_role("button", name="Select mode").click()
-            page.get_by_role("option", name="new_cluster", exact=True).click()
-            # snapshot stays "latest", destination as it comes (no model named); the time, zoneless (UTC):
-            # An optional text is a str|None toggle, None by default; as_of is the form's last one,
-            # and its text box, once "str" is chosen, the form's last (it has no label of its own).
-            page.get_by_text("str", exact=True).last.click()
-            as_of = page.get_by_role("textbox").last
-            as_of.fill("2026-12-07T11:00")
-            assert page.get_by_label("snapshot (Optional)", exact=True).input_value() == "latest"
-            page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
-            deployment_id = re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
-            page.get_by_role("button", name="Submit", exact=True).click()
-            try:
-                page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
-            except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
-                page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
-            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
-            state = _run_page_final_state(page)
-            assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
-        except BaseException:
-            shot = tmp_path / "failure.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"UI test failed at {page.url}; screenshot {shot}")
-            print("the page's text:\n" + page.inner_text("body")[:3000])
-            raise
+    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
+            shown_on_failure(page, tmp_path):
+        open_custom_run(page, prefect_server)
+        page.get_by_label("tenant_id", exact=True).fill("8")
+        page.get_by_label("data_dir", exact=True).fill(str(data_dir))
+        page.get_by_role("button", name="Select mode").click()
+        page.get_by_role("option", name="new_cluster", exact=True).click()
+        # snapshot stays "latest", destination as it comes (no model named). An optional text is a
+        # str|None toggle, None by default; as_of is the form's last one, and its text box, once
+        # "str" is chosen, the form's last (it has no label of its own). The time is zoneless: UTC.
+        assert page.get_by_label("snapshot (Optional)", exact=True).input_value() == "latest"
+        page.get_by_text("str", exact=True).last.click()
+        page.get_by_role("textbox").last.fill("2026-12-07T11:00")
+        page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
+        flow_run_id = submit_and_see_it_completed(page, prefect_server, data_dir, tmp_path / "serve.log")
 
     # The morning's snapshot (noon is after 11:00), every index of it.
     assert tree(data_dir) == {
