@@ -242,6 +242,25 @@ def test_snapshots_show_size_age_and_each_tenants_latest(backend):
     assert "MISSING" in line["two-broken"] and "MISSING" in human.stderr
 
 
+def test_snapshots_of_a_whole_fleet_are_listed_without_sizes(backend):
+    from memrestore.backends import put_manifest
+    from memrestore.flows.cli_restore import SIZE_LOOKUP_LIMIT
+    from tests.manifests import manifest_object
+
+    for n in range(SIZE_LOOKUP_LIMIT + 1):  # manifests alone: a size lookup would find no object
+        sid = f"s{n:04d}"
+        put_manifest(backend, manifest_object(tenant_id=n % 2, snapshot_id=sid, created_at_unix_micros=n + 1,
+                                              sqlite_checkpoint_key=f"{sid}/sqlite.db", hnsw_snapshots=[]))
+    every = memrestore("snapshots", "--backend", backend.url)
+    assert every.returncode == 0, every.stderr
+    assert f"sizes not looked up for {SIZE_LOOKUP_LIMIT + 1:,} snapshots" in every.stderr and "--tenant N" in every.stderr
+    assert "MISSING" not in every.stdout + every.stderr and len(every.stdout.splitlines()) == SIZE_LOOKUP_LIMIT + 2
+    one = memrestore("snapshots", "--backend", backend.url, "--tenant", 1, "--json")
+    assert one.returncode == 0 and "not looked up" not in one.stderr
+    rows = json.loads(one.stdout)["snapshots"]
+    assert len(rows) == (SIZE_LOOKUP_LIMIT + 1) // 2 and all(r["size_bytes"] is None for r in rows)
+
+
 def test_restore_and_list_as_of_a_time(backend, tmp_path):
     def at(hhmm: str) -> int:
         import datetime
