@@ -21,13 +21,15 @@ exists and at which version, and a cached row is used only for that exact versio
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from memrestore.backends.base import Backend, ManifestRef, manifest_key, parse_manifest_of, read_manifest
-from memrestore.backends.errors import BadInputError, ObjectNotFoundError, TransientBackendError
+from memrestore.backends.errors import BadInputError, ObjectNotFoundError, RestoreError, TransientBackendError
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.manifest_cache import CachedManifest, ManifestCache, ManifestCacheError, default_cache
 
@@ -123,18 +125,25 @@ class SnapshotListing:
         """The tenant's snapshots, oldest first."""
         return self._manifests(self._tenants().get(tenant_id, []))
 
-    def latest_entry(self, tenant_id: int) -> SnapshotEntry | None:
+    def tenant_entries(self, tenant_id: int) -> list[SnapshotEntry]:
+        """The tenant's snapshots as entries (no manifest produced), oldest first."""
+        return list(self._tenants().get(tenant_id, []))
+
+    def latest_entry(self, tenant_id: int, as_of: int | None = None) -> SnapshotEntry | None:
         """The entry of :meth:`latest`."""
-        mine = self._tenants().get(tenant_id)
+        mine = self._tenants().get(tenant_id, [])
+        if as_of is not None:
+            mine = [e for e in mine if e.created_at_unix_micros <= as_of]
         return max(mine, key=_newness) if mine else None
 
-    def latest(self, tenant_id: int) -> SnapshotManifest | None:
-        """The tenant's newest snapshot by ``created_at_unix_micros`` (never by object mtime).
+    def latest(self, tenant_id: int, as_of: int | None = None) -> SnapshotManifest | None:
+        """The tenant's newest snapshot by ``created_at_unix_micros`` (never by object mtime);
+        with ``as_of`` (unix microseconds), the newest created at or before that instant.
 
         Ties (two snapshots in the same microsecond) go to the greater snapshot id, so the
         choice is the same on every run and every backend.
         """
-        entry = self.latest_entry(tenant_id)
+        entry = self.latest_entry(tenant_id, as_of)
         return None if entry is None else self._manifests([entry])[0]
 
     def latest_by_tenant(self) -> dict[int, SnapshotManifest]:
@@ -360,3 +369,59 @@ def _read_manifests(
     if failures:
         raise failures[0]
     return entries, loaded, dict(sorted(unreadable.items()))  # the same order whichever read ended first
+
+
+# --- naming a moment: ``--as-of TIME`` ---------------------------------------------------------
+
+class InstantSpellingError(BadInputError, ValueError):
+    """An ``--as-of`` that is not an ISO 8601 time."""
+
+
+def parse_instant(text: str) -> int:
+    """An ISO 8601 time as unix microseconds: ``2026-12-07T14:00:00Z``, ``2026-12-07 14:00+01:00``,
+    ``2026-12-07`` (its midnight). A time without a zone is UTC, the zone ``snapshots`` prints."""
+    raw = text.strip()
+    try:
+        moment = datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        raise InstantSpellingError(
+            f"{text!r} is not an ISO 8601 time; write e.g. 2026-12-07T14:00:00Z, "
+            "2026-12-07T15:00+01:00 or 2026-12-07 (a time without a zone is read as UTC)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return delta // datetime.timedelta(microseconds=1)
+
+
+def format_instant(micros: int) -> str:
+    """Unix microseconds as ISO 8601 in UTC: ``2026-12-07T14:00:00Z`` (fractions when there are)."""
+    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(microseconds=micros)
+    spec = "microseconds" if moment.microsecond else "seconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+# --- sizes, for people --------------------------------------------------------------------------
+
+def snapshot_sizes(backend: Backend, manifests: list[SnapshotManifest],
+                   concurrency: int = LIST_CONCURRENCY) -> dict[str, int | None]:
+    """Each snapshot's total bytes (its checkpoint and every HNSW blob), from the backend's sizes
+    of its objects, ``concurrency`` lookups at a time; None for a snapshot one of whose objects
+    cannot be sized (missing, refused): a restore of it would fail too."""
+    keys = {m.snapshot_id: [m.sqlite_checkpoint_key, *(e.content_key for e in m.hnsw_snapshots)]
+            for m in manifests}
+
+    def size_of(key: str) -> int | None:
+        try:
+            return backend.object_size(key)
+        except RestoreError:
+            return None
+
+    every = sorted({k for ks in keys.values() for k in ks})
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(every)))) as pool:
+        sized = dict(zip(every, pool.map(size_of, every)))
+    totals: dict[str, int | None] = {}
+    for sid, ks in keys.items():
+        sizes = [sized[k] for k in ks]
+        totals[sid] = None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+    return totals

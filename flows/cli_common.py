@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 
 from memrestore.backends.errors import RestoreError
+from memrestore.backends.listing import InstantSpellingError, format_instant, parse_instant
 from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
 
 # Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
@@ -44,13 +45,38 @@ def errors_as_messages(verbose: bool) -> Iterator[None]:
         fail(f"unexpected {type(exc).__name__}: {exc} (run again with --verbose for the traceback)")
 
 
-def _limit_rate(value: Optional[str]) -> Optional[str]:
-    if value is not None:
-        try:
-            parse_rate(value)
-        except RateSpellingError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return value
+def _refused_by(parse: Callable[[str], object], error: type[ValueError]) -> Callable[[Optional[str]], Optional[str]]:
+    """An option's callback: a value ``parse`` refuses with ``error`` is a usage error (exit 2),
+    saying why; any other is kept as written."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                parse(value)
+            except error as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return check
+
+
+_limit_rate = _refused_by(parse_rate, RateSpellingError)
+_as_of = _refused_by(parse_instant, InstantSpellingError)  # kept as written: see as_of_instant
+
+
+def as_of_instant(value: str) -> tuple[int, str, str]:
+    """An ``--as-of`` time as unix microseconds, as the UTC instant the snapshots are compared
+    with (whatever zone it was written in), and as a note for people: ``as of <instant>``, with
+    how it was written when that differs (and ``read as UTC`` when it had no zone)."""
+    micros = parse_instant(value)
+    instant = format_instant(micros)
+    written = "" if value.strip() == instant else f" ({value!r}{' read as UTC' if _zoneless(value) else ''})"
+    return micros, instant, f"as of {instant}{written}"
+
+
+def _zoneless(value: str) -> bool:
+    import datetime
+
+    return datetime.datetime.fromisoformat(value.strip()).tzinfo is None
 
 
 BackendOpt = typer.Option(..., "--backend", help="file:///abs/path, a path, or s3://bucket\\[/prefix]")
@@ -65,3 +91,8 @@ LimitRateOpt = typer.Option(
     None, "--limit-rate", callback=_limit_rate, metavar="RATE",
     help="Cap the total download rate, bytes a second: 50M, 1G, 500k (powers of 1024); a drill's cap is "
          "shared by the tenants it restores at once. Default: no cap.")
+AsOfOpt = typer.Option(
+    None, "--as-of", callback=_as_of, metavar="TIME",
+    help="The tenant as it was at TIME: its newest snapshot created at or before it (ties and order as "
+         "for latest). ISO 8601: 2026-12-07T14:00:00Z, 2026-12-07T15:00+01:00, 2026-12-07; without a "
+         "zone, UTC.")

@@ -50,12 +50,12 @@ def serve(
 
 
 def _server_lines(info, home: Path) -> list[str]:
-    from memrestore.flows.localserver import in_use, last_used
+    from memrestore.flows.localserver import describe_users, in_use, last_used
 
     lines = [f"local Prefect server for PREFECT_HOME={home}: pid {info.pid}, UI {info.ui_url}, "
              f"API {info.api_url}, started {info.started_at}"]
     if in_use(home):
-        lines.append("in use by a running memrestore command")
+        lines.append(f"in use by {describe_users(home)}")
     else:
         used = last_used(home)
         idle = time.time() - used if used is not None else 0.0
@@ -67,7 +67,7 @@ def _server_lines(info, home: Path) -> list[str]:
 
 def server_status(as_json: bool = JsonOpt) -> None:
     """Show the local server of this PREFECT_HOME, if one is running."""
-    from memrestore.flows.localserver import healthy, running_server
+    from memrestore.flows.localserver import healthy, running_server, users
     from memrestore.flows.prefect_config import configured_api_url, prefect_home
 
     home = prefect_home()
@@ -78,6 +78,7 @@ def server_status(as_json: bool = JsonOpt) -> None:
         print(json.dumps({"prefect_home": str(home), "running": running,
                           "healthy": bool(running and healthy(info.api_url)),
                           "server": info.__dict__ if running else None,
+                          "users": [u.__dict__ for u in users(home)] if running else [],
                           "configured_api_url": configured}, indent=2))
         return
     if configured:

@@ -284,7 +284,7 @@ def restore_drill(
         skipped = f" ({len(listing.unreadable)} unreadable manifests skipped)" if listing.unreadable else ""
         raise SnapshotNotFoundError(
             f"backend {backend} holds no finished snapshot{skipped}: there is nothing to drill. Check "
-            "the backend URL and its contents with `memrestore snapshots --backend URL`."
+            f"the backend URL and its contents with `memrestore snapshots --backend {backend}`."
         )
 
     if via_deployment:  # the children restore on the workers' disks: no scratch dir here

@@ -292,6 +292,51 @@ def in_use(home: Path) -> bool:
         return True
 
 
+@dataclass(frozen=True)
+class User:
+    """A process holding the server as a user: its pid and command line."""
+
+    pid: int
+    command: str
+
+
+def users(home: Path) -> list[User]:
+    """The processes that hold ``home``'s server now, from the kernel's table of file locks
+    (``/proc/locks``: each ``flock`` on ``.users`` with its holder's pid), so a command killed
+    however it died is never listed. Empty where the table cannot be read."""
+    try:
+        st = os.stat(home / USERS_NAME)
+        with open("/proc/locks") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return []
+    ours = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found: dict[int, User] = {}
+    for line in table:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  READ  1234 fe:00:5678 0 EOF"; a waiter's line has "->" after the number
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[5] != ours or not fields[4].isdigit():
+            continue
+        pid = int(fields[4])
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        found[pid] = User(pid, " ".join(a.decode(errors="replace") for a in argv))
+    return sorted(found.values(), key=lambda u: u.pid)
+
+
+def describe_users(home: Path) -> str:
+    """``a running memrestore command (pid 1234: memrestore restore --backend ...)``: who uses the
+    server now, for a message."""
+    listed = users(home)
+    named = "; ".join(f"pid {u.pid}: {u.command}" for u in listed)
+    if len(listed) > 1:
+        return f"{len(listed)} running memrestore commands ({named})"
+    return "a running memrestore command" + (f" ({named})" if named else "")
+
+
 def last_used(home: Path) -> float | None:
     try:
         return os.stat(home / USERS_NAME).st_mtime
@@ -312,9 +357,9 @@ def stop_server(home: Path | None = None, force: bool = False) -> ServerInfo | N
             return None
         if not force and in_use(home):
             raise LocalServerError(
-                f"the local Prefect server at {info.ui_url} (pid {info.pid}) is in use by a running "
-                "memrestore command; stopping it now would cut that command off from its flow run. "
-                "Wait for the command to finish, or pass --force.")
+                f"the local Prefect server at {info.ui_url} (pid {info.pid}) is in use by "
+                f"{describe_users(home)}; stopping it now would cut that command off from its flow "
+                "run. Wait for the command to finish, or pass --force.")
         _state_path(home).unlink(missing_ok=True)
         _terminate(info.pid)
     return info

@@ -22,6 +22,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
+from memrestore.backends.listing import format_instant, parse_instant
 from memrestore.backends.manifest import WireVersion
 from memrestore.backends.streams import parse_rate
 from memrestore.tasks import sequence
@@ -48,7 +49,8 @@ class Destination(BaseModel):
         wire_version: The protocol version the destination speaks, MAJOR.MINOR.
         tombstone_floor: The destination's forget horizon; snapshots that would bring forgotten
             memories back are refused. Empty when nothing was forgotten.
-        embedding_model: The model the destination serves. Empty: the snapshot's only model.
+        embedding_model: The model the destination serves; the snapshot must hold its index.
+            Empty: no model check. Every index of the snapshot is restored either way.
     """
 
     wire_version: str = Field(default="1.0", pattern=r"^\d{1,9}\.\d{1,9}$")
@@ -128,6 +130,7 @@ async def restore_snapshot(
     streams: StreamsParam = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     check: CheckLevel = CheckLevel.QUICK,
+    as_of: str | None = None,
 ) -> dict:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -149,10 +152,13 @@ async def restore_snapshot(
             (powers of 1024). Empty: no cap.
         check: How the staged copy is checked before the commit moves anything: quick (SQLite's
             quick_check, the manifest's tables), full (integrity_check), or none.
+        as_of: Restore the tenant as it was at this time: its newest snapshot created at or
+            before it, with snapshot "latest". ISO 8601 (2026-12-07T14:00:00Z); without a zone,
+            UTC. None (the default): the newest of all.
     """
     with _steps_client():
         outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
-                           dry_run, resume, streams, limit_rate, check)
+                           dry_run, resume, streams, limit_rate, check, as_of)
     await publish_outcome_task(outcome)
     return outcome.model_dump(mode="json")
 
@@ -170,12 +176,17 @@ def _restore(
     streams: int = DEFAULT_STREAMS,
     limit_rate: str | None = None,
     check: CheckLevel = CheckLevel.QUICK,
+    as_of: str | None = None,
 ) -> RestoreOutcome:
     """The restore-snapshot flow's steps, up to its outcome."""
     logger = get_run_logger()
     started = time.monotonic()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before anything is read
-    manifest = fetch_manifest_task(backend, tenant_id, snapshot)
+    moment = parse_instant(as_of) if as_of else None  # the form sends an emptied field as ""
+    manifest = fetch_manifest_task(backend, tenant_id, snapshot, moment)
+    if moment is not None:
+        logger.info("as of %s: snapshot %s, created %s", format_instant(moment), manifest.snapshot_id,
+                    format_instant(manifest.created_at_unix_micros))
     plan = validate_task(manifest, destination.state(), backend, require_checksums)
     for warning in plan.warnings:
         logger.warning(warning)

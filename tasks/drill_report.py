@@ -174,7 +174,7 @@ def no_snapshot_result(tenant_id: int, backend_url: str, unreadable: int = 0) ->
         status="failed",
         reason=(
             f"backend {backend_url} holds no finished snapshot of tenant {tenant_id}{skipped}: check "
-            "the tenant id, and that this tenant's backups run (`memrestore snapshots --backend URL "
+            f"the tenant id, and that this tenant's backups run (`memrestore snapshots --backend {backend_url} "
             f"--tenant {tenant_id}`)."
         ),
     )

@@ -12,7 +12,9 @@ in its own module, and nothing drawn is missing::
     │   ├── InvalidManifestError          backends.errors  manifest JSON that does not parse or breaks a rule
     │   ├── BackendUrlError               backends.errors  a --backend that names no usable store
     │   ├── RateSpellingError             backends.streams a --limit-rate that is not a rate (also ValueError)
-    │   └── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant
+    │   ├── InstantSpellingError          backends.listing an --as-of that is not an ISO 8601 time (also ValueError)
+    │   ├── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant (as of a time)
+    │   └── SnapshotChoiceError           tasks.errors     a snapshot id and --as-of both given
     ├── BackendError                      backends.errors  the store could not serve a request
     │   ├── TransientBackendError         backends.errors  throttling, 5xx, timeouts, dropped connections: retried
     │   └── PermanentBackendError         backends.errors  fails on the first attempt: not retried
@@ -20,7 +22,6 @@ in its own module, and nothing drawn is missing::
     │       └── AccessDeniedError         backends.errors
     ├── RestoreRefusedError               tasks.errors     the destination or the plan says no; nothing written
     │   ├── IncompatibleSnapshotError     tasks.errors     the snapshot cannot go into this destination
-    │   │   ├── ModelNotNamedError        tasks.errors     no --embedding-model, and not exactly one index
     │   │   ├── WireVersionError          tasks.errors     a wire version the destination cannot read
     │   │   ├── ForgottenMemoriesError    tasks.errors     older than the forget floor: would bring memories back
     │   │   ├── ModelMissingError         tasks.errors     no HNSW index for the named model
@@ -65,24 +66,24 @@ class SnapshotNotFoundError(BadInputError):
     """The asked-for snapshot does not exist, or the tenant has none."""
 
 
+class SnapshotChoiceError(BadInputError):
+    """A snapshot id and an ``--as-of`` time both given: each picks the snapshot."""
+
+    def __init__(self, snapshot: str, as_of: str) -> None:
+        self.snapshot, self.as_of = snapshot, as_of
+        super().__init__(
+            f"both a snapshot id ({snapshot!r}) and --as-of ({as_of}) were given, and each picks the "
+            "snapshot: pass --snapshot ID to restore that one, or --as-of TIME (with --snapshot "
+            "latest or none) for the newest snapshot created at or before that time."
+        )
+
+
 class RestoreRefusedError(RestoreError):
     """A precondition failed; the data dir was not changed."""
 
 
 class IncompatibleSnapshotError(RestoreRefusedError):
     """The snapshot cannot be restored into this destination (FORMAT.md's DestinationState rules)."""
-
-
-class ModelNotNamedError(IncompatibleSnapshotError):
-    """No embedding model was named, and the snapshot does not hold exactly one."""
-
-    def __init__(self, snapshot_id: str, models: list[str]) -> None:
-        self.snapshot_id, self.models = snapshot_id, models
-        found = f"it holds {', '.join(shown(m) for m in models)}" if models else "it holds no HNSW index"
-        super().__init__(
-            f"snapshot {snapshot_id!r}: name the embedding model the destination serves "
-            f"with --embedding-model ({found})."
-        )
 
 
 class WireVersionError(IncompatibleSnapshotError):

@@ -1,68 +1,26 @@
-"""Manifest fetch: find the snapshot (by id, or the tenant's latest) and read its manifest."""
+"""Manifest fetch: find the snapshot (by id, the tenant's latest, or its latest as of a time:
+tasks/choose.py) and read its manifest; measure the plan's objects."""
 
 from __future__ import annotations
-
-import logging
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from memrestore.backends import Backend, list_snapshots, open_backend, read_manifest
-from memrestore.backends.errors import ObjectNotFoundError
-from memrestore.backends.manifest import SnapshotManifest, check_snapshot_id
+from memrestore.backends import Backend, open_backend
+from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks import progress
-from memrestore.tasks.errors import SnapshotNotFoundError
+from memrestore.tasks.choose import LATEST, fetch_manifest
 from memrestore.tasks.plan import RestorePlan
 from memrestore.tasks.retry import RETRY_OPTIONS
 
-LATEST = "latest"
-
-log = logging.getLogger(__name__)
-
-
-def fetch_manifest(backend: Backend, tenant_id: int | None, snapshot: str = LATEST) -> SnapshotManifest:
-    """The manifest of ``snapshot`` (an id, or ``latest``) for ``tenant_id`` (any if None).
-
-    ``latest`` is the tenant's newest snapshot by the manifest's ``created_at_unix_micros``,
-    never by object modification times (a copy or re-upload changes those).
-    """
-    if snapshot == LATEST:
-        if tenant_id is None:
-            raise SnapshotNotFoundError("'latest' needs a tenant: pass --tenant N, or a snapshot id")
-        listing = list_snapshots(backend, tenant_id)
-        for sid, why in sorted(listing.unreadable.items()):
-            log.warning("skipping snapshot %s whose manifest cannot be read: %s", sid, why)
-        newest = listing.latest(tenant_id)
-        if newest is None:
-            skipped = f" ({len(listing.unreadable)} unreadable manifests skipped)" if listing.unreadable else ""
-            raise SnapshotNotFoundError(
-                f"backend {backend.url} holds no finished snapshot of tenant {tenant_id}{skipped}; "
-                "check the tenant id and the backend with `memrestore snapshots --backend URL`."
-            )
-        return newest
-
-    check_snapshot_id(snapshot)
-    try:
-        manifest = read_manifest(backend, snapshot)
-    except ObjectNotFoundError:
-        raise SnapshotNotFoundError(
-            f"snapshot {snapshot!r} not found in backend {backend.url} (no {snapshot}/manifest.json; "
-            "a folder without a manifest is an unfinished snapshot). List the snapshots with "
-            "`memrestore snapshots --backend URL`."
-        ) from None
-    if tenant_id is not None and manifest.tenant_id != tenant_id:
-        raise SnapshotNotFoundError(
-            f"snapshot {snapshot!r} belongs to tenant {manifest.tenant_id}, not tenant {tenant_id}; "
-            "check --tenant, or pick one of this tenant's snapshots with `memrestore snapshots "
-            f"--backend URL --tenant {tenant_id}`."
-        )
-    return manifest
+__all__ = ["LATEST", "fetch_manifest", "fetch_manifest_task", "measure_plan", "measure_plan_task"]
 
 
 @task(name="fetch-manifest", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
-def fetch_manifest_task(backend_url: str, tenant_id: int | None, snapshot: str = LATEST) -> SnapshotManifest:
+def fetch_manifest_task(backend_url: str, tenant_id: int | None, snapshot: str = LATEST,
+                        as_of: int | None = None) -> SnapshotManifest:
     """Read the snapshot's manifest; transient backend errors are retried."""
-    return fetch_manifest(open_backend(backend_url), tenant_id, snapshot)
+    return fetch_manifest(open_backend(backend_url), tenant_id, snapshot, as_of)
 
 
 def measure_plan(backend: Backend, plan: RestorePlan,

@@ -15,7 +15,6 @@ from memrestore.tasks.errors import (
     FileNameTooLongError,
     ForgottenMemoriesError,
     ModelMissingError,
-    ModelNotNamedError,
     WireVersionError,
 )
 from memrestore.tasks.plan import (
@@ -30,16 +29,6 @@ from memrestore.tasks.plan import (
 
 #: NAME_MAX on Linux file systems: a longer HNSW file name cannot exist in any data dir.
 MAX_FILE_NAME_BYTES = 255
-
-
-def resolve_destination(manifest: SnapshotManifest, destination: DestinationState) -> DestinationState:
-    """Fill in the embedding model when the snapshot has exactly one and none was named."""
-    if destination.embedding_model is not None:
-        return destination
-    models = manifest.embedding_models
-    if len(models) == 1:
-        return destination.model_copy(update={"embedding_model": models[0]})
-    raise ModelNotNamedError(manifest.snapshot_id, models)
 
 
 def plan_items(manifest: SnapshotManifest) -> list[PlanItem]:
@@ -94,9 +83,13 @@ def validate(
     backend_url: str,
     require_checksums: bool = False,
 ) -> RestorePlan:
-    """Check ``manifest`` against ``destination`` and return the plan, or refuse."""
+    """Check ``manifest`` against ``destination`` and return the plan, or refuse.
+
+    The embedding model is checked only when the destination names one (FORMAT.md's
+    DestinationState): the snapshot must then hold an index of it. Named or not, every HNSW
+    index of the snapshot is restored: the tenant's whole state.
+    """
     sid = manifest.snapshot_id
-    destination = resolve_destination(manifest, destination)
 
     have, want = manifest.wire_version, destination.wire_version
     if have.major != want.major or have.minor > want.minor:
@@ -106,7 +99,7 @@ def validate(
     if floor is not None and (manifest.forget_floor is None or manifest.forget_floor < floor):
         raise ForgottenMemoriesError(sid, manifest.forget_floor, floor)
 
-    if destination.embedding_model not in manifest.embedding_models:
+    if destination.embedding_model is not None and destination.embedding_model not in manifest.embedding_models:
         raise ModelMissingError(sid, destination.embedding_model, manifest.embedding_models)
 
     items = plan_items(manifest)

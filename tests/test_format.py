@@ -182,19 +182,23 @@ def test_tombstone_floor_rule():
         plan(manifest(forget_floor=None), tombstone_floor=0)
 
 
-def test_embedding_model_rule_and_default():
-    assert plan().destination_state.embedding_model == "minilm"  # the only model
+def test_embedding_model_rule_applies_only_when_a_model_is_named():
+    assert plan().destination_state.embedding_model is None  # nothing named: nothing checked
     assert plan(embedding_model="minilm").items[1].destination == "tenant_1/hnsw/minilm.bin"
     with pytest.raises(IncompatibleSnapshotError, match="no HNSW index for embedding model 'e5'"):
         plan(embedding_model="e5")
     two = manifest()
     two["hnsw_snapshots"].append(dict(two["hnsw_snapshots"][0], embedding_model="e5", content_key="snap-1/e5.bin"))
-    with pytest.raises(IncompatibleSnapshotError, match="--embedding-model.*'minilm', 'e5'"):
-        plan(two)
-    restored = plan(two, embedding_model="e5")
-    # Every HNSW snapshot is restored, not only the destination's model: the tenant's whole state.
-    assert [i.destination for i in restored.items] == [
-        "tenant_1/data.sqlite", "tenant_1/hnsw/minilm.bin", "tenant_1/hnsw/e5.bin"]
+    everything = ["tenant_1/data.sqlite", "tenant_1/hnsw/minilm.bin", "tenant_1/hnsw/e5.bin"]
+    # Every HNSW snapshot is restored, named or not: the tenant's whole state.
+    assert [i.destination for i in plan(two).items] == everything
+    assert [i.destination for i in plan(two, embedding_model="e5").items] == everything
+    with pytest.raises(IncompatibleSnapshotError, match="no HNSW index for embedding model 'bert'.*'minilm', 'e5'"):
+        plan(two, embedding_model="bert")
+    none = manifest(hnsw_snapshots=[])
+    assert [i.destination for i in plan(none).items] == ["tenant_1/data.sqlite"]
+    with pytest.raises(IncompatibleSnapshotError, match="it has: none"):
+        plan(none, embedding_model="minilm")
 
 
 def test_models_that_sanitise_to_the_same_file_are_refused():

@@ -24,6 +24,8 @@ from memrestore.backends.errors import TransientBackendError
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.manifest_cache import CACHE_FILE, default_cache_dir
 from memrestore.backends.s3 import S3Backend
+from memrestore.backends.listing import InstantSpellingError, format_instant, parse_instant
+from memrestore.tasks.errors import SnapshotChoiceError, SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest
 from tests.manifests import manifest_object
 
@@ -328,11 +330,59 @@ def test_the_snapshots_command_fills_and_uses_the_cache(tmp_path):
     command = [str(Path(sys.executable).parent / "memrestore"), "snapshots", "--backend", backend.url, "--json"]
     runs = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
-    assert runs[0].stdout == runs[1].stdout
-    rows = json.loads(runs[0].stdout)["snapshots"]
+    first, second = (json.loads(r.stdout) for r in runs)
+    for row in first["snapshots"] + second["snapshots"]:
+        assert row.pop("age_seconds") > 0  # the one field that moves between two runs
+    assert first == second
+    rows = first["snapshots"]
     assert [r["snapshot_id"] for r in rows if r["tenant_id"] == 3] == ["t3-s0", "t3-s1", "t3-s2", "t3-s3", "t3-tie"]
     cached = ManifestCache(tmp_path / "cli-cache" / CACHE_FILE).summaries(backend.identity)
     assert len(cached) == 13
+
+
+def test_latest_as_of_is_the_newest_created_at_or_before_the_time(tmp_path):
+    """Ties and order as for latest: created_at_unix_micros, the greater id on a tie; an instant
+    equal to a snapshot's creation takes it; object mtimes play no part."""
+    store = LocalBackend(tmp_path / "backend", racy_window_seconds=TEST_RACY_WINDOW)
+    fleet(store)
+    # The oldest manifest of tenant 3 touched last: a listing by mtime would call it the newest.
+    os.utime(store.root / "t3-s0" / "manifest.json", (time.time() + 3600, time.time() + 3600))
+    settle(store)
+    listing = list_snapshots(store, cache=False)
+    picks = {as_of: getattr(listing.latest(3, as_of), "snapshot_id", None)
+             for as_of in (None, 10**9, 4_003, 4_002, 3_003, 3_002, 1_003, 1_002)}
+    assert picks == {None: "t3-tie", 10**9: "t3-tie", 4_003: "t3-tie", 4_002: "t3-s2", 3_003: "t3-s2",
+                     3_002: "t3-s1", 1_003: "t3-s0", 1_002: None}
+    assert fetch_manifest(store, 3, "latest", 3_500).snapshot_id == "t3-s2"
+
+    with pytest.raises(SnapshotNotFoundError) as info:
+        fetch_manifest(store, 3, "latest", 1_002)
+    # The nearest ones are named, oldest first, with the instant asked in UTC.
+    message = str(info.value)
+    assert "no finished snapshot created at or before 1970-01-01T00:00:00.001002Z" in message
+    assert message.index("t3-s0") < message.index("t3-s1") < message.index("t3-s2")
+    assert "t3-s3" not in message and store.url in message and "--tenant 3" in message
+    with pytest.raises(SnapshotChoiceError, match="both a snapshot id"):
+        fetch_manifest(store, 3, "t3-s1", 3_500)
+
+
+@pytest.mark.parametrize("text,instant", [
+    ("2026-12-07T14:00:00Z", "2026-12-07T14:00:00Z"),
+    ("2026-12-07T15:00+01:00", "2026-12-07T14:00:00Z"),
+    ("2026-12-07 14:00", "2026-12-07T14:00:00Z"),  # no zone: UTC
+    ("2026-12-07", "2026-12-07T00:00:00Z"),
+    ("20261207T140000.5Z", "2026-12-07T14:00:00.500000Z"),
+    (" 2026-12-07T09:00-05:00 ", "2026-12-07T14:00:00Z"),
+])
+def test_as_of_times_are_iso_8601_and_zoneless_is_utc(text, instant):
+    assert format_instant(parse_instant(text)) == instant
+    assert parse_instant(instant) == parse_instant(text)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "14:00", "2026-13-01", "", "1700000000"])
+def test_a_time_that_is_not_iso_8601_is_refused_saying_how_to_write_one(text):
+    with pytest.raises(InstantSpellingError, match="not an ISO 8601 time; write e.g. 2026-12-07T14:00:00Z"):
+        parse_instant(text)
 
 
 def test_s3_versions_name_the_endpoint_too(s3_env):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -90,17 +92,6 @@ def browser_page(tmp_path: Path):
             browser.close()
 
 
-def keep_failed_page(page, tmp_path: Path) -> None:
-    """A failing UI test's page: its screenshot and HTML in ``tmp_path``, and its text printed."""
-    shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
-    page.screenshot(path=str(shot), full_page=True)
-    html.write_text(page.content())
-    print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
-    # What the operator would have read (a form's validation errors, a toast), for a CI log where
-    # the screenshot is gone with the machine.
-    print("the page's text:\n" + page.inner_text("body")[:3000])
-
-
 def _run_page_final_state(page) -> str:
     """Wait on the flow run's page until its state badge shows a final state; return it."""
     badge = page.get_by_text(FINAL_STATE).first
@@ -115,6 +106,56 @@ def _run_page_final_state(page) -> str:
             page.reload()
 
 
+def open_custom_run(page, prefect_server: PrefectServer):
+    """Deployments -> on-demand -> Run -> Custom run; returns the form's ``backend`` field, shown."""
+    page.goto(f"{prefect_server.url}/v2/deployments")
+    page.get_by_role("link", name="on-demand", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Custom run").click()
+    backend_field = page.get_by_label("backend", exact=True)
+    backend_field.wait_for()
+    return backend_field
+
+
+def submit_and_see_it_completed(page, prefect_server: PrefectServer, data_dir: Path, serve_log: Path) -> str:
+    """Submit the form, open the run it created, wait for its page to show Completed; its id."""
+    deployment_id = re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
+    page.get_by_role("button", name="Submit", exact=True).click()
+    # The toast links to the new run; its page refreshes its state as the run goes. On a loaded
+    # machine the toast can come and go before it is seen: then open the run the form created
+    # (the only run of the deployment into ``data_dir``) by its URL.
+    try:
+        page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
+        page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
+    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+    state = _run_page_final_state(page)
+    assert state == "Completed", f"the run page shows {state}; serve's log: {serve_log}"
+    return flow_run_id
+
+
+def keep_failed_page(page, tmp_path: Path) -> None:
+    """A failing UI test's page: its screenshot and HTML in ``tmp_path``, and its text printed."""
+    shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
+    page.screenshot(path=str(shot), full_page=True)
+    html.write_text(page.content())
+    print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
+    # What the operator would have read (a form's validation errors, a toast), for a CI log where
+    # the screenshot is gone with the machine.
+    print("the page's text:\n" + page.inner_text("body")[:3000])
+
+
+@contextmanager
+def shown_on_failure(page, tmp_path: Path) -> Iterator[None]:
+    """On a failure inside, :func:`keep_failed_page`."""
+    try:
+        yield
+    except BaseException:
+        keep_failed_page(page, tmp_path)
+        raise
+
+
 def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, browser_page, tmp_path):
     page = browser_page
     backend = LocalBackend(tmp_path / "backend")
@@ -126,46 +167,24 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
                           models=one_model)
     data_dir = tmp_path / "data"
 
-    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)):
-        try:
-            page.goto(f"{prefect_server.url}/v2/deployments")
-            page.get_by_role("link", name="on-demand", exact=True).first.click()
-            page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Custom run").click()
+    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
+            shown_on_failure(page, tmp_path):
+        # The form: one field per parameter, labelled with its name; serve's --backend prefilled.
+        backend_field = open_custom_run(page, prefect_server)
+        assert backend_field.input_value() == backend.url
+        page.get_by_label("tenant_id", exact=True).fill("7")
+        page.get_by_label("data_dir", exact=True).fill(str(data_dir))
+        page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
+        page.get_by_role("button", name="Select mode").click()
+        page.get_by_role("option", name="new_cluster", exact=True).click()
+        for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
+            assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
+        flow_run_id = submit_and_see_it_completed(page, prefect_server, data_dir, tmp_path / "serve.log")
 
-            # The form: one field per parameter, labelled with its name; serve's --backend prefilled.
-            backend_field = page.get_by_label("backend", exact=True)
-            backend_field.wait_for()
-            assert backend_field.input_value() == backend.url
-            page.get_by_label("tenant_id", exact=True).fill("7")
-            page.get_by_label("data_dir", exact=True).fill(str(data_dir))
-            page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
-            page.get_by_role("button", name="Select mode").click()
-            page.get_by_role("option", name="new_cluster", exact=True).click()
-            for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
-                assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
-            deployment_id = re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
-            page.get_by_role("button", name="Submit", exact=True).click()
-
-            # The toast links to the new run; its page refreshes its state as the run goes. On a
-            # loaded machine the toast can come and go before it is seen: then open the run the
-            # form created (the only run of the deployment) by its URL.
-            try:
-                page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
-            except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
-                page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
-            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
-            state = _run_page_final_state(page)
-            assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
-
-            # The run's artifacts, as the UI lists them.
-            page.get_by_role("tab", name="Artifacts").click()
-            page.get_by_role("heading", name="restore-summary-tenant-7").wait_for()
-            page.get_by_role("heading", name="restore-items-tenant-7").wait_for()
-        except BaseException:
-            keep_failed_page(page, tmp_path)
-            raise
+        # The run's artifacts, as the UI lists them.
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_role("heading", name="restore-summary-tenant-7").wait_for()
+        page.get_by_role("heading", name="restore-items-tenant-7").wait_for()
 
     # The restored files: byte for byte the older snapshot's objects.
     assert tree(data_dir) == {
