@@ -25,7 +25,7 @@ from memrestore.backends.sample import write_sample_snapshot
 from memrestore.tasks.layout import OURS_PREFIX
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.validate import validate
-from tests.conftest import tree
+from tests.conftest import REPORT_KEY, tree
 
 TENANT = 1
 SNAPSHOT = "snap-1"
@@ -215,7 +215,13 @@ class GatedBackend:
 
 
 def report(request, lines: list[str]) -> None:
-    """Write ``lines`` to the terminal, past pytest's output capture (no ``-s`` needed)."""
+    """Write ``lines`` to the terminal, past pytest's output capture (no ``-s`` needed). An xdist
+    worker has no terminal of its own: it hands them to the controller, which writes them when the
+    worker is done (tests/conftest.py)."""
+    worker_output = getattr(request.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output.setdefault(REPORT_KEY, []).append(list(lines))
+        return
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is None or capture is None:

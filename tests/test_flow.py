@@ -68,7 +68,7 @@ def test_flow_restores_and_publishes_table_summary_and_json_result(backend, snap
     assert_restored_layout(data_dir, snapshot)
 
     flow_run_id = state.state_details.flow_run_id
-    run, task_runs, persisted = _flow_run(flow_run_id, task_runs=10)
+    run, task_runs, persisted = _flow_run(flow_run_id, task_runs=11)
     # The outcome, read back from the API as the persisted JSON result of the run.
     assert persisted["snapshot_id"] == "snap-1" and persisted["mode"] == "new_cluster"
     assert persisted["total_bytes"] == sum(len(v) for v in restored.values())
