@@ -45,14 +45,33 @@ def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:
 
     from memrestore.flows.restore import restore_snapshot
 
-    return restore_snapshot.to_deployment(
+    parameters = {"backend": backend} if backend else {}
+    deployment = restore_snapshot.to_deployment(
         name=ON_DEMAND,
-        parameters={"backend": backend} if backend else {},
+        parameters=parameters,
         tags=TAGS,
         description="Restore one tenant's snapshot into a data dir. Run -> Custom run fills the form.",
         # A module path, not a file path: the run loads the installed package from any directory.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    _fit_form(deployment._parameter_openapi_schema.model_dump(), parameters, deployment)
+    return deployment
+
+
+def _fit_form(schema: dict, given: dict, deployment: RunnerDeployment) -> None:
+    """The UI's form for ``deployment`` (its parameter schema, which Prefect writes from the flow's
+    signature), fitted to an operator: a parameter the deployment gives (serve's ``--backend``) is
+    prefilled and no longer required, so that the form asks only for what it must; and an optional
+    parameter whose default is None (``limit_rate``) loses its ``"default": null``, which the UI
+    shows as an error ("None is not of type 'string'") until a value is typed: left empty, it is
+    not sent, and the flow's default (None) applies."""
+    from prefect.utilities.callables import ParameterSchema
+
+    schema["required"] = [name for name in schema.get("required", []) if name not in given]
+    for prop in schema["properties"].values():
+        if "default" in prop and prop["default"] is None and "anyOf" not in prop:
+            del prop["default"]
+    deployment._parameter_openapi_schema = ParameterSchema(**schema)
 
 
 def drill_parameters(

@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -42,6 +44,9 @@ RELOAD_MS = 30_000
 
 #: How long to look for the "View run" toast before opening the run by its URL instead.
 TOAST_MS = 15_000
+
+#: serve's --backend fills the backend field, and the form asks for it no more (flows/serve.py).
+BACKEND_LABEL = "backend (Optional)"
 
 FINAL_STATE = re.compile(r"^(Completed|Failed|Crashed|Cancelled)$")
 ON_DEMAND = "restore-snapshot/on-demand"
@@ -104,6 +109,64 @@ def _run_page_final_state(page) -> str:
             page.reload()
 
 
+@contextmanager
+def evidence_on_failure(page, tmp_path: Path) -> Iterator[None]:
+    """On a failure inside the block: a screenshot and the page's HTML in ``tmp_path``, and the
+    page's text printed (what the operator would have read: a form's validation errors, a toast),
+    for a CI log where the screenshot is gone with the machine."""
+    try:
+        yield
+    except BaseException:
+        shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
+        page.screenshot(path=str(shot), full_page=True)
+        html.write_text(page.content())
+        print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
+        print("the page's text:\n" + page.inner_text("body")[:3000])
+        raise
+
+
+def open_custom_run_form(page, prefect_server: PrefectServer) -> str:
+    """Deployments -> on-demand -> Run -> Custom run, as an operator clicks; the deployment's id."""
+    page.goto(f"{prefect_server.url}/v2/deployments")
+    page.get_by_role("link", name="on-demand", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Custom run").click()
+    page.get_by_label(BACKEND_LABEL, exact=True).wait_for()
+    return re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
+
+
+def fill_required(page, tenant_id: int, data_dir: Path, mode: str) -> None:
+    page.get_by_label("tenant_id", exact=True).fill(str(tenant_id))
+    page.get_by_label("data_dir", exact=True).fill(str(data_dir))
+    page.get_by_role("button", name="Select mode").click()
+    page.get_by_role("option", name=mode, exact=True).click()
+
+
+def submit_and_open_run(page, prefect_server: PrefectServer, deployment_id: str, data_dir: Path) -> str:
+    """Submit the form and open the new run's page; its id."""
+    page.get_by_role("button", name="Submit", exact=True).click()
+    # The toast links to the new run; its page refreshes its state as the run goes. On a loaded
+    # machine the toast can come and go before it is seen: then open the run the form created by
+    # its URL.
+    try:
+        page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
+        page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
+    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+    return re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+
+
+def run_artifacts(prefect_server: PrefectServer, flow_run_id: str):
+    """The run, and its artifacts by key, read back through the API."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with prefect_server.client() as client:
+        run = client.read_flow_run(flow_run_id)
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.key}
+    return run, artifacts
+
+
 def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, browser_page, tmp_path):
     page = browser_page
     backend = LocalBackend(tmp_path / "backend")
@@ -115,65 +178,30 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
                           models=one_model)
     data_dir = tmp_path / "data"
 
-    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)):
-        try:
-            page.goto(f"{prefect_server.url}/v2/deployments")
-            page.get_by_role("link", name="on-demand", exact=True).first.click()
-            page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Custom run").click()
+    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
+            evidence_on_failure(page, tmp_path):
+        deployment_id = open_custom_run_form(page, prefect_server)
+        # The form: one field per parameter, labelled with its name; serve's --backend prefilled.
+        assert page.get_by_label(BACKEND_LABEL, exact=True).input_value() == backend.url
+        fill_required(page, 7, data_dir, "new_cluster")
+        page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
+        for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
+            assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
+        flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
+        state = _run_page_final_state(page)
+        assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
 
-            # The form: one field per parameter, labelled with its name; serve's --backend prefilled.
-            backend_field = page.get_by_label("backend", exact=True)
-            backend_field.wait_for()
-            assert backend_field.input_value() == backend.url
-            page.get_by_label("tenant_id", exact=True).fill("7")
-            page.get_by_label("data_dir", exact=True).fill(str(data_dir))
-            page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
-            page.get_by_role("button", name="Select mode").click()
-            page.get_by_role("option", name="new_cluster", exact=True).click()
-            for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
-                assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
-            deployment_id = re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
-            page.get_by_role("button", name="Submit", exact=True).click()
-
-            # The toast links to the new run; its page refreshes its state as the run goes. On a
-            # loaded machine the toast can come and go before it is seen: then open the run the
-            # form created (the only run of the deployment) by its URL.
-            try:
-                page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
-            except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
-                page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
-            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
-            state = _run_page_final_state(page)
-            assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
-
-            # The run's artifacts, as the UI lists them.
-            page.get_by_role("tab", name="Artifacts").click()
-            page.get_by_role("heading", name="restore-summary-tenant-7").wait_for()
-            page.get_by_role("heading", name="restore-items-tenant-7").wait_for()
-        except BaseException:
-            shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
-            page.screenshot(path=str(shot), full_page=True)
-            html.write_text(page.content())
-            print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
-            # What the operator would have read (a form's validation errors, a toast), for a CI log
-            # where the screenshot is gone with the machine.
-            print("the page's text:\n" + page.inner_text("body")[:3000])
-            raise
+        # The run's artifacts, as the UI lists them.
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_role("heading", name="restore-summary-tenant-7").wait_for()
+        page.get_by_role("heading", name="restore-items-tenant-7").wait_for()
 
     # The restored files: byte for byte the older snapshot's objects.
     assert tree(data_dir) == {
         "tenant_7/data.sqlite": (backend.root / "snap-old/sqlite.db").read_bytes(),
         "tenant_7/hnsw/minilm.bin": (backend.root / "snap-old/hnsw-0.bin").read_bytes(),
     }
-    # The run and its outcome artifacts, read back through the API.
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with prefect_server.client() as client:
-        run = client.read_flow_run(flow_run_id)
-        artifacts = {a.key: a for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.key}
+    run, artifacts = run_artifacts(prefect_server, flow_run_id)
     assert run.state.is_completed()
     assert run.name == "tenant-7-snap-old-new_cluster"
     assert run.parameters["mode"] == "new_cluster" and run.parameters["tenant_id"] == 7
