@@ -17,6 +17,7 @@ from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from memrestore.flows.restore import Destination
 from tests.prefect_server import PrefectServer, serving
+from tests.procs import wait_until
 from tests.test_ui_browser import (  # noqa: F401  (browser_page: the fixture)
     ON_DEMAND,
     RUN_SECONDS,
@@ -30,13 +31,24 @@ from tests.test_ui_browser import (  # noqa: F401  (browser_page: the fixture)
 )
 
 ONE_MODEL = (("minilm", 384),)
+#: The runs' log level as an operator's (the test session's is WARNING: tests/conftest.py).
+OPERATOR_LOGS = {"PREFECT_LOGGING_LEVEL": "INFO"}
 
 
-def _logs(prefect_server: PrefectServer, flow_run_id: str):
+#: How long a finished run's last log lines may take to be readable: a run sends its logs in batches.
+LOGS_WAIT_SECONDS = 60
+
+
+def _logs(prefect_server: PrefectServer, flow_run_id: str, last: str):
+    """The run's log records, once one of them starts with ``last`` (its last line)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with prefect_server.client() as client:
-        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    def read():
+        with prefect_server.client() as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return logs if any(log.message.startswith(last) for log in logs) else None
+
+    return wait_until(read, LOGS_WAIT_SECONDS, f"a log line of run {flow_run_id} starting {last!r}")
 
 
 def _progress_descriptions(prefect_server: PrefectServer, flow_run_id: str, key: str) -> list[str]:
@@ -69,7 +81,8 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
                           models=ONE_MODEL, hnsw_bytes=12 * 2**20)
     data_dir = tmp_path / "data"
 
-    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
+    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,),
+                    env=OPERATOR_LOGS), \
             evidence_on_failure(page, tmp_path):
         deployment_id = open_custom_run_form(page, prefect_server)
         page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
@@ -105,7 +118,7 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
 
     # The log: what latest resolved to, the bytes and their rate, the check, where the files went;
     # no "Finished in state" chatter from each task run.
-    lines = [log.message for log in _logs(prefect_server, flow_run_id)]
+    lines = [log.message for log in _logs(prefect_server, flow_run_id, "restored snapshot snap-9")]
     text = "\n".join(lines)
     assert "'latest' of tenant 9 is snapshot snap-9: created 2023-11-14 22:13:20 UTC" in text, text
     assert re.search(r"fetched 12\.\d MiB in .+, [\d.]+ (KiB|MiB)/s; all 2 match the manifest's blake3", text), text
@@ -123,7 +136,8 @@ def test_a_refused_restore_says_why_on_its_run_page(prefect_server: PrefectServe
     (data_dir / "tenant_3").mkdir(parents=True)
     (data_dir / "tenant_3" / "data.sqlite").write_bytes(b"another tenant")  # new_cluster refuses this
 
-    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
+    with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,),
+                    env=OPERATOR_LOGS), \
             evidence_on_failure(page, tmp_path):
         deployment_id = open_custom_run_form(page, prefect_server)
         fill_required(page, 8, data_dir, "new_cluster")
@@ -155,7 +169,7 @@ def test_a_refused_restore_says_why_on_its_run_page(prefect_server: PrefectServe
     assert summary.data.startswith("## Refused: the restore of snapshot `snap-8` of tenant 8 (new_cluster)")
     assert message in summary.data and f"nothing in {data_dir} was changed" in summary.data
     # One line for the refusal, not a traceback (three of them, before).
-    logs = _logs(prefect_server, flow_run_id)
+    logs = _logs(prefect_server, flow_run_id, message)
     errors = [log.message for log in logs if log.level >= 40]
     assert errors == [message], errors
     assert not any("Traceback" in log.message for log in logs)
