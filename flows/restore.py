@@ -35,13 +35,13 @@ from pydantic.json_schema import SkipJsonSchema
 from memrestore.backends.errors import BadInputError, RestoreError
 from memrestore.backends.manifest import WireVersion
 from memrestore.backends.streams import parse_rate
+from memrestore.flows.run_log import RunLog, initial_run_name, quiet_task_chatter
 from memrestore.tasks import sequence
 from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
 from memrestore.tasks.execute import ITEM_CONCURRENCY
 from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from memrestore.tasks.hold import DataDirHold
-from memrestore.flows.run_log import RunLog, initial_run_name, quiet_task_chatter
 from memrestore.tasks.errors import RestoreRefusedError
 from memrestore.tasks.layout import Phase, RunRef, read_marker
 from memrestore.tasks.orphans import what_is_left
@@ -62,11 +62,11 @@ def _no_schema_default(schema: dict) -> None:
     schema.pop("default", None)
 
 
-def optional(description: str, **constraints) -> object:
-    """An optional parameter or field of the UI's form: ``x: T | SkipJsonSchema[None] = optional(...)``.
-    Its schema is the type alone (no ``null`` branch, no null default), so the form takes a value
-    as it is typed; left empty, it is not sent, and the flow's default (None) applies."""
-    return Field(default=None, description=description, json_schema_extra=_no_schema_default, **constraints)
+def optional(description: str, title: str) -> object:
+    """An optional field of the UI's form: ``x: T | SkipJsonSchema[None] = optional(...)``. Its
+    schema is the type alone (no ``null`` branch, no null default), so the form takes a value as it
+    is typed; left empty, it is not sent, and the default (None) applies."""
+    return Field(default=None, description=description, title=title, json_schema_extra=_no_schema_default)
 
 
 class Destination(BaseModel):
@@ -78,9 +78,9 @@ class Destination(BaseModel):
                     "and a minor no newer is accepted.")
     tombstone_floor: Annotated[int, Field(ge=0, le=2**64 - 1)] | SkipJsonSchema[None] = optional(
         "The destination's forget horizon (an oplog position): a snapshot that would bring forgotten "
-        "memories back is refused. Empty when nothing was forgotten.", title="tombstone_floor")
+        "memories back is refused. Empty when nothing was forgotten.", "tombstone_floor")
     embedding_model: str | SkipJsonSchema[None] = optional(
-        "The embedding model the destination serves. Empty: the snapshot's only model.", title="embedding_model")
+        "The embedding model the destination serves. Empty: the snapshot's only model.", "embedding_model")
 
     @model_serializer(mode="wrap")
     def _without_nones(self, handler):
@@ -193,12 +193,16 @@ async def restore_snapshot(
         message = log.words(str(exc))
         log.not_done(message)
         status = "refused" if isinstance(exc, (RestoreRefusedError, BadInputError)) else "failed"
-        await publish_outcome_task(_not_done(status, message, log, backend, started, known), dry_run)
+        try:
+            await publish_outcome_task(_not_done(status, message, log, backend, started, known), dry_run)
+        except Exception as publish_exc:  # noqa: BLE001 - the refusal is the run's news, not this
+            log.logger.warning(f"could not publish the summary of this {status} restore: {publish_exc}")
         return Failed(message=message, data=exc)
     except BaseException as exc:
         if is_interrupt(exc):
             # Said where the operator looks, if the API answers at once: a stop must not wait on it.
-            interrupted = _not_done("interrupted", f"stopped ({type(exc).__name__})", log, backend, started, known)
+            why = f"the restore was {str(exc) or f'stopped ({type(exc).__name__})'}"
+            interrupted = _not_done("interrupted", why, log, backend, started, known)
             try:
                 await asyncio.wait_for(publish_outcome(interrupted, dry_run), INTERRUPTED_PUBLISH_SECONDS)
             except BaseException:  # noqa: BLE001 - the stop goes on
@@ -239,17 +243,15 @@ def _restore(
     require_checksums: bool,
     dry_run: bool,
     resume: bool,
-    streams: int = DEFAULT_STREAMS,
-    limit_rate: str | None = None,
-    check: CheckLevel = CheckLevel.QUICK,
-    log: RunLog | None = None,
-    known: dict | None = None,
+    streams: int,
+    limit_rate: str | None,
+    check: CheckLevel,
+    log: RunLog,
+    known: dict,
 ) -> RestoreOutcome:
     """The restore-snapshot flow's steps, up to its outcome; each told to ``log``, the plan kept in
     ``known`` once it is read (for the outcome of a restore that does not happen)."""
     logger = get_run_logger()
-    log = log or RunLog(tenant_id, snapshot, mode, data_dir, dry_run)
-    known = {} if known is None else known
     started = time.monotonic()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before anything is read
     manifest = fetch_manifest_task(backend, tenant_id, snapshot)

@@ -188,3 +188,24 @@ def test_parameters_are_typed_for_the_ui_form():
     assert set(schema["definitions"][dest_ref]["properties"]) == {"wire_version", "tombstone_floor", "embedding_model"}
     assert "description" in props["mode"] or "description" in schema["definitions"][mode_ref]
     assert schema["required"] == ["backend", "tenant_id", "data_dir", "mode"]
+
+
+def test_an_interrupted_restore_says_what_its_data_dir_holds(backend, snapshot, tmp_path, prefect_api):
+    """Ctrl-C in the command line mid-staging: the run's summary says the restore was interrupted
+    and what the data dir holds (its marker, the phase, the way out), as the command itself does."""
+    import signal
+
+    from memrestore.tasks.layout import read_marker
+    from tests.test_process_hygiene import _env, paused_restore
+
+    data_dir = tmp_path / "data"
+    args = ["restore", "--backend", backend.url, "--tenant", "1", "--snapshot", "snap-1",
+            "--data-dir", str(data_dir), "--mode", "new_cluster", "--embedding-model", "minilm"]
+    proc = paused_restore(args, {**_env(tmp_path / "home"), "PREFECT_API_URL": prefect_api}, tmp_path, "stage-chunk:1")
+    marker = read_marker(data_dir)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    summary = {a.key: a for a in _artifacts(marker.flow_run_id) if a.key}["restore-summary-tenant-1"].data
+    assert summary.startswith("## Interrupted: the restore of snapshot `snap-1` of tenant 1 (new_cluster)")
+    assert "keeps its marker .restore-in-progress" in summary and "phase staging" in summary
+    assert f"`memrestore abort --data-dir {data_dir}`" in summary
