@@ -158,7 +158,7 @@ async def restore_snapshot(
     dry_run: bool = False,
     resume: bool = False,
     streams: StreamsParam = DEFAULT_STREAMS,
-    limit_rate: RateParam | SkipJsonSchema[None] = None,
+    limit_rate: RateParam | None = None,
     check: CheckLevel = CheckLevel.QUICK,
 ) -> dict | State:
     """Restore one tenant's snapshot from a backup backend into a data dir.

@@ -60,17 +60,27 @@ def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:
 
 def _fit_form(schema: dict, given: dict, deployment: RunnerDeployment) -> None:
     """The UI's form for ``deployment`` (its parameter schema, which Prefect writes from the flow's
-    signature), fitted to an operator: a parameter the deployment gives (serve's ``--backend``) is
-    prefilled and no longer required, so that the form asks only for what it must; and an optional
-    parameter whose default is None (``limit_rate``) loses its ``"default": null``, which the UI
-    shows as an error ("None is not of type 'string'") until a value is typed: left empty, it is
-    not sent, and the flow's default (None) applies."""
+    signature), fitted to an operator:
+
+    - a parameter the deployment gives (serve's ``--backend``) is prefilled and no longer
+      required, so that the form asks only for what it must;
+    - an optional parameter (``limit_rate: str | None = None``) is a plain input of its type: the
+      flow's schema has ``anyOf: [string, null]`` with a null default, which the UI shows as a
+      ``str | None`` switch to flip before a value can be typed; here it is the string alone, with
+      no default (a null default on a string the UI refuses: "None is not of type 'string'").
+      Left empty, it is not sent, and the flow's default (None) applies.
+
+    ``prefect deploy`` (prefect.yaml) writes the flow's schema as it is: its form keeps the switch.
+    """
     from prefect.utilities.callables import ParameterSchema
 
     schema["required"] = [name for name in schema.get("required", []) if name not in given]
-    for prop in schema["properties"].values():
-        if "default" in prop and prop["default"] is None and "anyOf" not in prop:
-            del prop["default"]
+    for name, prop in schema["properties"].items():
+        branches = prop.get("anyOf", [])
+        if prop.get("default", 0) is None and len(branches) == 2 and {"type": "null"} in branches:
+            typed = next(b for b in branches if b != {"type": "null"})
+            schema["properties"][name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")},
+                                          **typed}
     deployment._parameter_openapi_schema = ParameterSchema(**schema)
 
 

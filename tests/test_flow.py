@@ -186,6 +186,10 @@ def test_parameters_are_typed_for_the_ui_form():
     assert schema["definitions"][mode_ref]["enum"] == ["new_cluster", "single_tenant", "wipe_and_restore"]
     dest_ref = (props["destination"].get("$ref") or props["destination"]["allOf"][0]["$ref"]).rsplit("/", 1)[1]
     assert set(schema["definitions"][dest_ref]["properties"]) == {"wire_version", "tombstone_floor", "embedding_model"}
+    # Each nested field described for the form, and typed without a null branch (no type switch).
+    for name, field in schema["definitions"][dest_ref]["properties"].items():
+        assert field.get("description") and field["title"] == name, field
+        assert "anyOf" not in field and field.get("default", "unset") is not None, field
     assert "description" in props["mode"] or "description" in schema["definitions"][mode_ref]
     assert schema["required"] == ["backend", "tenant_id", "data_dir", "mode"]
 
