@@ -25,6 +25,7 @@ from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, serving
+from tests.procs import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Without the background-networking flags Chromium keeps reaching for Google's hosts, which this
@@ -48,7 +49,6 @@ TOAST_MS = 15_000
 #: serve's --backend fills the backend field, and the form asks for it no more (flows/serve.py).
 BACKEND_LABEL = "backend (Optional)"
 
-FINAL_STATE = re.compile(r"^(Completed|Failed|Crashed|Cancelled)$")
 ON_DEMAND = "restore-snapshot/on-demand"
 
 
@@ -95,18 +95,27 @@ def browser_page(tmp_path: Path):
             browser.close()
 
 
-def _run_page_final_state(page) -> str:
-    """Wait on the flow run's page until its state badge shows a final state; return it."""
-    badge = page.get_by_text(FINAL_STATE).first
+def run_page_final_state(page, prefect_server: PrefectServer, flow_run_id: str) -> str:
+    """The run's final state, once the API has it, as its page shows it: the page is reloaded until
+    that state's badge is visible. (Read from the page alone, a final-state word was twice found
+    visible on the page of a run still Submitting, each time after another run of the deployment
+    had ended in that state.)"""
+    def final():
+        with prefect_server.client() as client:
+            state = client.read_flow_run(flow_run_id).state
+        return state if state is not None and state.is_final() else None
+
+    name = wait_until(final, RUN_SECONDS, f"run {flow_run_id} to end").name
+    badge = page.get_by_text(name, exact=True).first
     deadline = time.monotonic() + RUN_SECONDS
     while True:
+        page.reload()
         try:
             badge.wait_for(state="visible", timeout=RELOAD_MS)
             return badge.inner_text()
         except Exception:  # playwright's TimeoutError: reload in case the UI stopped polling
             if time.monotonic() > deadline:
                 raise
-            page.reload()
 
 
 @contextmanager
@@ -139,7 +148,10 @@ def fill_required(page, tenant_id: int, data_dir: Path, mode: str) -> None:
     page.get_by_label("tenant_id", exact=True).fill(str(tenant_id))
     page.get_by_label("data_dir", exact=True).fill(str(data_dir))
     page.get_by_role("button", name="Select mode").click()
-    page.get_by_role("option", name=mode, exact=True).click()
+    option = page.get_by_role("option", name=mode, exact=True)
+    option.click()
+    # The list closes before the next click: a Submit clicked while it closes was once lost.
+    option.wait_for(state="hidden")
 
 
 def submit_and_open_run(page, prefect_server: PrefectServer, deployment_id: str, data_dir: Path) -> str:
@@ -188,7 +200,7 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
         for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
             assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
         flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
-        state = _run_page_final_state(page)
+        state = run_page_final_state(page, prefect_server, flow_run_id)
         assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
 
         # The run's artifacts, as the UI lists them.

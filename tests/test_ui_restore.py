@@ -21,12 +21,12 @@ from tests.procs import wait_until
 from tests.test_ui_browser import (  # noqa: F401  (browser_page: the fixture)
     ON_DEMAND,
     RUN_SECONDS,
-    _run_page_final_state,
     browser_page,
     evidence_on_failure,
     fill_required,
     open_custom_run_form,
     run_artifacts,
+    run_page_final_state,
     submit_and_open_run,
 )
 
@@ -72,19 +72,6 @@ def _progress_descriptions(prefect_server: PrefectServer, flow_run_id: str, key:
     raise AssertionError(f"run {flow_run_id} did not end in {RUN_SECONDS} s; its progress showed {seen}")
 
 
-def _final_on_page(page, prefect_server: PrefectServer, flow_run_id: str) -> str:
-    """The run's final state as its page's badge shows it, read once the API has it final (the page
-    then reloaded: its own polling lags, and a run still Submitting must not be read)."""
-    def final():
-        with prefect_server.client() as client:
-            state = client.read_flow_run(flow_run_id).state
-        return state if state is not None and state.is_final() else None
-
-    wait_until(final, RUN_SECONDS, f"run {flow_run_id} to end")
-    page.reload()
-    return _run_page_final_state(page)
-
-
 def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
         prefect_server: PrefectServer, browser_page, tmp_path):
     page = browser_page
@@ -113,7 +100,7 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
         page.get_by_label("limit_rate (Optional)", exact=True).fill("2M")
         flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
         progress = _progress_descriptions(prefect_server, flow_run_id, "restore-progress-tenant-9")
-        state = _final_on_page(page, prefect_server, flow_run_id)
+        state = run_page_final_state(page, prefect_server, flow_run_id)
         assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
         # The run's name says the snapshot `latest` resolved to.
         page.get_by_text("tenant-9-snap-9-new_cluster").first.wait_for()
@@ -155,7 +142,7 @@ def test_a_refused_restore_says_why_on_its_run_page(prefect_server: PrefectServe
         deployment_id = open_custom_run_form(page, prefect_server)
         fill_required(page, 8, data_dir, "new_cluster")
         flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
-        assert _final_on_page(page, prefect_server, flow_run_id) == "Failed"
+        assert run_page_final_state(page, prefect_server, flow_run_id) == "Failed"
         # The reason, on the run's page (its Details: "State Message"), in the form's words.
         page.get_by_role("tab", name="Details").click()
         page.get_by_text("State Message", exact=True).wait_for()
