@@ -45,14 +45,43 @@ def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:
 
     from memrestore.flows.restore import restore_snapshot
 
-    return restore_snapshot.to_deployment(
+    parameters = {"backend": backend} if backend else {}
+    deployment = restore_snapshot.to_deployment(
         name=ON_DEMAND,
-        parameters={"backend": backend} if backend else {},
+        parameters=parameters,
         tags=TAGS,
         description="Restore one tenant's snapshot into a data dir. Run -> Custom run fills the form.",
         # A module path, not a file path: the run loads the installed package from any directory.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    _fit_form(deployment._parameter_openapi_schema.model_dump(), parameters, deployment)
+    return deployment
+
+
+def _fit_form(schema: dict, given: dict, deployment: RunnerDeployment) -> None:
+    """The UI's form for ``deployment`` (its parameter schema, which Prefect writes from the flow's
+    signature), fitted to an operator:
+
+    - a parameter the deployment gives (serve's ``--backend``) is prefilled and no longer
+      required, so that the form asks only for what it must;
+    - an optional parameter (``limit_rate: str | None = None``) is a plain input of its type: the
+      flow's schema has ``anyOf: [string, null]`` with a null default, which the UI shows as a
+      ``str | None`` switch to flip before a value can be typed; here it is the string alone, with
+      no default (a null default on a string the UI refuses: "None is not of type 'string'").
+      Left empty, it is not sent, and the flow's default (None) applies.
+
+    ``prefect deploy`` (prefect.yaml) writes the flow's schema as it is: its form keeps the switch.
+    """
+    from prefect.utilities.callables import ParameterSchema
+
+    schema["required"] = [name for name in schema.get("required", []) if name not in given]
+    for name, prop in schema["properties"].items():
+        branches = prop.get("anyOf", [])
+        if prop.get("default", 0) is None and len(branches) == 2 and {"type": "null"} in branches:
+            typed = next(b for b in branches if b != {"type": "null"})
+            schema["properties"][name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")},
+                                          **typed}
+    deployment._parameter_openapi_schema = ParameterSchema(**schema)
 
 
 def drill_parameters(

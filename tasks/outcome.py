@@ -1,7 +1,11 @@
-"""The outcome of a restore: what was restored where, verified or not, how many bytes, how long.
+"""The outcome of a restore: what was restored where, verified or not, how many bytes, how long;
+or, for a restore that did not happen, why, and what the data dir holds.
 
 It is the flow's persisted JSON result, the CLI's ``--json`` output, and, as artifacts in
-Prefect, a table (one row per item) and a short markdown summary.
+Prefect, a table (one row per item) and a short markdown summary. A refused, failed or
+interrupted restore has its summary too (no table): what stopped it and what the data dir holds,
+so that the UI says it without a log being opened. Sizes and rates are written by
+``tasks/units.py``, as everywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from pydantic import BaseModel
 from memrestore.tasks import units
 from memrestore.tasks.plan import RestoreMode, RestorePlan
 from memrestore.tasks.stage import StagedItem
+
+#: A restore that moved bytes, and its plan (a dry run); ``verified`` is the ``verify`` command's.
+DONE = ("restored", "planned", "verified")
+#: A restore that did not happen: a refusal (a precondition, bad input; nothing was touched), a
+#: failure (its own work undone, or kept for a resume: ``data_dir_holds`` says), an interruption.
+NOT_DONE = ("refused", "failed", "interrupted")
 
 
 class ItemOutcome(BaseModel):
@@ -37,7 +47,7 @@ class RemovedEntry(BaseModel):
 
 
 class RestoreOutcome(BaseModel):
-    status: str  # "restored", "planned" (dry run) or "verified" (verify)
+    status: str  # one of DONE or NOT_DONE
     tenant_id: int
     snapshot_id: str
     mode: RestoreMode | None
@@ -52,12 +62,17 @@ class RestoreOutcome(BaseModel):
     check_seconds: float | None = None
     #: What the restore replaced and deleted from the data dir (a dry run: what it would).
     removed: list[RemovedEntry] = []
+    #: Why a restore did not happen (NOT_DONE): the refusal or error, as its run's state says it.
+    reason: str | None = None
+    #: What the data dir holds after a restore that did not happen.
+    data_dir_holds: str | None = None
 
     @property
-    def mib_per_second(self) -> float | None:
-        if not self.total_bytes or self.seconds <= 0:
+    def bytes_per_second(self) -> float | None:
+        """The rate the bytes came down at; None for a plan, which read none of them."""
+        if self.status not in ("restored", "verified") or not self.total_bytes or self.seconds <= 0:
             return None
-        return self.total_bytes / 2**20 / self.seconds
+        return self.total_bytes / self.seconds
 
 
 def build_outcome(
@@ -123,14 +138,39 @@ def _removed_entry(outcome: RestoreOutcome, entry: RemovedEntry) -> str:
     return units.size(entry.bytes)
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+def not_done_outcome(
+    status: str,
+    reason: str,
+    data_dir_holds: str | None,
+    tenant_id: int,
+    snapshot: str,
+    mode: RestoreMode | None,
+    backend: str,
+    data_dir: Path | None,
+    seconds: float,
+    plan: RestorePlan | None = None,
+) -> RestoreOutcome:
+    """The outcome of a restore that did not happen (``status`` in NOT_DONE): the snapshot as far
+    as it was resolved (``plan``, when the manifest was read; else the one asked for)."""
+    assert status in NOT_DONE, status
+    return RestoreOutcome(
+        status=status,
+        tenant_id=tenant_id,
+        snapshot_id=plan.snapshot_id if plan is not None else snapshot,
+        mode=mode,
+        backend=backend,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        items=[],
+        total_bytes=plan.total_bytes if plan is not None else None,
+        seconds=round(seconds, 3),
+        warnings=plan.warnings if plan is not None else [],
+        reason=reason,
+        data_dir_holds=data_dir_holds,
+    )
+
+
+def _rate(outcome: RestoreOutcome) -> str:
+    return f", {units.rate(outcome.bytes_per_second)}" if outcome.bytes_per_second else ""
 
 
 def table_rows(outcome: RestoreOutcome) -> list[dict]:
@@ -147,22 +187,44 @@ def table_rows(outcome: RestoreOutcome) -> list[dict]:
     ]
 
 
+_HEADINGS = {
+    "restored": "Restored", "planned": "Plan (dry run): would restore", "verified": "Verified",
+    "refused": "Refused: the restore of", "failed": "Failed: the restore of",
+    "interrupted": "Interrupted: the restore of",
+}
+
+
 def summary_markdown(outcome: RestoreOutcome) -> str:
-    verb = {"restored": "Restored", "planned": "Dry run of", "verified": "Verified"}[outcome.status]
     mode = f" ({outcome.mode.value})" if outcome.mode else ""
-    rate = f", {outcome.mib_per_second:.1f} MiB/s" if outcome.mib_per_second else ""
     lines = [
-        f"## {verb} snapshot `{outcome.snapshot_id}` of tenant {outcome.tenant_id}{mode}",
+        f"## {_HEADINGS[outcome.status]} snapshot `{outcome.snapshot_id}` of tenant {outcome.tenant_id}{mode}",
         "",
-        f"- backend: `{outcome.backend}`",
     ]
-    if outcome.data_dir:
+    if outcome.status in NOT_DONE:
+        lines += [f"**{outcome.reason}**", ""]
+        if outcome.data_dir_holds:
+            lines += [f"- data dir: {outcome.data_dir_holds}"]
+    lines.append(f"- backend: `{outcome.backend}`")
+    if outcome.data_dir and outcome.status in DONE:
         lines.append(f"- data dir: `{outcome.data_dir}`")
-    unverified = sum(not i.verified for i in outcome.items)
-    lines += [
-        f"- {len(outcome.items)} items, {_size(outcome.total_bytes)} in {outcome.seconds:.2f} s{rate}",
-        f"- verified: {len(outcome.items) - unverified} of {len(outcome.items)}",
-    ]
+    if outcome.status == "planned":
+        lines += [
+            f"- {len(outcome.items)} items, {units.size(outcome.total_bytes)} to fetch (planned in "
+            f"{units.duration(outcome.seconds)}); nothing was read or written",
+        ]
+        lines += [f"- `{i.content_key}` ({units.size(i.bytes)}) -> `{i.destination}`" for i in outcome.items]
+    elif outcome.status in DONE:
+        unverified = sum(not i.verified for i in outcome.items)
+        lines += [
+            f"- {len(outcome.items)} items, {units.size(outcome.total_bytes)} in "
+            f"{units.duration(outcome.seconds)}{_rate(outcome)}",
+            f"- verified: {len(outcome.items) - unverified} of {len(outcome.items)}",
+        ]
+        if outcome.check is not None:
+            lines.append(f"- staged copy checked before the commit: {outcome.check}"
+                         + (f" in {units.duration(outcome.check_seconds)}" if outcome.check_seconds is not None else ""))
+    else:
+        lines.append(f"- stopped after {units.duration(outcome.seconds)}")
     lines += [f"- warning: {w}" for w in outcome.warnings]
     removed = removed_lines(outcome)
     if removed:
@@ -177,11 +239,14 @@ def human_summary(outcome: RestoreOutcome) -> str:
     lines = [f"tenant {outcome.tenant_id}, snapshot {outcome.snapshot_id}{mode}: {verb}"]
     for i in outcome.items:
         mark = "verified" if i.verified else ("unverified" if outcome.status != "planned" else "")
-        lines.append(f"  {i.kind:<24} {_size(i.bytes):>10}  {i.content_key} -> {i.destination}  {mark}".rstrip())
-    rate = f", {outcome.mib_per_second:.1f} MiB/s" if outcome.mib_per_second else ""
-    lines.append(f"  total {_size(outcome.total_bytes)} in {outcome.seconds:.2f} s{rate}")
+        lines.append(f"  {i.kind:<24} {units.size(i.bytes):>10}  {i.content_key} -> {i.destination}  {mark}".rstrip())
+    if outcome.status == "planned":
+        lines.append(f"  total {units.size(outcome.total_bytes)} to fetch (planned in "
+                     f"{units.duration(outcome.seconds)}; nothing read or written)")
+    else:
+        lines.append(f"  total {units.size(outcome.total_bytes)} in {units.duration(outcome.seconds)}{_rate(outcome)}")
     if outcome.check is not None:
-        took = f" in {outcome.check_seconds:.2f} s" if outcome.check_seconds is not None else ""
+        took = f" in {units.duration(outcome.check_seconds)}" if outcome.check_seconds is not None else ""
         lines.append(f"  staged copy checked before the commit: {outcome.check}{took}"
                      if outcome.check != "none" else "  staged copy not checked before the commit (--check none)")
     lines += ["  " + line for line in removed_lines(outcome)]
@@ -192,26 +257,34 @@ def artifact_key(prefix: str, tenant_id: int) -> str:
     return f"{prefix}-tenant-{tenant_id}"
 
 
-async def publish_outcome(outcome: RestoreOutcome) -> None:
-    """Publish the outcome to Prefect: a table (one row per item) and a markdown summary, the two
-    requests at once."""
-    prefix = {"restored": "restore", "planned": "restore-plan", "verified": "verify"}[outcome.status]
-    await asyncio.gather(
-        acreate_table_artifact(
+def artifact_prefix(outcome: RestoreOutcome, dry_run: bool = False) -> str:
+    """``restore``, ``restore-plan`` (a dry run, refused or not) or ``verify``."""
+    if outcome.status == "verified":
+        return "verify"
+    return "restore-plan" if dry_run or outcome.status == "planned" else "restore"
+
+
+async def publish_outcome(outcome: RestoreOutcome, dry_run: bool = False) -> None:
+    """Publish the outcome to Prefect: a markdown summary and, for what was done, a table (one row
+    per item), the two requests at once. A restore that did not happen has its summary alone, under
+    the same key as a done one's: the tenant's latest summary is its latest outcome."""
+    prefix = artifact_prefix(outcome, dry_run)
+    requests = [acreate_markdown_artifact(
+        markdown=summary_markdown(outcome),
+        key=artifact_key(f"{prefix}-summary", outcome.tenant_id),
+        description=f"{outcome.status} snapshot {outcome.snapshot_id}",
+    )]
+    if outcome.status in DONE:
+        requests.append(acreate_table_artifact(
             table=table_rows(outcome),
             key=artifact_key(f"{prefix}-items", outcome.tenant_id),
             description=f"{outcome.status} items of snapshot {outcome.snapshot_id}",
-        ),
-        acreate_markdown_artifact(
-            markdown=summary_markdown(outcome),
-            key=artifact_key(f"{prefix}-summary", outcome.tenant_id),
-            description=f"{outcome.status} snapshot {outcome.snapshot_id}",
-        ),
-    )
+        ))
+    await asyncio.gather(*requests)
 
 
 @task(name="outcome", cache_policy=NO_CACHE, persist_result=False)
-async def publish_outcome_task(outcome: RestoreOutcome) -> None:
-    """Publish the outcome's table and summary artifacts. Async, so that the artifacts go through
+async def publish_outcome_task(outcome: RestoreOutcome, dry_run: bool = False) -> None:
+    """Publish the outcome's summary (and table) artifacts. Async, so that the artifacts go through
     the (async) flow's own API client."""
-    await publish_outcome(outcome)
+    await publish_outcome(outcome, dry_run)

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from memrestore.tasks import units
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -105,11 +106,18 @@ class ProgressArtifact:
         self._shown = shown
 
 
-def _size(n: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
+def describe_bytes(done: int, total: int | None, seconds: float) -> str:
+    """``1.5 MiB of 4.0 MiB received, 2.1 MiB/s, 1.19 s left``: the bytes, the mean rate since the
+    first (the one a ``--limit-rate`` cap holds it to) and what is left at that rate, in
+    tasks/units.py's units, as the CLI's bar and the outcome write them."""
+    rate = done / seconds if seconds > 0 and done > 0 else None
+    text = f"{units.size(done)} of {units.size(total)} received"
+    if rate is not None:
+        text += f", {units.rate(rate)}"
+        left = units.eta(done, total, rate)
+        if left is not None:
+            text += f", {left} left"
+    return text
 
 
 @contextmanager
@@ -125,11 +133,9 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
 
     def describe() -> tuple[float, str]:
         done = received()
-        seconds = time.monotonic() - started
-        rate = f", {done / seconds / 1e6:.1f} MB/s" if seconds > 0 and done > 0 else ""
-        return (100.0 * done / total if total else 100.0), f"{_size(done)} of {_size(total)} received{rate}"
+        return (100.0 * done / total if total else 100.0), describe_bytes(done, total, time.monotonic() - started)
 
-    artifact = ProgressArtifact(key, f"0 B of {_size(total)} received")
+    artifact = ProgressArtifact(key, describe_bytes(0, total, 0.0))
     stop = threading.Event()
 
     def bring_up_to_date(client=None) -> None:

@@ -13,9 +13,11 @@ from tests.prefect_server import PrefectServer, serving
 from tests.test_ui_browser import (  # noqa: F401 - browser_page is a fixture
     ON_DEMAND,
     browser_page,
-    open_custom_run,
-    shown_on_failure,
-    submit_and_see_it_completed,
+    evidence_on_failure,
+    fill_required,
+    open_custom_run_form,
+    run_page_final_state,
+    submit_and_open_run,
 )
 
 MORNING, NOON = 1_796_634_000_000_000, 1_796_644_800_000_000  # 2026-12-07 09:00 and 12:00 UTC
@@ -30,20 +32,17 @@ def test_the_form_restores_the_tenant_as_it_was_at_a_time_with_its_defaults(
     data_dir = tmp_path / "data"
 
     with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
-            shown_on_failure(page, tmp_path):
-        open_custom_run(page, prefect_server)
-        page.get_by_label("tenant_id", exact=True).fill("8")
-        page.get_by_label("data_dir", exact=True).fill(str(data_dir))
-        page.get_by_role("button", name="Select mode").click()
-        page.get_by_role("option", name="new_cluster", exact=True).click()
-        # snapshot stays "latest", destination as it comes (no model named). An optional text is a
-        # str|None toggle, None by default; as_of is the form's last one, and its text box, once
-        # "str" is chosen, the form's last (it has no label of its own). The time is zoneless: UTC.
+            evidence_on_failure(page, tmp_path):
+        deployment_id = open_custom_run_form(page, prefect_server)
+        fill_required(page, 8, data_dir, "new_cluster")
+        # snapshot stays "latest", destination as it comes (no model named); as_of, an optional
+        # text, is a plain text input (serve fits the form). The time is zoneless: read as UTC.
         assert page.get_by_label("snapshot (Optional)", exact=True).input_value() == "latest"
-        page.get_by_text("str", exact=True).last.click()
-        page.get_by_role("textbox").last.fill("2026-12-07T11:00")
+        page.get_by_label("as_of (Optional)", exact=True).fill("2026-12-07T11:00")
         page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
-        flow_run_id = submit_and_see_it_completed(page, prefect_server, data_dir, tmp_path / "serve.log")
+        flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
+        state = run_page_final_state(page, prefect_server, flow_run_id)
+        assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
 
     # The morning's snapshot (noon is after 11:00), every index of it.
     assert tree(data_dir) == {

@@ -25,6 +25,7 @@ from memrestore.backends import LocalBackend
 from memrestore.backends.sample import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, serving
+from tests.procs import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Without the background-networking flags Chromium keeps reaching for Google's hosts, which this
@@ -45,7 +46,9 @@ RELOAD_MS = 30_000
 #: How long to look for the "View run" toast before opening the run by its URL instead.
 TOAST_MS = 15_000
 
-FINAL_STATE = re.compile(r"^(Completed|Failed|Crashed|Cancelled)$")
+#: serve's --backend fills the backend field, and the form asks for it no more (flows/serve.py).
+BACKEND_LABEL = "backend (Optional)"
+
 ON_DEMAND = "restore-snapshot/on-demand"
 
 
@@ -92,68 +95,93 @@ def browser_page(tmp_path: Path):
             browser.close()
 
 
-def _run_page_final_state(page) -> str:
-    """Wait on the flow run's page until its state badge shows a final state; return it."""
-    badge = page.get_by_text(FINAL_STATE).first
+def run_page_final_state(page, prefect_server: PrefectServer, flow_run_id: str) -> str:
+    """The run's final state, once the API has it, as its page shows it: the page is reloaded until
+    that state's badge is visible. (Read from the page alone, a final-state word was twice found
+    visible on the page of a run still Submitting, each time after another run of the deployment
+    had ended in that state.)"""
+    def final():
+        with prefect_server.client() as client:
+            state = client.read_flow_run(flow_run_id).state
+        return state if state is not None and state.is_final() else None
+
+    name = wait_until(final, RUN_SECONDS, f"run {flow_run_id} to end").name
+    badge = page.get_by_text(name, exact=True).first
     deadline = time.monotonic() + RUN_SECONDS
     while True:
+        page.reload()
         try:
             badge.wait_for(state="visible", timeout=RELOAD_MS)
             return badge.inner_text()
         except Exception:  # playwright's TimeoutError: reload in case the UI stopped polling
             if time.monotonic() > deadline:
                 raise
-            page.reload()
-
-
-def open_custom_run(page, prefect_server: PrefectServer):
-    """Deployments -> on-demand -> Run -> Custom run; returns the form's ``backend`` field, shown."""
-    page.goto(f"{prefect_server.url}/v2/deployments")
-    page.get_by_role("link", name="on-demand", exact=True).first.click()
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Custom run").click()
-    backend_field = page.get_by_label("backend", exact=True)
-    backend_field.wait_for()
-    return backend_field
-
-
-def submit_and_see_it_completed(page, prefect_server: PrefectServer, data_dir: Path, serve_log: Path) -> str:
-    """Submit the form, open the run it created, wait for its page to show Completed; its id."""
-    deployment_id = re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
-    page.get_by_role("button", name="Submit", exact=True).click()
-    # The toast links to the new run; its page refreshes its state as the run goes. On a loaded
-    # machine the toast can come and go before it is seen: then open the run the form created
-    # (the only run of the deployment into ``data_dir``) by its URL.
-    try:
-        page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
-    except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
-        page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
-    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
-    state = _run_page_final_state(page)
-    assert state == "Completed", f"the run page shows {state}; serve's log: {serve_log}"
-    return flow_run_id
 
 
 def keep_failed_page(page, tmp_path: Path) -> None:
-    """A failing UI test's page: its screenshot and HTML in ``tmp_path``, and its text printed."""
+    """A failing UI test's page: a screenshot and the page's HTML in ``tmp_path``, and the page's
+    text printed (what the operator would have read: a form's validation errors, a toast), for a
+    CI log where the screenshot is gone with the machine."""
     shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
     page.screenshot(path=str(shot), full_page=True)
     html.write_text(page.content())
     print(f"UI test failed at {page.url}; screenshot {shot}, page {html}")
-    # What the operator would have read (a form's validation errors, a toast), for a CI log where
-    # the screenshot is gone with the machine.
     print("the page's text:\n" + page.inner_text("body")[:3000])
 
 
 @contextmanager
-def shown_on_failure(page, tmp_path: Path) -> Iterator[None]:
-    """On a failure inside, :func:`keep_failed_page`."""
+def evidence_on_failure(page, tmp_path: Path) -> Iterator[None]:
+    """On a failure inside the block: :func:`keep_failed_page`."""
     try:
         yield
     except BaseException:
         keep_failed_page(page, tmp_path)
         raise
+
+
+def open_custom_run_form(page, prefect_server: PrefectServer) -> str:
+    """Deployments -> on-demand -> Run -> Custom run, as an operator clicks; the deployment's id."""
+    page.goto(f"{prefect_server.url}/v2/deployments")
+    page.get_by_role("link", name="on-demand", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Custom run").click()
+    page.get_by_label(BACKEND_LABEL, exact=True).wait_for()
+    return re.search(r"/deployment/([0-9a-f-]{36})/run", page.url).group(1)
+
+
+def fill_required(page, tenant_id: int, data_dir: Path, mode: str) -> None:
+    page.get_by_label("tenant_id", exact=True).fill(str(tenant_id))
+    page.get_by_label("data_dir", exact=True).fill(str(data_dir))
+    page.get_by_role("button", name="Select mode").click()
+    option = page.get_by_role("option", name=mode, exact=True)
+    option.click()
+    # The list closes before the next click: a Submit clicked while it closes was once lost.
+    option.wait_for(state="hidden")
+
+
+def submit_and_open_run(page, prefect_server: PrefectServer, deployment_id: str, data_dir: Path) -> str:
+    """Submit the form and open the new run's page; its id."""
+    page.get_by_role("button", name="Submit", exact=True).click()
+    # The toast links to the new run; its page refreshes its state as the run goes. On a loaded
+    # machine the toast can come and go before it is seen: then open the run the form created by
+    # its URL.
+    try:
+        page.get_by_role("button", name="View run").click(timeout=TOAST_MS)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError; fall back to the API
+        page.goto(f"{prefect_server.url}/v2/runs/flow-run/{_created_run_id(prefect_server, deployment_id, data_dir)}")
+    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+    return re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+
+
+def run_artifacts(prefect_server: PrefectServer, flow_run_id: str):
+    """The run, and its artifacts by key, read back through the API."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with prefect_server.client() as client:
+        run = client.read_flow_run(flow_run_id)
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.key}
+    return run, artifacts
 
 
 def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, browser_page, tmp_path):
@@ -168,18 +196,17 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
     data_dir = tmp_path / "data"
 
     with serving(prefect_server, "--backend", backend.url, log=tmp_path / "serve.log", expect=(ON_DEMAND,)), \
-            shown_on_failure(page, tmp_path):
+            evidence_on_failure(page, tmp_path):
+        deployment_id = open_custom_run_form(page, prefect_server)
         # The form: one field per parameter, labelled with its name; serve's --backend prefilled.
-        backend_field = open_custom_run(page, prefect_server)
-        assert backend_field.input_value() == backend.url
-        page.get_by_label("tenant_id", exact=True).fill("7")
-        page.get_by_label("data_dir", exact=True).fill(str(data_dir))
+        assert page.get_by_label(BACKEND_LABEL, exact=True).input_value() == backend.url
+        fill_required(page, 7, data_dir, "new_cluster")
         page.get_by_label("snapshot (Optional)", exact=True).fill("snap-old")
-        page.get_by_role("button", name="Select mode").click()
-        page.get_by_role("option", name="new_cluster", exact=True).click()
         for label, value in (("tenant_id", "7"), ("data_dir", str(data_dir)), ("snapshot (Optional)", "snap-old")):
             assert page.get_by_label(label, exact=True).input_value() == value, f"the form lost {label}"
-        flow_run_id = submit_and_see_it_completed(page, prefect_server, data_dir, tmp_path / "serve.log")
+        flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
+        state = run_page_final_state(page, prefect_server, flow_run_id)
+        assert state == "Completed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
 
         # The run's artifacts, as the UI lists them.
         page.get_by_role("tab", name="Artifacts").click()
@@ -191,13 +218,7 @@ def test_on_demand_restore_from_the_prefect_ui(prefect_server: PrefectServer, br
         "tenant_7/data.sqlite": (backend.root / "snap-old/sqlite.db").read_bytes(),
         "tenant_7/hnsw/minilm.bin": (backend.root / "snap-old/hnsw-0.bin").read_bytes(),
     }
-    # The run and its outcome artifacts, read back through the API.
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with prefect_server.client() as client:
-        run = client.read_flow_run(flow_run_id)
-        artifacts = {a.key: a for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.key}
+    run, artifacts = run_artifacts(prefect_server, flow_run_id)
     assert run.state.is_completed()
     assert run.name == "tenant-7-snap-old-new_cluster"
     assert run.parameters["mode"] == "new_cluster" and run.parameters["tenant_id"] == 7

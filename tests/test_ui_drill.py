@@ -24,7 +24,7 @@ from memrestore.backends import LocalBackend
 from memrestore.tasks.drill_report import artifact_key
 from tests.prefect_server import PrefectServer, serving
 from tests.test_drill import write_fleet
-from tests.test_ui_browser import _run_page_final_state, browser_page, keep_failed_page  # noqa: F401
+from tests.test_ui_browser import browser_page, keep_failed_page, run_page_final_state  # noqa: F401
 
 NIGHTLY = "restore-drill/nightly"
 TENANTS = (1, 2, 3, 5)
@@ -58,7 +58,7 @@ def test_a_failed_drill_in_the_prefect_ui(prefect_server: PrefectServer, browser
             # The nightly drill, run now; then its page, as an SRE opens it from the runs list.
             run_id = _run_nightly_now(prefect_server)
             page.goto(f"{prefect_server.url}/v2/runs/flow-run/{run_id}")
-            state = _run_page_final_state(page)
+            state = run_page_final_state(page, prefect_server, run_id)
             assert state == "Failed", f"the run page shows {state}; serve's log: {tmp_path / 'serve.log'}"
 
             with prefect_server.client() as client:
