@@ -102,6 +102,7 @@ def _no_local_server_left():
     from memrestore.flows.localserver import stop_server
 
     stop_server(Path(_PREFECT_HOME), force=True)
+    _remove_own_dirs()
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +118,14 @@ def _no_sqlite_side_files_left(request):
 
 
 def pytest_unconfigure(config):
-    """The two directories above go with the process (each xdist worker and the controller has its
-    own pair); the local server of that PREFECT_HOME is stopped by then (_no_local_server_left)."""
+    """The controller's pair of the directories above goes with it; a worker's goes at the end of
+    its session (_no_local_server_left), not here: execnet interrupts a worker still busy 5 s after
+    its session ends."""
+    if not hasattr(config, "workerinput"):
+        _remove_own_dirs()
+
+
+def _remove_own_dirs() -> None:
     for path in (_PREFECT_HOME, _CACHE_DIR):
         shutil.rmtree(path, ignore_errors=True)
 
