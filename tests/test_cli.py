@@ -325,7 +325,7 @@ def test_demo_restores_with_the_forms_defaults_and_its_next_steps_work(tmp_path,
     assert link, proc.stdout
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(link.group(1)))
-    assert run.name == "tenant-1-latest-new_cluster" and run.state.is_completed()
+    assert run.name == "tenant-1-t1-newer-new_cluster" and run.state.is_completed()  # renamed once resolved
 
     steps = proc.stdout.split("try next:\n", 1)[1].replace("\\\n", " ")
     commands = [shlex.split(line) for line in steps.splitlines() if line.strip().startswith("memrestore ")]

@@ -17,11 +17,10 @@ from memrestore.tasks.orphans import what_is_left
 D = Path("/srv/memory")
 
 CASES = [
-    (errors.DataDirNotEmptyError(D, ["tenant_3"]),
-     "Set mode to single_tenant to add one tenant beside the others, or set mode to wipe_and_restore"),
-    (errors.TenantPathOccupiedError(3, D / "tenant_3"), "or set mode to wipe_and_restore to replace the whole"),
-    (errors.ModelNotNamedError("s1", ["a", "b"]),
-     "name the embedding model the destination serves in the destination's embedding_model field"),
+    (errors.DataDirNotEmptyError(D, ["tenant_3"], 3),
+     "To replace tenant_3 only, with every other entry left as it is, set mode to replace_tenant"),
+    (errors.DataDirNotEmptyError(D, ["tenant_9"], 3), "To add this tenant beside what is there, set mode to single_tenant"),
+    (errors.TenantPathOccupiedError(3, D / "tenant_3"), "To replace tenant 3 only, set mode to replace_tenant"),
     (errors.ModelMissingError("s1", "m", ["a"]),
      "pass the model the destination serves in the destination's embedding_model field"),
     (errors.WireVersionError("s1", "2.0", "1.0"), "(then set destination's wire_version)"),
