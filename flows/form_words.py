@@ -20,6 +20,7 @@ FIELDS = {
     "--backend": "backend",
     "--tenant": "tenant_id",
     "--snapshot": "snapshot",
+    "--as-of": "as_of",
     "--data-dir": "data_dir",
     "--mode": "mode",
     "--embedding-model": "destination's embedding_model",
