@@ -150,7 +150,7 @@ def stale_last_good_reason(manifest: SnapshotManifest, age_seconds: float, max_a
     """Why a tenant whose latest snapshot failed is also past its limit: the older snapshot the
     walk back found restorable is over it, so the recovery point the tenant really has is too."""
     return (
-        f"the newest snapshot that restores, {manifest.snapshot_id}, is {units.age(age_seconds)} old, "
+        f"The newest snapshot that restores, {manifest.snapshot_id}, is {units.age(age_seconds)} old, "
         f"above --max-age-hours {max_age_hours:g}: a restore today loses more than the limit allows."
     )
 

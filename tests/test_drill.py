@@ -221,7 +221,7 @@ def test_plain_drill_reports_each_tenant_worst_first_and_leaves_scratch_empty(ba
     assert t[5].reason.startswith(
         "SQLite integrity_check of the restored checkpoint tenant_5/data.sqlite (in a scratch copy since deleted; "
         "--keep-failed keeps failed copies) failed: ")
-    assert t[5].reason.endswith("the newest snapshot that restores, t5-good, is 36.0 h old, above --max-age-hours "
+    assert t[5].reason.endswith("The newest snapshot that restores, t5-good, is 36.0 h old, above --max-age-hours "
                                 "24: a restore today loses more than the limit allows.")
     assert t[5].rpo_over_max_age and t[5].last_good_age_seconds == 36 * 3600
 
