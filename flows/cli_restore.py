@@ -197,7 +197,6 @@ def _confirm_wipe(data_dir: Path, tenant: int) -> None:
     dir, each tenant with its id and size) and ask. A script (no terminal) is not asked: choosing
     the mode is its yes, as in the service's own restore. A no changes nothing and exits 1."""
     import re
-    import sys
 
     from memrestore.tasks import units
     from memrestore.tasks.layout import replaced_by

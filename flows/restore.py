@@ -40,12 +40,11 @@ from memrestore.flows.run_log import RunLog, initial_run_name, quiet_task_chatte
 from memrestore.tasks import sequence
 from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
-from memrestore.tasks.layout import replaced_by
 from memrestore.tasks.execute import ITEM_CONCURRENCY
 from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
 from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.errors import RestoreRefusedError
-from memrestore.tasks.layout import Phase, RunRef, read_marker
+from memrestore.tasks.layout import Phase, RunRef, read_marker, replaced_by
 from memrestore.tasks.orphans import what_is_left
 from memrestore.tasks.outcome import (RestoreOutcome, build_outcome, not_done_outcome, publish_outcome,
                                       publish_outcome_task)

@@ -18,7 +18,7 @@ import time
 from memrestore.backends.errors import RestoreError
 from memrestore.flows.form_words import in_form_words
 from memrestore.tasks import units
-from memrestore.tasks.checks import CheckLevel
+from memrestore.tasks.checks import PRAGMA, CheckLevel
 from memrestore.tasks.fetch import LATEST
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import RestoreMode, RestorePlan
@@ -113,8 +113,7 @@ class RunLog:
         if level is CheckLevel.NONE:
             self.logger.warning(self.words("the staged copy was not checked before the commit (--check none)"))
             return
-        pragma = "quick_check" if level is CheckLevel.QUICK else "integrity_check"
-        self.logger.info(f"staged copy checked ({level.value}): SQLite {pragma} ok, the manifest's {tables} "
+        self.logger.info(f"staged copy checked ({level.value}): SQLite {PRAGMA[level]} ok, the manifest's {tables} "
                          f"tables present, in {units.duration(seconds)}")
 
     def finished(self, outcome: RestoreOutcome) -> None:

@@ -48,7 +48,8 @@ from memrestore.tasks.plan import ItemKind, RestorePlan, hnsw_destination, sqlit
 INTEGRITY_PROBLEMS_SHOWN = 3
 
 
-_PRAGMA = {CheckLevel.QUICK: "quick_check", CheckLevel.FULL: "integrity_check"}
+#: The SQLite check each level runs.
+PRAGMA = {CheckLevel.QUICK: "quick_check", CheckLevel.FULL: "integrity_check"}
 
 
 def open_untouched(path: Path) -> sqlite3.Connection:
@@ -65,7 +66,7 @@ def check_sqlite(path: Path, level: CheckLevel = CheckLevel.FULL, what: str = "r
             f"the {what} SQLite checkpoint {path} is missing; the restore reported success "
             "without writing it. Run the drill again with --keep-failed and inspect the copy."
         )
-    pragma = _PRAGMA[level]
+    pragma = PRAGMA[level]
     try:
         db = open_untouched(path)
         try:

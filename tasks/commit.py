@@ -37,18 +37,18 @@ from memrestore.tasks.failpoints import crash_point
 from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.layout import (
     MARKER_NAME,
-    is_real_dir,
     OURS_PREFIX,
     DeadHolderFn,
     MarkerInfo,
     Phase,
     aside_dir,
     describe_marker,
-    fsync_dir,
-    is_temp_name,
-    read_marker,
     entry_bytes,
+    fsync_dir,
+    is_real_dir,
+    is_temp_name,
     leaving_entries,
+    read_marker,
     staging_dir,
     trash_dir,
 )

@@ -24,7 +24,6 @@ from pydantic import BaseModel
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks import units
 
-SECONDS_PER_HOUR = 3600
 #: The longest backend label in a run name or an artifact key: enough for a bucket and a prefix
 #: (``s3-backups-memory``), short enough that the UI's run list shows the time after it.
 LABEL_CHARS = 40
