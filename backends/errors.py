@@ -76,6 +76,14 @@ class BackendUrlError(BadInputError):
     """A backend URL memrestore cannot use."""
 
 
+class RateSpellingError(BadInputError, ValueError):
+    """A ``--limit-rate`` value that is not a rate (or one too low to be meant)."""
+
+
+class InstantSpellingError(BadInputError, ValueError):
+    """An ``--as-of`` that is not an ISO 8601 time."""
+
+
 class BackendError(RestoreError):
     """The backend failed to serve a request."""
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from memrestore.backends.base import Backend, ManifestRef, manifest_key, parse_manifest_of, read_manifest
-from memrestore.backends.errors import BadInputError, ObjectNotFoundError, RestoreError, TransientBackendError
+from memrestore.backends.errors import (BadInputError, InstantSpellingError, ObjectNotFoundError, RestoreError,
+                                        TransientBackendError)
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.manifest_cache import CachedManifest, ManifestCache, ManifestCacheError, default_cache
 
@@ -372,10 +373,6 @@ def _read_manifests(
 
 
 # --- naming a moment: ``--as-of TIME`` ---------------------------------------------------------
-
-class InstantSpellingError(BadInputError, ValueError):
-    """An ``--as-of`` that is not an ISO 8601 time."""
-
 
 def parse_instant(text: str) -> int:
     """An ISO 8601 time as unix microseconds: ``2026-12-07T14:00:00Z``, ``2026-12-07 14:00+01:00``,

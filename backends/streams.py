@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
-from memrestore.backends.errors import BadInputError
+from memrestore.backends.errors import BadInputError, RateSpellingError
 
 MiB = 1024 * 1024
 T = TypeVar("T")
@@ -75,10 +75,6 @@ _RATE = re.compile(RATE_PATTERN)
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB, "t": 1024 * 1024 * MiB}
 #: The lowest rate accepted: below it a restore of even a small snapshot would take hours.
 MIN_RATE = 1024
-
-
-class RateSpellingError(BadInputError, ValueError):
-    """A ``--limit-rate`` value that is not a rate (or one too low to be meant)."""
 
 
 def parse_rate(text: str | int | float) -> int:

@@ -1,6 +1,6 @@
 """The benchmark's inputs: sample snapshots built once and cached, reused while their spec holds.
 
-Every snapshot is written by :func:`backends.sample.write_sample_snapshot`, exactly as the memory
+Every snapshot is written by :func:`backends.demo_snapshots.write_sample_snapshot`, exactly as the memory
 service writes them (a real SQLite checkpoint, one HNSW blob per model, manifest last). A stamp
 file records the spec each was built from; a snapshot whose stamp matches is reused as it is,
 any other is rebuilt. The cache lives under ``benchmarks/.data/`` (gitignored) unless told
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.base import read_manifest
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

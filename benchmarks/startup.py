@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from memrestore.backends import LocalBackend
-    from memrestore.backends.sample import write_sample_snapshot
+    from memrestore.backends.demo_snapshots import write_sample_snapshot
 
     work = Path(tempfile.mkdtemp(prefix="memrestore-startup-"))
     memrestore = str(Path(sys.executable).parent / "memrestore")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {r + 1}: {label}: {run.seconds:.2f} s, {run.max_rss_bytes / 2**20:.0f} MiB", flush=True)
     finally:
         standing.stop()
-        from memrestore.flows.localserver import stop_server
+        from memrestore.flows.ops.local_server import stop_server
 
         stop_server(work / "local-home", force=True)
         shutil.rmtree(work, ignore_errors=True)

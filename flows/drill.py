@@ -7,7 +7,7 @@ with plain function calls (:func:`tasks.drill.attempt_plain`: transient backend 
 with backoff) and logs each attempt; no ``restore-snapshot`` subflow, no task per step. With
 ``via_deployment``, each tenant is instead one run of the ``drill-tenant`` flow
 (:func:`drill_tenant_flow`, deployed as ``drill-tenant/fleet``) on a work pool's workers, doing
-the same there (``flows/fleet.py``).
+the same there (``flows/ops/fleet.py``).
 
 A tenant that fails ends its own run Failed (the ``drill-tenant`` task run, or the fleet's child
 flow run), the tenant's reason the state's message, its result the state's data: the drill still
@@ -41,7 +41,7 @@ from pydantic import Field
 from memrestore.backends import SnapshotListing, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.streams import RateLimit, parse_rate
-from memrestore.flows.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
+from memrestore.flows.ops.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
 from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DRILL_FAILED_EVENT,
@@ -69,7 +69,7 @@ from memrestore.tasks.errors import SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest
 from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
-from memrestore.tasks.scratch import close_scratch_root, open_scratch_root
+from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 
 T = TypeVar("T")

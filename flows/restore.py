@@ -41,11 +41,12 @@ from memrestore.tasks import sequence
 from memrestore.tasks.checks import CheckLevel, check_staged_task
 from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
 from memrestore.tasks.execute import ITEM_CONCURRENCY
-from memrestore.tasks.fetch import LATEST, fetch_manifest_task, measure_plan_task
+from memrestore.tasks.fetch import LATEST, fetch_manifest_task
 from memrestore.tasks.hold import DataDirHold
 from memrestore.tasks.errors import RestoreRefusedError
-from memrestore.tasks.layout import Phase, RunRef, read_marker, replaced_by
-from memrestore.tasks.orphans import what_is_left
+from memrestore.tasks.measure import measure_plan_task
+from memrestore.tasks.marker import Phase, RunRef, read_marker, replaced_by
+from memrestore.tasks.dead_restores import what_is_left
 from memrestore.tasks.outcome import (RestoreOutcome, build_outcome, not_done_outcome, publish_outcome,
                                       publish_outcome_task)
 from memrestore.tasks.plan import DestinationState, RestoreMode

@@ -40,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from memrestore.backends import Backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.errors import RestoredCopyCheckError
-from memrestore.tasks.layout import staging_dir
+from memrestore.tasks.marker import staging_dir
 from memrestore.tasks.modes import CheckLevel  # defined there (no Prefect), importable from here
 from memrestore.tasks.plan import ItemKind, RestorePlan, hnsw_destination, sqlite_destination, tenant_dir_name
 

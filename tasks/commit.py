@@ -33,9 +33,9 @@ from memrestore.tasks.errors import (
     RestoreInProgressError,
     TenantPathOccupiedError,
 )
-from memrestore.tasks.failpoints import crash_point
+from memrestore.tasks.crash_points import crash_point
 from memrestore.tasks.hold import DataDirHold
-from memrestore.tasks.layout import (
+from memrestore.tasks.marker import (
     MARKER_NAME,
     OURS_PREFIX,
     DeadHolderFn,
@@ -190,7 +190,7 @@ def abort(data_dir: Path, on_dead_holder: DeadHolderFn | None = None) -> MarkerI
 def abort_task(data_dir: str) -> MarkerInfo:
     """Roll back the interrupted restore in the data dir (never retried); its dead restore's flow
     run is marked Crashed first."""
-    from memrestore.tasks.orphans import mark_dead_run
+    from memrestore.tasks.dead_restores import mark_dead_run
 
     return abort(Path(data_dir), mark_dead_run)
 

@@ -15,7 +15,7 @@ and restores inside it, with no ``restore-snapshot`` subflow: a subflow per rest
 of orchestration per tenant against ~25 ms of restore work (BENCHMARKS.md, row 5).
 :func:`drill_plain` is the same drill with no Prefect at all.
 
-Each snapshot tried is restored into a scratch copy of its own (tasks/scratch.py), deleted once
+Each snapshot tried is restored into a scratch copy of its own (tasks/drill_scratch.py), deleted once
 checked unless the tenant failed and ``keep_failed`` is set.
 """
 
@@ -46,7 +46,7 @@ from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks import units
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
-from memrestore.tasks.scratch import (
+from memrestore.tasks.drill_scratch import (
     close_scratch_root,
     discard_scratch_copy,
     new_scratch_copy,

@@ -56,7 +56,7 @@ class TenantDrillResult(BaseModel):
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
     kept with ``keep_failed`` (a reason never names a copy that was deleted). ``lost_runs``
-    (fleet drills only, ``flows/fleet.py``) name the runs of this tenant's drill that were lost
+    (fleet drills only, ``flows/ops/fleet.py``) name the runs of this tenant's drill that were lost
     before one finished (their worker died, or they outlived the child timeout), each with its
     worker and what became of it: the line is the retry's. ``rpo_over_max_age`` (added) says
     whether the effective RPO, ``last_good_age_seconds``, is over the drill's maximum age.

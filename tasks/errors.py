@@ -1,7 +1,8 @@
 """Errors of the restore side, and the one drawing of every error memrestore raises on purpose.
 
-Each class sits in the module named beside it (under ``memrestore.``); ``backends/`` keeps its
-own part so that it imports nothing from the layers above it. ``tests/test_error_tree.py`` holds
+Each class sits in the module named beside it (under ``memrestore.``), one module per layer:
+``backends/errors.py`` (so that ``backends/`` imports nothing from the layers above it), this one,
+and ``flows/errors.py`` (the Prefect side's). ``tests/test_error_tree.py`` holds
 this drawing to the code: every :class:`RestoreError` subclass is drawn, under its own parent,
 in its own module, and nothing drawn is missing::
 
@@ -11,8 +12,8 @@ in its own module, and nothing drawn is missing::
     │   ├── InvalidSnapshotIdError        backends.errors  a snapshot id outside FORMAT.md's alphabet
     │   ├── InvalidManifestError          backends.errors  manifest JSON that does not parse or breaks a rule
     │   ├── BackendUrlError               backends.errors  a --backend that names no usable store
-    │   ├── RateSpellingError             backends.streams a --limit-rate that is not a rate (also ValueError)
-    │   ├── InstantSpellingError          backends.listing an --as-of that is not an ISO 8601 time (also ValueError)
+    │   ├── RateSpellingError             backends.errors  a --limit-rate that is not a rate (also ValueError)
+    │   ├── InstantSpellingError          backends.errors  an --as-of that is not an ISO 8601 time (also ValueError)
     │   ├── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant (as of a time)
     │   └── SnapshotChoiceError           tasks.errors     a snapshot id and --as-of both given
     ├── BackendError                      backends.errors  the store could not serve a request
@@ -44,9 +45,9 @@ in its own module, and nothing drawn is missing::
     ├── ScratchDirError                   tasks.errors     a drill's scratch dir cannot be used
     ├── DestinationIOError                tasks.errors     writing the data dir failed (disk full, EIO)
     ├── RollbackFailedError               tasks.errors     a failed restore could not be undone; marker kept
-    ├── LocalServerError                  tasks.errors     the local Prefect server cannot start, answer or stop
-    ├── FleetError                        tasks.errors     a fleet drill's deployment is not there
-    └── ServeError                        tasks.errors     ``serve`` has no Prefect API to serve to
+    ├── LocalServerError                  flows.errors     the local Prefect server cannot start, answer or stop
+    ├── FleetError                        flows.errors     a fleet drill's deployment is not there
+    └── ServeError                        flows.errors     ``serve`` has no Prefect API to serve to
 
 Not drawn, on purpose: ``backends.manifest_cache.ManifestCacheError`` derives from ``Exception``.
 It never reaches a user: the listing catches it, logs it and reads the store instead.
@@ -229,7 +230,7 @@ class InsufficientSpaceError(RestoreRefusedError):
 class RestoreInProgressError(RestoreRefusedError):
     """A marker is in the data dir, or another restore holds its lock: one restore at a time.
 
-    ``holder`` says who holds the marker (:func:`tasks.layout.describe_marker`); build one with
+    ``holder`` says who holds the marker (:func:`tasks.marker.describe_marker`); build one with
     :meth:`running` (its process holds the lock), :meth:`gone` (nothing holds it) or
     :meth:`locking` (a restore holds the lock and has not written its marker yet)."""
 
@@ -355,14 +356,3 @@ class ScratchDirError(RestoreError):
             "absent) on a volume with room for the largest tenant."
         )
 
-
-class LocalServerError(RestoreError):
-    """The local Prefect server could not be started, reached or stopped."""
-
-
-class FleetError(RestoreError):
-    """A fleet drill cannot fan out: the deployment it names is not there."""
-
-
-class ServeError(RestoreError):
-    """``serve`` could not start: no Prefect API to serve to."""

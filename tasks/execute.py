@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 from memrestore.backends import Backend
-from memrestore.tasks import failpoints, sequence
+from memrestore.tasks import crash_points, sequence
 from memrestore.tasks.checks import CheckLevel, check_staged
 from memrestore.tasks.commit import commit_staged
-from memrestore.tasks.fetch import measure_plan
+from memrestore.tasks.measure import measure_plan
 from memrestore.tasks.hold import DataDirHold
-from memrestore.tasks.layout import Phase, staging_dir
+from memrestore.tasks.marker import Phase, staging_dir
 from memrestore.tasks.outcome import RestoreOutcome, build_outcome
 from memrestore.tasks.plan import PlanItem, RestoreMode, RestorePlan
 from memrestore.tasks.preflight import preflight
@@ -38,10 +38,10 @@ def stage_all(stage: Callable[[PlanItem], StagedItem], items: list[PlanItem]) ->
     then is a failure raised: that of the first item, in the plan's order, that failed.
     Interrupted (Ctrl-C), it drops the items not yet started and waits for the running ones.
 
-    With a crash point armed (``tasks/failpoints.py``, the crash tests only), the items are staged
+    With a crash point armed (``tasks/crash_points.py``, the crash tests only), the items are staged
     one after another instead, so that a kill comes at an exact instant: the n-th pass through
     ``item-staged`` is the n-th item, with the ones after it not staged yet."""
-    if len(items) <= 1 or os.environ.get(failpoints.ENV):
+    if len(items) <= 1 or os.environ.get(crash_points.ENV):
         return [stage(item) for item in items]
     pool = ThreadPoolExecutor(max_workers=min(ITEM_CONCURRENCY, len(items)), thread_name_prefix="memrestore-stage")
     try:

@@ -3,7 +3,7 @@
 A restore (and an abort) opens a :class:`DataDirHold` with ``with``, and everything it does to
 the data dir goes through it:
 
-- the **lock**: an exclusive ``flock`` on the data dir (tasks/layout.py), taken by
+- the **lock**: an exclusive ``flock`` on the data dir (tasks/marker.py), taken by
   :meth:`DataDirHold.lock` and released when the ``with`` block ends, however it ends;
 - the **marker**: created (:meth:`take_marker`) or, for a resume or an abort of a restore whose
   process is gone, adopted (:meth:`adopt_marker`); its phase moved on by :meth:`set_phase`;
@@ -23,8 +23,8 @@ from pathlib import Path
 from types import TracebackType
 
 from memrestore.tasks.errors import DestinationIOError, MarkerVanishedError
-from memrestore.tasks.failpoints import crash_point
-from memrestore.tasks.layout import (
+from memrestore.tasks.crash_points import crash_point
+from memrestore.tasks.marker import (
     MarkerInfo,
     Phase,
     create_marker,

@@ -27,7 +27,7 @@ from memrestore.tasks.errors import (
     UnsafeDestinationError,
 )
 from memrestore.tasks.hold import DataDirHold
-from memrestore.tasks.layout import (
+from memrestore.tasks.marker import (
     MARKER_NAME,
     OURS_PREFIX,
     DeadHolderFn,
@@ -189,6 +189,6 @@ def preflight_task(
 ) -> Phase | None:
     """Take the lock and the marker, and check the mode's precondition (never retried); a dead
     restore's flow run found on the way is marked Crashed."""
-    from memrestore.tasks.orphans import mark_dead_run
+    from memrestore.tasks.dead_restores import mark_dead_run
 
     return preflight(plan, hold, mode, dry_run, resume, run, mark_dead_run)

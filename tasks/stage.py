@@ -26,8 +26,8 @@ from memrestore.backends import Backend, open_backend
 from memrestore.backends.base import RangedBackend
 from memrestore.tasks import interrupt, progress
 from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
-from memrestore.tasks.failpoints import crash_point
-from memrestore.tasks.layout import fsync_dir, staging_dir
+from memrestore.tasks.crash_points import crash_point
+from memrestore.tasks.marker import fsync_dir, staging_dir
 from memrestore.tasks.plan import PlanItem
 from memrestore.tasks.retry import RETRY_OPTIONS
 from memrestore.tasks.transfer import Transfer

@@ -21,7 +21,7 @@ import blake3
 from memrestore.backends import Backend
 from memrestore.backends.base import put_manifest
 from memrestore.backends.manifest import SnapshotManifest
-from memrestore.backends.sample import make_sqlite_checkpoint, write_sample_snapshot
+from memrestore.backends.demo_snapshots import make_sqlite_checkpoint, write_sample_snapshot
 
 #: The two ways a service checkpoints a live WAL-mode database.
 WAL_WAYS = ("backup-in-use", "copy-after-truncate")

@@ -25,12 +25,12 @@ os.environ.pop("MEMRESTORE_NO_CACHE", None)
 # its own that imports this file, so the two directories above are per worker, and so is every
 # session fixture (each worker starts its own SeaweedFS and Prefect servers). A CLI run with no
 # PREFECT_API_URL starts the local server of its PREFECT_HOME on the port this names when it is
-# free (flows/localserver.py), else on any: not Prefect's 4200, which two workers' servers (or
+# free (flows/ops/local_server.py), else on any: not Prefect's 4200, which two workers' servers (or
 # another checkout's tests) would race for, one of them failing to bind it.
 os.environ["PREFECT_SERVER_API_PORT"] = str(free_port())
 
 from memrestore.backends import LocalBackend  # noqa: E402
-from memrestore.backends.sample import write_sample_snapshot  # noqa: E402
+from memrestore.backends.demo_snapshots import write_sample_snapshot  # noqa: E402
 from tests.layout import sqlite_side_files  # noqa: E402
 from tests.faultproxy import faultproxy  # noqa: E402,F401  (a fault proxy before SeaweedFS)
 from tests.seaweed import s3_env, seaweedfs  # noqa: E402,F401  (session fixture; boto3 pointed at it)
@@ -97,9 +97,9 @@ def pytest_testnodedown(node, error):
 @pytest.fixture(scope="session", autouse=True)
 def _no_local_server_left():
     """A CLI run with no PREFECT_API_URL starts the shared local server of the session's
-    PREFECT_HOME (flows/localserver.py); it goes when the session ends, not 10 idle minutes later."""
+    PREFECT_HOME (flows/ops/local_server.py); it goes when the session ends, not 10 idle minutes later."""
     yield
-    from memrestore.flows.localserver import stop_server
+    from memrestore.flows.ops.local_server import stop_server
 
     stop_server(Path(_PREFECT_HOME), force=True)
     _remove_own_dirs()

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
-from memrestore.tasks.layout import OURS_PREFIX
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.tasks.marker import OURS_PREFIX
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.validate import validate
 from tests.conftest import REPORT_KEY, tree

@@ -17,7 +17,7 @@ from memrestore.backends.errors import (
     ObjectNotFoundError,
 )
 from memrestore.backends.s3 import S3Backend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 
 MiB = 1024 * 1024
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from memrestore.backends import open_backend
-from memrestore.backends.sample import write_sample_snapshot
-from memrestore.tasks.layout import MARKER_NAME
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.tasks.marker import MARKER_NAME
 from tests.conftest import tree
 from tests.layout import assert_restored_layout
 from tests.procs import memrestore
@@ -246,7 +246,7 @@ def test_snapshots_show_size_age_and_each_tenants_latest(backend):
 
 def test_snapshots_of_a_whole_fleet_are_listed_without_sizes(backend):
     from memrestore.backends import put_manifest
-    from memrestore.flows.cli_restore import SIZE_LOOKUP_LIMIT
+    from memrestore.flows.cli.restore import SIZE_LOOKUP_LIMIT
     from tests.manifests import manifest_object
 
     for n in range(SIZE_LOOKUP_LIMIT + 1):  # manifests alone: a size lookup would find no object

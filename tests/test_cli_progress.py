@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from tests.procs import CLI_SECONDS, MEMRESTORE, environment
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

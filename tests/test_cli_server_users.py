@@ -8,8 +8,8 @@ import os
 import signal
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
-from memrestore.flows import localserver
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.flows.ops import local_server as localserver
 from tests.test_process_hygiene import _env, local_home, memrestore, paused_restore
 
 

@@ -29,8 +29,8 @@ import pytest
 
 from memrestore.tasks.errors import RestoreInProgressError
 from memrestore.tasks.execute import execute
-from memrestore.tasks.failpoints import ENV as CRASH_ENV
-from memrestore.tasks.layout import MARKER_NAME, lock_data_dir, read_marker
+from memrestore.tasks.crash_points import ENV as CRASH_ENV
+from memrestore.tasks.marker import MARKER_NAME, lock_data_dir, read_marker
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
 from tests.procs import MEMRESTORE

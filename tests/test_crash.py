@@ -2,7 +2,7 @@
 
 Each kill runs a whole restore (``tasks.execute.execute``) in a child forked from this process
 and kills it, either at the n-th pass through a crash point (``MEMRESTORE_CRASH_AT``, see
-``tasks/failpoints.py``) or at a random instant from the parent. After each kill:
+``tasks/crash_points.py``) or at a random instant from the parent. After each kill:
 
 - the data dir holds its old contents untouched (marker in phase ``staging``, or no marker when
   the kill came before it was taken), or the complete new contents (marker in phase ``cleanup``,
@@ -33,8 +33,8 @@ from memrestore.backends.local import READ_CHUNK
 from memrestore.tasks.commit import abort
 from memrestore.tasks.errors import DataDirNotEmptyError, LeftoverAsideError, NothingToAbortError, RestoreRefusedError
 from memrestore.tasks.execute import execute
-from memrestore.tasks.failpoints import ENV as CRASH_ENV
-from memrestore.tasks.layout import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
+from memrestore.tasks.crash_points import ENV as CRASH_ENV
+from memrestore.tasks.marker import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
 from tests.procs import memrestore

@@ -19,7 +19,7 @@ from memrestore.backends import LocalBackend, list_snapshots, open_backend, put_
 from memrestore.backends.errors import AccessDeniedError, TransientBackendError
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.s3 import CLIENT_CONFIG
-from memrestore.backends.sample import make_sqlite_checkpoint, write_sample_snapshot
+from memrestore.backends.demo_snapshots import make_sqlite_checkpoint, write_sample_snapshot
 from memrestore.tasks.checks import CheckLevel, check_hnsw_files, check_restored, check_sqlite, check_tables, hnsw_sizes
 from memrestore.tasks.drill import (
     DRILL_FAILED_EVENT,

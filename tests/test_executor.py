@@ -16,7 +16,7 @@ from memrestore.tasks.errors import (
     TenantPathOccupiedError,
 )
 from memrestore.tasks.execute import execute
-from memrestore.tasks.layout import MARKER_NAME
+from memrestore.tasks.marker import MARKER_NAME
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.validate import validate
 from memrestore.backends.manifest import WireVersion
@@ -191,7 +191,7 @@ def test_outcome_records_bytes_per_item(backend, data_dir):
 def _many_items_plan(backend: LocalBackend, models: int = 5) -> RestorePlan:
     """Tenant 1's snapshot with a SQLite checkpoint and ``models`` HNSW blobs: more items than
     are staged at once."""
-    from memrestore.backends.sample import write_sample_snapshot
+    from memrestore.backends.demo_snapshots import write_sample_snapshot
 
     manifest = write_sample_snapshot(backend, tenant_id=1, snapshot_id="many", created_at_unix_micros=1,
                                      models=tuple((f"m{i}", 8) for i in range(models)), hnsw_bytes=48 * 1024)

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 from memrestore.backends import open_backend
 from memrestore.backends.errors import AccessDeniedError, ObjectNotFoundError
 from memrestore.backends.s3 import CLIENT_CONFIG
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.flows.restore import restore_snapshot
 from memrestore.tasks.execute import execute
 from memrestore.tasks.fetch import fetch_manifest

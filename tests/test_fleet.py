@@ -25,8 +25,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
-from memrestore.flows.fleet import FLEET_DEPLOYMENT, lost_run_automation, worker_of
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.flows.ops.fleet import FLEET_DEPLOYMENT, lost_run_automation, worker_of
 from tests.prefect_server import PrefectServer
 from tests.procs import VENV_BIN, start, start_memrestore, stop, tail, wait_until
 
@@ -400,7 +400,8 @@ def test_runs_no_worker_takes_are_given_up_and_a_missing_deployment_is_refused(f
     A deployment that does not exist is refused before any run is made."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from memrestore.flows.fleet import FleetError, fan_out
+    from memrestore.flows.errors import FleetError
+    from memrestore.flows.ops.fleet import fan_out
 
     idle = f"idle-{uuid.uuid4().hex[:8]}"
     _prefect(fleet.server, "work-pool", "create", idle, "--type", "process")

@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.utilities.callables import parameter_schema
 
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.flows.restore import restore_snapshot, verify_snapshot
 from memrestore.tasks.errors import ChecksumMismatchError, DataDirNotEmptyError
 from memrestore.tasks.plan import RestoreMode
@@ -201,7 +201,7 @@ def test_an_interrupted_restore_says_what_its_data_dir_holds(backend, snapshot, 
     and what the data dir holds (its marker, the phase, the way out), as the command itself does."""
     import signal
 
-    from memrestore.tasks.layout import read_marker
+    from memrestore.tasks.marker import read_marker
     from tests.test_process_hygiene import _env, paused_restore
 
     data_dir = tmp_path / "data"

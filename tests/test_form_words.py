@@ -11,8 +11,8 @@ import pytest
 
 from memrestore.flows.form_words import FIELDS, in_form_words
 from memrestore.tasks import errors
-from memrestore.tasks.layout import MarkerInfo, Phase
-from memrestore.tasks.orphans import what_is_left
+from memrestore.tasks.marker import MarkerInfo, Phase
+from memrestore.tasks.dead_restores import what_is_left
 
 D = Path("/srv/memory")
 

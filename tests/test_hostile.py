@@ -51,7 +51,7 @@ from memrestore.backends.manifest import (
 from memrestore.tasks.errors import RestoreInProgressError
 from memrestore.tasks.execute import execute
 from memrestore.tasks.fetch import fetch_manifest
-from memrestore.tasks.layout import MARKER_NAME, OURS_PREFIX
+from memrestore.tasks.marker import MARKER_NAME, OURS_PREFIX
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan, safe_model_file_name
 from memrestore.tasks.validate import validate
 

@@ -24,7 +24,8 @@ from memrestore.backends.errors import TransientBackendError
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.manifest_cache import CACHE_FILE, default_cache_dir
 from memrestore.backends.s3 import S3Backend
-from memrestore.backends.listing import InstantSpellingError, format_instant, parse_instant
+from memrestore.backends.errors import InstantSpellingError
+from memrestore.backends.listing import format_instant, parse_instant
 from memrestore.tasks.errors import SnapshotChoiceError, SnapshotNotFoundError
 from memrestore.tasks.fetch import fetch_manifest
 from tests.manifests import manifest_object

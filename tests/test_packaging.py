@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from tests.conftest import tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def test_the_wheel_installs_beside_other_flows_and_tasks_packages(tmp_path, pref
     other_flows, other_tasks, cli_file, plan_file = probe.stdout.split()
     assert (other_flows, other_tasks) == ("other-team/flows", "other-team/tasks")
     site = str(venv)
-    assert cli_file.startswith(site) and cli_file.endswith("memrestore/flows/cli.py")
+    assert cli_file.startswith(site) and cli_file.endswith("memrestore/flows/cli/__init__.py")
     assert plan_file.startswith(site) and plan_file.endswith("memrestore/tasks/plan.py")
 
     assert "restore" in _run([memrestore, "--help"], cwd=elsewhere).stdout

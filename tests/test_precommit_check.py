@@ -12,11 +12,11 @@ import pytest
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.base import put_manifest, read_manifest
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.checks import CheckLevel
 from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.execute import execute
-from memrestore.tasks.layout import MARKER_NAME
+from memrestore.tasks.marker import MARKER_NAME
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
 from tests.checkpoints import snapshot_with_checkpoint, sqlite3_cli

@@ -2,12 +2,12 @@
 signals, real Prefect servers.
 
 - With no ``PREFECT_API_URL``, commands share one local Prefect server per ``PREFECT_HOME``
-  (flows/localserver.py): the first starts it, later ones (and two started at once) reuse it, it
+  (flows/ops/local_server.py): the first starts it, later ones (and two started at once) reuse it, it
   stops by itself once idle, never while a command uses it, and ``memrestore server`` shows and
   stops it.
 - A restore killed with SIGKILL leaves no process of its own; its flow run, left Running, is
   marked Crashed by the next command on its data dir (a refused restore, an abort) or, on a
-  standing server, by the heartbeat automation (flows/alerts.py).
+  standing server, by the heartbeat automation (flows/ops/alerts.py).
 - SIGINT and SIGTERM stop a restore promptly in staging and in the commit: exit 128 + signal,
   the marker keeps the phase, the flow run ends Crashed saying what is left, and a resume or an
   abort then finishes the job exactly.
@@ -29,10 +29,10 @@ from uuid import UUID
 import pytest
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
-from memrestore.flows import localserver, prefect_config
-from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
-from memrestore.tasks.layout import MARKER_NAME, read_marker
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.flows.ops import local_server as localserver, prefect_config
+from memrestore.tasks.crash_points import PAUSE_ENV, PAUSE_FILE_ENV
+from memrestore.tasks.marker import MARKER_NAME, read_marker
 from tests.conftest import tree
 from tests.procs import memrestore as run_memrestore, start_memrestore, tail, wait_until
 
@@ -152,7 +152,7 @@ def heartbeats(api_url: str, flow_run_id: str) -> int:
 
 
 def paused_restore(args: list[str], env: dict[str, str], tmp: Path, at: str) -> subprocess.Popen:
-    """A restore held at crash point ``at`` (tasks/failpoints.py), returned once it is there."""
+    """A restore held at crash point ``at`` (tasks/crash_points.py), returned once it is there."""
     pause_file = tmp / f"paused-{time.monotonic_ns()}"
     proc = _start(args, {**env, PAUSE_ENV: at, PAUSE_FILE_ENV: str(pause_file)}, tmp / "paused.log")
 
@@ -276,7 +276,7 @@ def test_sigkill_leaves_no_process_behind_and_the_next_command_marks_the_run_cra
 
 def test_standing_server_automation_marks_a_killed_restore_crashed(backend_url, tmp_path, prefect_server):
     """No command touches the data dir again: the heartbeat automation alone ends the run."""
-    from memrestore.flows.alerts import CRASHED_MESSAGE, crashed_restore_automation
+    from memrestore.flows.ops.alerts import CRASHED_MESSAGE, crashed_restore_automation
 
     silence = timedelta(seconds=40)  # the CLI's heartbeat is every 30 s; 90 s in production
     with prefect_server.client():

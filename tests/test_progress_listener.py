@@ -12,7 +12,8 @@ import pytest
 
 from memrestore.tasks import progress
 from memrestore.tasks.execute import execute
-from memrestore.tasks.fetch import fetch_manifest, measure_plan
+from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.measure import measure_plan
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
@@ -125,7 +126,7 @@ def test_the_cli_progress_bar_moves_with_a_restore(backend, snapshot, data_dir, 
     """The CLI's bar (on a terminal) is sized to the restore's total and advanced by every byte."""
     from rich.progress import Progress
 
-    from memrestore.flows import cli
+    from memrestore.flows.cli.progress import progress_bar
     from memrestore.flows.restore import restore_snapshot
 
     advanced: list[float] = []
@@ -145,7 +146,7 @@ def test_the_cli_progress_bar_moves_with_a_restore(backend, snapshot, data_dir, 
 
     monkeypatch.setattr(Progress, "advance", advance)
     monkeypatch.setattr(Progress, "update", update)
-    with cli._progress_bar(True):
+    with progress_bar(True):
         asyncio.run(restore_snapshot(
             backend=backend.url, tenant_id=1, data_dir=str(data_dir), mode=RestoreMode.NEW_CLUSTER,
             destination={"embedding_model": "minilm"},

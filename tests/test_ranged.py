@@ -18,7 +18,7 @@ from memrestore.backends import open_backend
 from memrestore.backends import s3 as s3_module
 from memrestore.backends import streams as streams_module
 from memrestore.backends.errors import PermanentBackendError, TransientBackendError
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.backends.streams import StreamPool
 from memrestore.tasks.errors import DestinationIOError
 from memrestore.tasks.execute import execute

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.plan import RestoreMode
 from tests.conftest import tree
 from tests.layout import assert_restored_layout

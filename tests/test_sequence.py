@@ -15,7 +15,7 @@ from memrestore.tasks import sequence
 from memrestore.tasks.drill import drill_plain
 from memrestore.tasks.errors import DestinationIOError, RollbackFailedError
 from memrestore.tasks.execute import execute
-from memrestore.tasks.layout import MARKER_NAME, read_marker
+from memrestore.tasks.marker import MARKER_NAME, read_marker
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
 

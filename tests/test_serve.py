@@ -26,7 +26,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, healthy, running_server, serving
 from tests.procs import free_port, memrestore, start_memrestore, stop, tail, wait_until
@@ -122,7 +122,7 @@ def test_serve_without_an_api_url_uses_the_shared_local_server(tmp_path):
             assert json.load(response)["api_url"] == local.api_url
     finally:
         code = stop(serve, signal.SIGINT)
-        # The shared server stays for the next command (flows/localserver.py), until idle or stopped.
+        # The shared server stays for the next command (flows/ops/local_server.py), until idle or stopped.
         stopped = memrestore("server", "stop", base=env, timeout=60)
     assert code == 0, tail(log)
     assert f"started the local Prefect server at {local.url}" in log.read_text()
@@ -207,7 +207,7 @@ def test_a_failed_drill_notifies_through_the_automation(tmp_path):
     from prefect.automations import Automation
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from memrestore.flows.alerts import drill_failed_automation
+    from memrestore.flows.ops.alerts import drill_failed_automation
     from memrestore.flows.drill import restore_drill
 
     receiver = _Receiver()
@@ -275,9 +275,9 @@ def test_serve_stops_a_restore_in_flight_when_the_api_stops_answering(freezable_
     marker, and once the API is back the restore is resumed to the snapshot's bytes."""
     from prefect.deployments import run_deployment
 
-    from memrestore.flows.serve_stop import API_SILENCE_SECONDS, FORCED_EXIT, RUN_STOP_SECONDS
-    from memrestore.tasks.failpoints import PAUSE_ENV, PAUSE_FILE_ENV
-    from memrestore.tasks.layout import MARKER_NAME, read_marker
+    from memrestore.flows.ops.serve_stop import API_SILENCE_SECONDS, FORCED_EXIT, RUN_STOP_SECONDS
+    from memrestore.tasks.crash_points import PAUSE_ENV, PAUSE_FILE_ENV
+    from memrestore.tasks.marker import MARKER_NAME, read_marker
 
     prefect_server = freezable_server
 
@@ -341,7 +341,7 @@ def test_the_stop_watch_counts_any_http_answer_and_not_silence():
     404 under a path prefix) is an answer; a listener that never replies, or nothing listening, is not."""
     import socket
 
-    from memrestore.flows.serve_stop import answers
+    from memrestore.flows.ops.serve_stop import answers
 
     class Refusing(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

@@ -18,8 +18,9 @@ import pytest
 from memrestore.backends import LocalBackend, open_backend
 from memrestore.backends import streams as streams_module
 from memrestore.backends.errors import BadInputError
-from memrestore.backends.sample import write_sample_snapshot
-from memrestore.backends.streams import MAX_STREAMS, RateLimit, RateSpellingError, StreamPool, parse_rate, part_size
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.backends.errors import RateSpellingError
+from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool, parse_rate, part_size
 from memrestore.tasks.execute import execute
 from memrestore.tasks.fetch import fetch_manifest
 from memrestore.tasks.plan import DestinationState, RestoreMode
@@ -370,7 +371,8 @@ def test_the_cli_refuses_bad_streams_and_rates_as_usage_errors(tmp_path, command
 @pytest.mark.usefixtures("prefect_api")
 def test_a_fleet_drill_splits_its_cap_among_the_runs_its_deployment_lets_run_at_once():
     from memrestore.flows.drill import drill_tenant_flow
-    from memrestore.flows.fleet import FleetError, children_at_once
+    from memrestore.flows.errors import FleetError
+    from memrestore.flows.ops.fleet import children_at_once
 
     name = f"cap-{uuid.uuid4().hex[:8]}"
     drill_tenant_flow.to_deployment(name=name, concurrency_limit=3).apply()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, serving
 from tests.test_ui_browser import (  # noqa: F401 - browser_page is a fixture

@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from tests.conftest import tree
 from tests.prefect_server import PrefectServer, serving
 from tests.procs import wait_until
@@ -50,7 +50,7 @@ TOAST_MS = 15_000
 #: the form still showing Submit and no error in the server's log.
 CREATED_SECONDS = 180
 
-#: serve's --backend fills the backend field, and the form asks for it no more (flows/serve.py).
+#: serve's --backend fills the backend field, and the form asks for it no more (flows/ops/serve.py).
 BACKEND_LABEL = "backend (Optional)"
 #: After the toast was missed: how long the run the Submit made may take to be readable before the
 #: Submit is taken as lost and clicked again.

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from memrestore.backends import LocalBackend
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.flows.restore import Destination
 from tests.prefect_server import PrefectServer, serving
 from tests.procs import wait_until

@@ -4,7 +4,7 @@ A restore killed with SIGKILL (the OOM killer, a closed terminal's supervisor) c
 own end: its flow run would stay Running in the Prefect UI for ever. Its marker records the run
 (``flow_run_id``), so the next memrestore command that takes the data dir's lock and finds the
 marker (a restore, a resume, an abort) marks that run Crashed, saying what the data dir holds and
-what to run next. On a standing server, flows/alerts.py's heartbeat automation does the same
+what to run next. On a standing server, flows/ops/alerts.py's heartbeat automation does the same
 within a few minutes, without waiting for a command.
 """
 
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from uuid import UUID
 
-from memrestore.tasks.layout import MarkerInfo, Phase
+from memrestore.tasks.marker import MarkerInfo, Phase
 
 log = logging.getLogger("memrestore")
 

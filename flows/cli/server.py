@@ -1,5 +1,5 @@
 """The commands about a Prefect server: ``server status|start|stop`` for the shared local one
-(flows/localserver.py), and ``serve``, which serves this project's deployments to the API."""
+(flows/ops/local_server.py), and ``serve``, which serves this project's deployments to the API."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Optional
 
 import typer
 
-from memrestore.flows.cli_common import JsonOpt, VerboseOpt, err, errors_as_messages, fail, out
-from memrestore.flows.cli_drill import KeepFailedOpt, MaxAgeOpt, ScratchDirOpt, TenantsOpt, drill_parameters
-from memrestore.flows.cli_flows import quiet_prefect
+from memrestore.flows.cli.common import JsonOpt, VerboseOpt, err, errors_as_messages, fail, out
+from memrestore.flows.cli.drill import KeepFailedOpt, MaxAgeOpt, ScratchDirOpt, TenantsOpt, drill_parameters
+from memrestore.flows.cli.run_flow import quiet_prefect
 
 
 def _cron(value: str) -> str:
@@ -37,9 +37,9 @@ def serve(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
-    quiet_prefect(verbose)  # no PREFECT_API_URL: flows.serve takes the shared local server itself
+    quiet_prefect(verbose)  # no PREFECT_API_URL: flows.ops.serve takes the shared local server itself
     with errors_as_messages(verbose):
-        from memrestore.flows.serve import serve as serve_deployments
+        from memrestore.flows.ops.serve import serve as serve_deployments
 
         serve_deployments(
             backend=backend,
@@ -50,7 +50,7 @@ def serve(
 
 
 def _server_lines(info, home: Path) -> list[str]:
-    from memrestore.flows.localserver import describe_users, in_use, last_used
+    from memrestore.flows.ops.local_server import describe_users, in_use, last_used
 
     lines = [f"local Prefect server for PREFECT_HOME={home}: pid {info.pid}, UI {info.ui_url}, "
              f"API {info.api_url}, started {info.started_at}"]
@@ -67,8 +67,8 @@ def _server_lines(info, home: Path) -> list[str]:
 
 def server_status(as_json: bool = JsonOpt) -> None:
     """Show the local server of this PREFECT_HOME, if one is running."""
-    from memrestore.flows.localserver import healthy, running_server, users
-    from memrestore.flows.prefect_config import configured_api_url, prefect_home
+    from memrestore.flows.ops.local_server import healthy, running_server, users
+    from memrestore.flows.ops.prefect_config import configured_api_url, prefect_home
 
     home = prefect_home()
     info = running_server(home)
@@ -93,8 +93,9 @@ def server_status(as_json: bool = JsonOpt) -> None:
 
 def server_start() -> None:
     """Start the local server now (commands start it when they need it)."""
-    from memrestore.flows.localserver import LocalServerError, ensure_server
-    from memrestore.flows.prefect_config import prefect_home
+    from memrestore.flows.errors import LocalServerError
+    from memrestore.flows.ops.local_server import ensure_server
+    from memrestore.flows.ops.prefect_config import prefect_home
 
     try:
         info, started = ensure_server()
@@ -108,8 +109,9 @@ def server_stop(
     force: bool = typer.Option(False, "--force", help="Stop it even while a command uses it."),
 ) -> None:
     """Stop the local server of this PREFECT_HOME (the next command starts a new one)."""
-    from memrestore.flows.localserver import LocalServerError, stop_server
-    from memrestore.flows.prefect_config import prefect_home
+    from memrestore.flows.errors import LocalServerError
+    from memrestore.flows.ops.local_server import stop_server
+    from memrestore.flows.ops.prefect_config import prefect_home
 
     try:
         info = stop_server(force=force)

@@ -15,7 +15,7 @@ The server stops itself once no command has held ``.users`` for ``idle_seconds``
 :data:`IDLE_SECONDS`; ``MEMRESTORE_SERVER_IDLE_SECONDS``), or as soon as ``.json`` no longer
 names it (``memrestore server stop``, or ``PREFECT_HOME`` removed). A command killed however it
 dies drops its ``flock``, so it never keeps the server up, and the next command reuses the same
-server: they never pile up. ``python -m memrestore.flows.localserver`` is the server process itself.
+server: they never pile up. ``python -m memrestore.flows.ops.local_server`` is the server process itself.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from memrestore.flows.prefect_config import prefect_home
-from memrestore.tasks.errors import LocalServerError
+from memrestore.flows.ops.prefect_config import prefect_home
+from memrestore.flows.errors import LocalServerError
 
 #: Default idle time before the server stops itself: an operator's incident is a run of commands
 #: minutes apart, each of which would otherwise pay the server's start again (3-12 s); ten idle
@@ -54,7 +54,7 @@ LOCK_NAME = "memrestore-server.lock"
 USERS_NAME = "memrestore-server.users"
 LOG_NAME = "memrestore-server.log"
 #: What the server process's command line holds, to tell it from a process that took over its pid.
-COMMAND_TAG = "memrestore.flows.localserver"
+COMMAND_TAG = "memrestore.flows.ops.local_server"
 
 
 @dataclass
@@ -401,7 +401,7 @@ def _serve(port: int, idle: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m memrestore.flows.localserver",
+    parser = argparse.ArgumentParser(prog="python -m memrestore.flows.ops.local_server",
                                      description="memrestore's shared local Prefect server (started by the CLI)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--idle", type=float, default=IDLE_SECONDS)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from memrestore.flows.cli_common import (
+from memrestore.flows.cli.common import (
     BackendOpt,
     JsonOpt,
     LimitRateOpt,
@@ -19,7 +19,7 @@ from memrestore.flows.cli_common import (
     out,
     warn,
 )
-from memrestore.flows.cli_flows import connect_prefect, importing_prefect, quiet_prefect
+from memrestore.flows.cli.run_flow import connect_prefect, importing_prefect, quiet_prefect
 
 
 def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -> None:

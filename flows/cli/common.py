@@ -1,5 +1,5 @@
 """What the ``memrestore`` commands share: the two consoles, the options several commands take,
-and how a command ends with one message (exit status: flows/cli.py)."""
+and how a command ends with one message (exit status: flows/cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import typer
 from rich.console import Console
 
 from memrestore.backends.errors import RestoreError
-from memrestore.backends.listing import InstantSpellingError, format_instant, parse_instant
-from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RateSpellingError, parse_rate
+from memrestore.backends.errors import InstantSpellingError
+from memrestore.backends.listing import format_instant, parse_instant
+from memrestore.backends.errors import RateSpellingError
+from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, parse_rate
 
 # Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
 out = Console() if sys.stdout.isatty() else Console(width=200)

@@ -11,7 +11,7 @@ from typing import Callable
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.listing import format_instant
-from memrestore.backends.sample import write_sample_snapshot
+from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.flows.restore import restore_snapshot
 from memrestore.tasks.plan import RestoreMode
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from memrestore.flows.cli_common import err
+from memrestore.flows.cli.common import err
 
 
 def _columns():
@@ -42,7 +42,7 @@ def _columns():
 
 
 @contextmanager
-def _progress_bar(enabled: bool) -> Iterator[None]:
+def progress_bar(enabled: bool) -> Iterator[None]:
     """A byte progress bar on a terminal; nothing otherwise."""
     if not enabled:
         yield

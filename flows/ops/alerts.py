@@ -7,7 +7,7 @@ automation reacts to each one (one notification per tenant, not one per drill) t
 notification block: Slack, Microsoft Teams, PagerDuty, Opsgenie, email, a custom webhook, ...
 
     from prefect.blocks.notifications import SlackWebhook
-    from memrestore.flows.alerts import drill_failed_automation
+    from memrestore.flows.ops.alerts import drill_failed_automation
 
     block_id = SlackWebhook(url="https://hooks.slack.com/services/...").save("memrestore-pager")
     drill_failed_automation(block_id).create()
@@ -74,7 +74,7 @@ def crashed_restore_automation(silence: timedelta = SILENCE, name: str = CRASHED
     once its heartbeats stop for ``silence`` without the run ending (Prefect's zombie-run pattern,
     limited to memrestore's restore flows). A state message cannot be templated, so it says where
     to look; the data dir's phase is written by the next memrestore command there
-    (tasks/orphans.py)."""
+    (tasks/dead_restores.py)."""
     return Automation(
         name=name,
         description="Marks a memrestore restore whose process died (no heartbeat) Crashed.",

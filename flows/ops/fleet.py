@@ -48,7 +48,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from memrestore.tasks.drill_report import TenantDrillFailed, TenantDrillResult, crashed_result, describe_failure
-from memrestore.tasks.errors import FleetError
+from memrestore.flows.errors import FleetError
 
 if TYPE_CHECKING:
     from prefect.automations import Automation

@@ -77,7 +77,7 @@ class MarkerInfo(BaseModel):
 
 #: Told of a marker of ours whose process is gone (this process holds the data dir's lock): the
 #: data dir, what the marker says, and what found it ("resume", "restore", "abort"). The flows
-#: pass one that marks the dead restore's flow run Crashed (tasks/orphans.py).
+#: pass one that marks the dead restore's flow run Crashed (tasks/dead_restores.py).
 DeadHolderFn = Callable[[Path, MarkerInfo, str], None]
 
 

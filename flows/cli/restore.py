@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from memrestore.backends import list_snapshots, open_backend
-from memrestore.flows.cli_common import (
+from memrestore.flows.cli.common import (
     AsOfOpt,
     BackendOpt,
     JsonOpt,
@@ -31,8 +31,8 @@ from memrestore.flows.cli_common import (
     out,
     warn,
 )
-from memrestore.flows.cli_flows import importing_prefect, run_flow, running_flows
-from memrestore.flows.cli_progress import _progress_bar
+from memrestore.flows.cli.run_flow import importing_prefect, run_flow, running_flows
+from memrestore.flows.cli.progress import progress_bar
 from memrestore.tasks.modes import CheckLevel, RestoreMode
 
 _SIGNALLED: list[int] = []
@@ -56,8 +56,8 @@ def _handle_stop_signals() -> None:
 def _interrupted(data_dir: Path) -> None:
     """After a signal stopped a restore: its run's Crashed state and one message say what the
     data dir holds and how to go on; exit 128 + the signal's number."""
-    from memrestore.tasks.layout import read_marker
-    from memrestore.tasks.orphans import mark_dead_run, what_is_left
+    from memrestore.tasks.marker import read_marker
+    from memrestore.tasks.dead_restores import mark_dead_run, what_is_left
 
     signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT
     name = signal.Signals(signum).name
@@ -199,7 +199,7 @@ def _confirm_wipe(data_dir: Path, tenant: int) -> None:
     import re
 
     from memrestore.tasks import units
-    from memrestore.tasks.layout import replaced_by
+    from memrestore.tasks.marker import replaced_by
     from memrestore.tasks.modes import RestoreMode
 
     if not (sys.stdin.isatty() and err.is_terminal):
@@ -290,7 +290,7 @@ def restore(
         _handle_stop_signals()
 
         with _reporting_interrupts(data_dir.absolute(), is_interrupt, enabled=not dry_run), \
-                _progress_bar(err.is_terminal and not as_json and not dry_run):
+                progress_bar(err.is_terminal and not as_json and not dry_run):
             result = run_flow(restore_snapshot(
                 backend=backend,
                 tenant_id=tenant,
@@ -337,7 +337,7 @@ def verify(
         with importing_prefect():
             from memrestore.flows.restore import verify_snapshot
 
-        with _progress_bar(err.is_terminal and not as_json):
+        with progress_bar(err.is_terminal and not as_json):
             result = run_flow(verify_snapshot(backend=backend, snapshot=snapshot))
         _print_outcome(result, as_json)
 
@@ -377,7 +377,7 @@ def demo(
     """Build sample snapshots in a local folder backend and restore one through the flow."""
     with running_flows(verbose):
         with importing_prefect():
-            from memrestore.flows.demo import run_demo
+            from memrestore.flows.cli.demo import run_demo
 
         ran = run_flow(run_demo(workdir.absolute(), log=err.print))
         _print_outcome(ran.outcome, as_json)

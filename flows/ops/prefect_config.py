@@ -1,6 +1,6 @@
 """Where Prefect keeps its state and which API the user set up, read without importing Prefect
 (the import costs a second, and a command decides from this whether it needs the shared local
-server of flows/localserver.py at all)."""
+server of flows/ops/local_server.py at all)."""
 
 from __future__ import annotations
 

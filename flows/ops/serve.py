@@ -5,7 +5,7 @@
     restore-drill/nightly        a cron schedule (default 03:00 UTC) with the drill's parameters
 
 They are served to the Prefect API in ``PREFECT_API_URL``. When that is unset, ``serve`` uses the
-shared local Prefect server of this ``PREFECT_HOME`` (flows/localserver.py: a full server on
+shared local Prefect server of this ``PREFECT_HOME`` (flows/ops/local_server.py: a full server on
 loopback, with its UI and its scheduler, which the other commands use too), started if none runs:
 Prefect's in-process ephemeral API has no scheduler, so a nightly schedule there would never fire.
 
@@ -23,12 +23,12 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from memrestore.tasks.errors import ServeError
+from memrestore.flows.errors import ServeError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
-    from memrestore.flows.serve_stop import ServeStop
+    from memrestore.flows.ops.serve_stop import ServeStop
 
 ON_DEMAND = "on-demand"
 NIGHTLY = "nightly"
@@ -144,11 +144,11 @@ def _check_reachable(api_url: str) -> None:
 @contextmanager
 def prefect_api(log: Callable[[str], None]) -> Iterator[str]:
     """The API in ``PREFECT_API_URL``, or the shared local server of this ``PREFECT_HOME``
-    (flows/localserver.py: started if none runs, held while serving, stopped by itself once idle
+    (flows/ops/local_server.py: started if none runs, held while serving, stopped by itself once idle
     after ``serve`` ends)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from memrestore.flows.localserver import ensure_server
+    from memrestore.flows.ops.local_server import ensure_server
 
     configured = PREFECT_API_URL.value()
     if configured:
@@ -181,7 +181,7 @@ def serve(
     deployment is served (and a nightly schedule served earlier is left as it is)."""
     from prefect.settings import PREFECT_UI_URL
 
-    from memrestore.flows.serve_stop import ServeStop
+    from memrestore.flows.ops.serve_stop import ServeStop
 
     stopper: ServeStop | None = None
     if threading.current_thread() is threading.main_thread():
@@ -190,7 +190,7 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stopper.on_signal)
     with prefect_api(log) as api_url:
-        from memrestore.flows.alerts import ensure_crashed_restore_automation
+        from memrestore.flows.ops.alerts import ensure_crashed_restore_automation
 
         ensure_crashed_restore_automation(log)
         deployments = [on_demand_deployment(backend)]
@@ -209,7 +209,7 @@ def serve(
 
 
 def _run(deployments: list[RunnerDeployment], stopper: ServeStop | None, api_url: str) -> None:
-    """What ``prefect.serve`` does, with our stop (flows/serve_stop.py) in place of its own."""
+    """What ``prefect.serve`` does, with our stop (flows/ops/serve_stop.py) in place of its own."""
     import asyncio
 
     from prefect.runner import Runner

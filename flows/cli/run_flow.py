@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Coroutine, Iterator, TypeVar
 
-from memrestore.flows.cli_common import err, errors_as_messages, fail
+from memrestore.flows.cli.common import err, errors_as_messages, fail
 
 T = TypeVar("T")
 
@@ -21,7 +21,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # A heartbeat every 30 s (Prefect's least; its default is 180 s): a standing server's
-    # heartbeat automation (flows/alerts.py) marks a killed restore's run Crashed within ~2 min.
+    # heartbeat automation (flows/ops/alerts.py) marks a killed restore's run Crashed within ~2 min.
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
@@ -39,9 +39,10 @@ def quiet_prefect(verbose: bool) -> None:
 def connect_prefect() -> None:
     """Point this command at a Prefect API before Prefect is imported (it reads its settings
     once, at import): the one the user set up, else the shared local server of this
-    ``PREFECT_HOME``, started now if none is running (flows/localserver.py)."""
-    from memrestore.flows.localserver import LocalServerError, ensure_server
-    from memrestore.flows.prefect_config import configured_api_url
+    ``PREFECT_HOME``, started now if none is running (flows/ops/local_server.py)."""
+    from memrestore.flows.errors import LocalServerError
+    from memrestore.flows.ops.local_server import ensure_server
+    from memrestore.flows.ops.prefect_config import configured_api_url
 
     if configured_api_url():
         return
