@@ -66,7 +66,7 @@ from memrestore.tasks.drill_report import (
     run_name,
 )
 from memrestore.tasks.errors import SnapshotNotFoundError
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root

@@ -1,19 +1,20 @@
 """Byte progress of a restore, for whoever is watching: a :class:`Listener` (the CLI's progress
 bar) and the Prefect UI (progress artifacts of a run, :func:`bytes_artifact`).
 
-Library code reports; it never draws. A listener is handed to what reports: a
-:class:`~tasks.transfer.Transfer` (``Transfer(..., listener=...)``), :func:`tasks.fetch.measure_plan`,
-:func:`tasks.stage.hash_item`. A flow's parameters are JSON, so a caller that runs a flow in its
-own process (the CLI) cannot pass it one; it watches instead, for the span of the call::
+Library code reports; it never draws. There is one route from what reports (a
+:class:`~tasks.transfer.Transfer`, :func:`tasks.measure.measure_plan`,
+:func:`tasks.stage.hash_item`) to whoever watches: a flow's parameters are JSON, so a caller
+that runs a flow (the CLI) cannot hand it a listener; it watches instead, for the span of the
+call::
 
     with progress.watching(progress.Listener(on_bytes=bar_advance, on_total=bar_total)):
         run(restore_snapshot(...))
 
-and what reports takes the listener watching (:func:`current`) when it is given none. The
-listener lives in a :class:`contextvars.ContextVar`, so it follows the run into the threads
-Prefect's task runner starts (they run in a copy of the caller's context) and into an event loop
-started from the block, while a restore run by another thread of the process, not started from
-the block, does not see it.
+and what reports tells the listener watching (:func:`current`). The listener lives in a
+:class:`contextvars.ContextVar`, so it follows the run into the threads Prefect's task runner
+starts (they run in a copy of the caller's context) and into an event loop started from the
+block, while a restore run by another thread of the process, not started from the block, does
+not see it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ _watching: contextvars.ContextVar[Listener] = contextvars.ContextVar("memrestore
 @contextmanager
 def watching(listener: Listener) -> Iterator[Listener]:
     """Make ``listener`` the one told of the progress of every restore run inside the block (in
-    this context, and the threads and event loops it starts), where no listener is handed in."""
+    this context, and the threads and event loops it starts)."""
     token = _watching.set(listener)
     try:
         yield listener
@@ -65,10 +66,9 @@ def watching(listener: Listener) -> Iterator[Listener]:
         _watching.reset(token)
 
 
-def current(given: Listener | None = None) -> Listener:
-    """``given``, when a listener was handed in; else the listener watching here
-    (:func:`watching`), :data:`NOBODY` outside any such block."""
-    return given if given is not None else _watching.get()
+def current() -> Listener:
+    """The listener watching here (:func:`watching`), :data:`NOBODY` outside any such block."""
+    return _watching.get()
 
 
 #: How often a restore's progress artifact is brought up to date while its blobs come down: often

@@ -1,6 +1,6 @@
 """Real crashes: a restore is killed with SIGKILL at every step, then finished or undone.
 
-Each kill runs a whole restore (``tasks.execute.execute``) in a child forked from this process
+Each kill runs a whole restore (``tasks.restore.restore``, plain steps, through ``tests.restorekit.execute``) in a child forked from this process
 and kills it, either at the n-th pass through a crash point (``MEMRESTORE_CRASH_AT``, see
 ``tasks/crash_points.py``) or at a random instant from the parent. After each kill:
 
@@ -32,10 +32,10 @@ import pytest
 from memrestore.backends.local import READ_CHUNK
 from memrestore.tasks.commit import abort
 from memrestore.tasks.errors import DataDirNotEmptyError, LeftoverAsideError, NothingToAbortError, RestoreRefusedError
-from memrestore.tasks.execute import execute
 from memrestore.tasks.crash_points import ENV as CRASH_ENV
 from memrestore.tasks.marker import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
 from memrestore.tasks.plan import RestoreMode
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.procs import memrestore
 from tests.restorekit import (
