@@ -32,6 +32,7 @@ from typing import Annotated, Any, Callable, Iterator, Sequence, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, Failed
@@ -226,7 +227,6 @@ def _emit_failed(result: TenantDrillResult, backend: str) -> None:
 def _drill_run_name() -> str:
     """``drill-<backend>-<UTC minute>``: the backend's label (tasks/drill_report.run_name) and the
     time the run was scheduled for (a nightly run: its cron time; any other: when it was made)."""
-    from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
     backend = str((context.parameters or {}).get("backend", "")) if context else ""

@@ -16,15 +16,20 @@ import datetime
 import logging
 import time
 
+from prefect import get_run_logger
+from prefect.context import FlowRunContext, SyncClientContext
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
 from memrestore.backends.errors import RestoreError
+from memrestore.backends.listing import format_instant
+from memrestore.backends.manifest import SnapshotManifest
 from memrestore.flows.form_words import in_form_words
 from memrestore.tasks import units
 from memrestore.tasks.checks import PRAGMA, CheckLevel
-from memrestore.backends.listing import format_instant
-from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.choose import LATEST
-from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.marker import Phase
+from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import RestoreMode, RestorePlan
 from memrestore.tasks.restore import Narrator
 
@@ -65,7 +70,6 @@ def run_name(tenant_id: int, snapshot: str, mode: RestoreMode | str, dry_run: bo
 
 def initial_run_name() -> str:
     """The ``restore-snapshot`` flow's run name from its parameters, before ``latest`` is resolved."""
-    from prefect.runtime import flow_run
 
     p = flow_run.parameters
     return run_name(p["tenant_id"], p.get("snapshot", LATEST), p["mode"], bool(p.get("dry_run")))
@@ -83,8 +87,6 @@ class RunLog(Narrator):
     Keeps the plan once it is known (:attr:`plan`), for the outcome of a restore that stops later."""
 
     def __init__(self, tenant_id: int, snapshot: str, mode: RestoreMode, data_dir: str, dry_run: bool) -> None:
-        from prefect import get_run_logger
-        from prefect.context import FlowRunContext
 
         self.logger = get_run_logger()
         context = FlowRunContext.get()
@@ -158,7 +160,6 @@ class RunLog(Narrator):
     def _rename(self, name: str) -> None:
         """Rename the running flow run (the UI's runs list and page show it). Best effort: a name is
         for reading, and must never fail a restore."""
-        from prefect.context import FlowRunContext, SyncClientContext
 
         context = FlowRunContext.get()
         if context is None or context.flow_run is None or context.flow_run.name == name:
@@ -172,7 +173,6 @@ class RunLog(Narrator):
 
 
 def _emit(event: str, tenant_id: int, snapshot_id: str, payload: dict) -> None:
-    from prefect.events import emit_event
 
     emit_event(
         event=event,

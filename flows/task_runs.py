@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence, TypeVar
 from prefect import Task, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
 
 from memrestore.tasks.checks import check_staged
 from memrestore.tasks.choose import fetch_manifest
@@ -59,8 +61,6 @@ TASKS: dict[Callable, Task] = {step: _as_task(step, name, retried) for step, nam
 
 def this_run() -> RunRef | None:
     """The flow run this restore runs as, for its marker."""
-    from prefect.runtime import flow_run
-    from prefect.settings import get_current_settings
 
     run_id = flow_run.get_id()
     return RunRef(flow_run_id=str(run_id), api_url=get_current_settings().api.url) if run_id else None

@@ -26,7 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+
 from memrestore.tasks import units
+
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -85,7 +90,6 @@ class ProgressArtifact:
     inside a flow or task run (async or sync alike); updates that change nothing are not sent."""
 
     def __init__(self, key: str, description: str) -> None:
-        from prefect.artifacts import create_progress_artifact
 
         self.id = create_progress_artifact(0.0, key=key, description=description, _sync=True)
         self._shown: tuple[float, str] = (0.0, description)
@@ -93,8 +97,6 @@ class ProgressArtifact:
     def update(self, percent: float, description: str, client=None) -> None:
         """Show ``percent`` and ``description``; through ``client`` (a sync Prefect client kept open
         by the caller) when given, else through a client of Prefect's own for this call."""
-        from prefect.artifacts import update_progress_artifact
-        from prefect.client.schemas.actions import ArtifactUpdate
 
         shown = (round(min(100.0, max(0.0, percent)), 1), description)
         if shown == self._shown:
@@ -145,7 +147,6 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
             pass
 
     def publish() -> None:
-        from prefect.client.orchestration import get_client
 
         try:
             with get_client(sync_client=True) as client:  # one client for every update
