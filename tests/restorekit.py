@@ -185,9 +185,9 @@ class GatedBackend:
     def put_object(self, key: str, source) -> None:
         self.inner.put_object(key, source)
 
-    def download(self, key: str, sink, on_bytes=None) -> int:
+    def download(self, key: str, sink, on_bytes=None, limit=None) -> int:
         if key != self.key:
-            return self.inner.download(key, sink, on_bytes)
+            return self.inner.download(key, sink, on_bytes, limit)
         gates = list(self.hold_at)
         written = 0
 
@@ -202,7 +202,7 @@ class GatedBackend:
                     if os.read(self._gate_r, 1) != b"g":
                         raise OSError(errno.ECONNRESET, "the test closed the gate")
 
-        return self.inner.download(key, _Held(), on_bytes)
+        return self.inner.download(key, _Held(), on_bytes, limit)
 
     # The test's side.
     def wait_arrived(self, alive: Callable[[], bool], timeout: float = 60) -> None:
