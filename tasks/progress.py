@@ -124,30 +124,35 @@ def describe_bytes(done: int, total: int | None, seconds: float) -> str:
 
 @contextmanager
 def bytes_artifact(key: str, total: int, received: Callable[[], int],
-                   every: float = ARTIFACT_UPDATE_SECONDS) -> Iterator[ProgressArtifact]:
-    """A progress artifact ``key`` showing ``received()`` of ``total`` bytes, brought up to date
-    every ``every`` seconds by a thread of its own while the block runs, and once more at its end.
+                   every: float = ARTIFACT_UPDATE_SECONDS) -> Iterator[None]:
+    """A progress artifact ``key`` showing ``received()`` of ``total`` bytes, made by a thread of
+    its own once the block has run ``every`` seconds, brought up to date every ``every`` seconds
+    after that, and once more at the block's end. A block that ends sooner (a small restore) makes
+    none: its run's summary says it all, and a progress bar that appears full says nothing (it
+    would cost two API calls, more than such a restore's own work).
 
     The thread runs in a copy of the caller's context, so it talks to the caller's Prefect API as
     the run does. A failed update is left for the next one: progress is for watching, and must
     never fail a restore."""
     started = time.monotonic()
+    artifact: ProgressArtifact | None = None
 
     def describe() -> tuple[float, str]:
         done = received()
         return (100.0 * done / total if total else 100.0), describe_bytes(done, total, time.monotonic() - started)
 
-    artifact = ProgressArtifact(key, describe_bytes(0, total, 0.0))
-    stop = threading.Event()
-
     def bring_up_to_date(client=None) -> None:
+        nonlocal artifact
         try:
+            if artifact is None:
+                artifact = ProgressArtifact(key, describe()[1])
             artifact.update(*describe(), client=client)
         except Exception:  # noqa: BLE001 - see the docstring
             pass
 
-    def publish() -> None:
+    stop = threading.Event()
 
+    def publish() -> None:
         try:
             with get_client(sync_client=True) as client:  # one client for every update
                 while not stop.wait(every):
@@ -159,12 +164,12 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
                               name="memrestore-progress-artifact", daemon=True)
     thread.start()
     try:
-        yield artifact
+        yield
     finally:
         stop.set()
         # An update still waiting on an API that does not answer is left to its (daemon) thread,
         # and the last one is not tried: a restore that is stopping, or done, does not wait out
         # Prefect's HTTP timeouts and retries for its progress (minutes, measured).
         thread.join(timeout=UPDATE_WAIT_SECONDS)
-        if not thread.is_alive():
+        if not thread.is_alive() and artifact is not None:
             bring_up_to_date()

@@ -337,7 +337,9 @@ def test_a_progress_update_stuck_on_a_silent_api_holds_up_neither_the_end_nor_a_
                 with bytes_artifact(f"stuck-progress-{ends}", 100, lambda: received[0], every=0.05):
                     proxy.always(Fault.STALL, match="/artifacts/")
                     received[0] = 50
-                    wait_until(lambda: proxy.count("PATCH", "/artifacts/") >= 1, 10, "an update to be sent")
+                    # the artifact's making (after 0.05 s) or an update, held by the proxy
+                    wait_until(lambda: proxy.faults_injected(Fault.STALL, match="/artifacts/") >= 1, 10,
+                               "a request for the artifact to be held")
                     began = time.monotonic()
                     if ends == "stopped":
                         raise KeyboardInterrupt
