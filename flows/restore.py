@@ -56,6 +56,7 @@ from memrestore.tasks.sequence import is_interrupt
 from memrestore.tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
 from memrestore.tasks.validate import hash_plan, validate_task
+from memrestore.tasks.validation import Validation, check_hook
 
 
 def _no_schema_default(schema: dict) -> None:
@@ -164,6 +165,7 @@ async def restore_snapshot(
     limit_rate: RateParam | None = None,
     check: CheckLevel = CheckLevel.QUICK,
     as_of: str | None = None,
+    validation: Validation = Validation(),
 ) -> dict | State:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -188,6 +190,9 @@ async def restore_snapshot(
         as_of: Restore the tenant as it was at this time: its newest snapshot created at or
             before it, with snapshot "latest". ISO 8601 (2026-12-07T14:00:00Z); without a zone,
             UTC. None (the default): the newest of all.
+        validation: The operator's own validation of the staged copy, after check and before
+            the commit: a command and/or a Python callable; a copy that fails it is refused,
+            the data dir left as it was. Empty: none.
     """
     quiet_task_chatter()
     log = RunLog(tenant_id, snapshot, mode, data_dir, dry_run)
@@ -196,7 +201,7 @@ async def restore_snapshot(
     try:
         with _steps_client():
             outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
-                               dry_run, resume, streams, limit_rate, check, as_of, log, known)
+                               dry_run, resume, streams, limit_rate, check, as_of, log, known, validation)
     except RestoreError as exc:
         message = log.words(str(exc))
         log.not_done(message)
@@ -257,6 +262,7 @@ def _restore(
     as_of: str | None,
     log: RunLog,
     known: dict,
+    validation: Validation | None = None,
 ) -> RestoreOutcome:
     """The restore-snapshot flow's steps, up to its outcome; each told to ``log``, the plan kept in
     ``known`` once it is read (for the outcome of a restore that does not happen)."""
@@ -264,6 +270,8 @@ def _restore(
     started = time.monotonic()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before anything is read
     moment = parse_instant(as_of) if as_of else None  # the form sends an emptied field as ""
+    if validation is not None and validation.active:
+        check_hook(validation)  # a hook that cannot run is refused before anything is read
     manifest = fetch_manifest_task(backend, tenant_id, snapshot, moment)
     if moment is not None:
         logger.info("as of %s: snapshot %s, created %s", format_instant(moment), manifest.snapshot_id,
@@ -299,7 +307,7 @@ def _restore(
         def check_staged() -> float | None:
             if phase not in (None, Phase.STAGING):
                 return None
-            seconds = check_staged_task(plan, data_dir, check)
+            seconds = check_staged_task(plan, data_dir, check, validation)
             log.checked(check, seconds, len(plan.table_names))
             return seconds
 

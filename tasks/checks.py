@@ -28,13 +28,14 @@ snapshot's files.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from memrestore.backends import Backend
@@ -43,10 +44,14 @@ from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.marker import staging_dir
 from memrestore.tasks.modes import CheckLevel  # defined there (no Prefect), importable from here
 from memrestore.tasks.plan import ItemKind, RestorePlan, hnsw_destination, sqlite_destination, tenant_dir_name
+from memrestore.tasks.validation import Validation, validate_copy
 
 #: How many of SQLite's complaints a message quotes (``integrity_check`` can list a hundred).
 INTEGRITY_PROBLEMS_SHOWN = 3
 
+
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
 
 #: The SQLite check each level runs.
 PRAGMA = {CheckLevel.QUICK: "quick_check", CheckLevel.FULL: "integrity_check"}
@@ -181,11 +186,17 @@ def check_restored(data_dir: Path, manifest: SnapshotManifest, reported_sizes: M
     check_copy(data_dir, manifest, reported_sizes, CheckLevel.FULL)
 
 
-def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel) -> float:
+def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel, validation: Validation | None = None,
+                 logger: logging.Logger | logging.LoggerAdapter = _log) -> float:
     """The pre-commit check of a restore's staged copy (``staging_root`` holds ``tenant_<id>/``);
     the seconds it took. Raises RestoredCopyCheckError, before anything has moved. The HNSW files
     were each verified against their blake3 (or size) as they were staged; what is left to check
-    is the database inside the checkpoint."""
+    is the database inside the checkpoint.
+
+    Then, whatever the level, the operator's ``validation`` (tasks/validation.py), when one is
+    set, on the staged copy: its result is a line of ``logger``; a copy that fails it raises
+    ValidationFailedError (a RestoredCopyCheckError), one it changed ValidatorChangedCopyError;
+    what it left beside the copy's files is removed. The seconds returned are the check's own."""
     started = time.monotonic()
     if level is not CheckLevel.NONE:
         for item in plan.items:
@@ -194,10 +205,15 @@ def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel) -> fl
                 check_sqlite(path, level, "staged")
                 check_tables(path, plan.table_names, "staged")
         check_layout(staging_root, plan.tenant_id, [item.destination for item in plan.items], "staged")
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    if validation is not None and validation.active:
+        validate_copy(validation, staging_root, plan.tenant_id, plan.snapshot_id,
+                      {item.destination: item.expected_checksum for item in plan.items}, "staged", logger)
+    return seconds
 
 
 @task(name="check-staged-copy", cache_policy=NO_CACHE, persist_result=False)
-def check_staged_task(plan: RestorePlan, data_dir: str, level: CheckLevel) -> float:
-    """Check the staged copy before the commit (never retried: a damaged checkpoint stays damaged)."""
-    return check_staged(plan, staging_dir(Path(data_dir)), level)
+def check_staged_task(plan: RestorePlan, data_dir: str, level: CheckLevel, validation: Validation | None = None) -> float:
+    """Check the staged copy before the commit, then run the operator's validation on it (never
+    retried: a damaged checkpoint stays damaged)."""
+    return check_staged(plan, staging_dir(Path(data_dir)), level, validation, get_run_logger())

@@ -41,9 +41,10 @@ from memrestore.tasks.drill_report import (
     describe_failure,
     no_snapshot_result,
 )
+from memrestore.tasks.errors import ValidationFailedError
 from memrestore.tasks.execute import execute
 from memrestore.tasks.outcome import RestoreOutcome
-from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_destination
 from memrestore.tasks import units
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
 from memrestore.tasks.drill_scratch import (
@@ -55,6 +56,7 @@ from memrestore.tasks.drill_scratch import (
 )
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
+from memrestore.tasks.validation import Validation, ValidationResult, check_hook, validate_copy
 
 #: Tenants drilled at once. Each restore already stages its blobs four at a time (and S3
 #: restores keep ``--streams`` ranged GETs in flight), so four tenants keep a bucket and a small
@@ -159,8 +161,10 @@ def stale_last_good_reason(manifest: SnapshotManifest, age_seconds: float, max_a
 
 #: Restore ``manifest`` (mode new_cluster) into the empty directory given; raise on failure.
 RestoreFn = Callable[[SnapshotManifest, Path], RestoreOutcome]
-#: Check a restored copy; raise RestoredCopyCheckError when it fails.
-CheckFn = Callable[[SnapshotManifest, Path], None]
+#: Check a restored copy; raise RestoredCopyCheckError when it fails (ValidationFailedError, with
+#: its result, when the operator's validation fails it). Returns the validation's result, or None
+#: when no validation is set.
+CheckFn = Callable[[SnapshotManifest, Path], ValidationResult | None]
 AttemptFn = Callable[[SnapshotManifest], AttemptResult]
 
 
@@ -172,7 +176,8 @@ def drill_destination(manifest: SnapshotManifest) -> DestinationState:
 
 
 def attempt_snapshot(manifest: SnapshotManifest, scratch_root: Path, restore: RestoreFn, check: CheckFn) -> AttemptResult:
-    """Restore ``manifest`` into a fresh scratch copy and check it; a failure becomes the reason."""
+    """Restore ``manifest`` into a fresh scratch copy and check it (the operator's validation
+    too, when one is set); a failure becomes the reason, the validation's result is kept."""
     scratch = new_scratch_copy(scratch_root, manifest)
     started = time.monotonic()
     try:
@@ -184,10 +189,11 @@ def attempt_snapshot(manifest: SnapshotManifest, scratch_root: Path, restore: Re
     measured = dict(snapshot_id=manifest.snapshot_id, scratch=str(scratch), restored=True,
                     restore_seconds=seconds, bytes=outcome.total_bytes)
     try:
-        check(manifest, scratch)
+        validation = check(manifest, scratch)
     except Exception as exc:  # noqa: BLE001 - likewise
-        return AttemptResult(**measured, ok=False, reason=describe_failure(exc))
-    return AttemptResult(**measured, ok=True)
+        return AttemptResult(**measured, ok=False, reason=describe_failure(exc),
+                             validation=exc.result if isinstance(exc, ValidationFailedError) else None)
+    return AttemptResult(**measured, ok=True, validation=validation)
 
 
 def drill_tenant(
@@ -260,6 +266,7 @@ def drill_tenant(
         last_good_age_seconds=rpo,
         kept_copies=kept,
         rpo_over_max_age=over_max_age(rpo, max_age_hours),
+        validation=first.validation,
     )
 
 
@@ -281,9 +288,20 @@ def restore_plain(backend: Backend, streams: int = DEFAULT_STREAMS, limit: RateL
     return restore
 
 
-def check_plain(backend: Backend) -> CheckFn:
-    def check(manifest: SnapshotManifest, data_dir: Path) -> None:
+def check_plain(backend: Backend, validation: Validation | None = None,
+                logger: logging.Logger | logging.LoggerAdapter = _log) -> CheckFn:
+    """The drill's checks of a copy (tasks/checks.check_restored), then the operator's
+    ``validation`` of it, when one is set (tasks/validation.validate_copy: the copy's files
+    read-only while it runs and hashed again after, what it leaves beside them removed)."""
+
+    def check(manifest: SnapshotManifest, data_dir: Path) -> ValidationResult | None:
         check_restored(data_dir, manifest, hnsw_sizes(backend, manifest))
+        if validation is None or not validation.active:
+            return None
+        files = {sqlite_destination(manifest.tenant_id): manifest.sqlite_checkpoint_checksum} | {
+            hnsw_destination(manifest.tenant_id, e.embedding_model): e.checksum for e in manifest.hnsw_snapshots}
+        return validate_copy(validation, data_dir, manifest.tenant_id, manifest.snapshot_id, files, "restored",
+                             logger)
 
     return check
 
@@ -291,9 +309,11 @@ def check_plain(backend: Backend) -> CheckFn:
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
     streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
+    validation: Validation | None = None,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
-    flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
+    flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`
+    (the operator's ``validation`` too, when one is set).
 
     A transient backend error in the restore or the check is retried with the tasks' backoff
     (:func:`tasks.retry.retrying`); a restore tried again starts over in the same scratch copy,
@@ -302,7 +322,7 @@ def attempt_plain(
     a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
     (:func:`drill_tenant` deletes it otherwise).
     """
-    restore, check = restore_plain(backend, streams, limit), check_plain(backend)
+    restore, check = restore_plain(backend, streams, limit), check_plain(backend, validation, logger)
 
     def attempt(manifest: SnapshotManifest) -> AttemptResult:
         def on_retry(step: str):
@@ -319,8 +339,9 @@ def attempt_plain(
         if not result.restored:
             logger.warning("%s: the restore failed: %s", where, why)
         elif result.ok:
-            logger.info("%s: restored %s in %s, checked clean", where, units.size(result.bytes),
-                        units.duration(result.restore_seconds))
+            validated = f", validation {result.validation.short()}" if result.validation else ""
+            logger.info("%s: restored %s in %s, checked clean%s", where, units.size(result.bytes),
+                        units.duration(result.restore_seconds), validated)
         else:
             logger.warning("%s: restored %s in %s, but the check failed: %s", where, units.size(result.bytes),
                            units.duration(result.restore_seconds), why)
@@ -337,14 +358,17 @@ def drill_plain(
     scratch_dir: str | Path | None = None,
     keep_failed: bool = False,
     now: float | None = None,
+    validation: Validation | None = None,
 ) -> DrillReport:
     """The drill as plain function calls, one tenant after another: for tests and measurements.
     The ``restore-drill`` flow does the same with several tenants at once, each in a task run of
-    its own, and artifacts and events."""
+    its own, and artifacts and events. A ``validation`` hook that cannot run is refused first."""
+    if validation is not None and validation.active:
+        check_hook(validation)
     now = time.time() if now is None else now
     listing = list_snapshots(backend)
     root, created = open_scratch_root(scratch_dir)
-    attempt = attempt_plain(backend, root, keep_failed=keep_failed)
+    attempt = attempt_plain(backend, root, keep_failed=keep_failed, validation=validation)
     try:
         results = [
             drill_tenant(

@@ -24,6 +24,7 @@ from memrestore.tasks.plan import PlanItem, RestoreMode, RestorePlan
 from memrestore.tasks.preflight import preflight
 from memrestore.tasks.stage import StagedItem, recheck_item, stage_item
 from memrestore.tasks.transfer import Transfer
+from memrestore.tasks.validation import Validation, check_hook
 
 #: Items staged at once, here and in the ``restore-snapshot`` flow (its task runner): a snapshot
 #: has a SQLite checkpoint and a few HNSW blobs, so four covers them. How many GETs are in flight
@@ -60,15 +61,20 @@ def execute(
     resume: bool = False,
     transfer: Transfer | None = None,
     check: CheckLevel = CheckLevel.NONE,
+    validation: Validation | None = None,
 ) -> RestoreOutcome:
     """Preflight, stage and verify every item (concurrently, on ``transfer``'s streams and under
     its rate limit; without one, on streams of the default number), commit, clean up; roll back
     on any failure. Before the commit, the staged copy is checked at ``check`` (tasks/checks.py):
     the caller's choice here (a drill checks its copy afterwards, in full); the restore-snapshot
-    flow and the command line check ``quick`` unless told otherwise."""
+    flow and the command line check ``quick`` unless told otherwise. Then the operator's
+    ``validation``, when one is set, on the staged copy (its hook checked first, before anything
+    is fetched: tasks/validation.py)."""
     if transfer is None:
         with Transfer() as own:
-            return execute(backend, plan, data_dir, mode, resume, own, check)
+            return execute(backend, plan, data_dir, mode, resume, own, check, validation)
+    if validation is not None and validation.active:
+        check_hook(validation)
     started = time.monotonic()
     data_dir = Path(data_dir)
     plan = measure_plan(backend, plan, transfer.listener)
@@ -79,7 +85,7 @@ def execute(
             stage=lambda: stage_all(
                 (lambda item: stage_item(backend, item, data_dir, phase is not None, transfer)) if fresh
                 else (lambda item: recheck_item(data_dir, item)), plan.items),
-            check=lambda: check_staged(plan, staging_dir(data_dir), check) if fresh else None,
+            check=lambda: check_staged(plan, staging_dir(data_dir), check, validation) if fresh else None,
             commit=lambda: commit_staged(hold, plan.tenant_id, mode),
         ))
     return build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
