@@ -65,6 +65,7 @@ import blake3
 from pydantic import BaseModel, Field, model_serializer
 from pydantic.json_schema import SkipJsonSchema
 
+from memrestore.tasks import interrupt
 from memrestore.tasks.errors import (
     ValidationFailedError,
     ValidationHookError,
@@ -293,10 +294,43 @@ class _Ran(BaseModel):
     verdict: dict | None = None
 
 
+#: Sets the validator's process to be killed when ours dies (Linux's PR_SET_PDEATHSIG; it lives
+#: in a session of its own, so a SIGKILL of memrestore, or a closed terminal, would not reach it),
+#: then becomes the command (exec keeps the setting). argv: our pid, the program, its arguments.
+#: The setting follows the thread that started it: :func:`_run` waits in that thread.
+DIE_WITH_PARENT = r"""
+import ctypes, os, signal
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass  # not Linux: the validator outlives a memrestore killed mid-validation
+if os.getppid() != int(PARENT):
+    os._exit(1)  # memrestore died before the setting took
+"""
+_LAUNCHER = "import os, sys\nPARENT = sys.argv[1]\n" + DIE_WITH_PARENT + "os.execv(sys.argv[2], sys.argv[2:])\n"
+#: How often a wait on the validator looks whether the restore was told to stop (Ctrl-C, SIGTERM).
+STOP_POLL_SECONDS = 0.1
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait for ``proc`` at most ``timeout`` seconds (False when it is still running then);
+    raise StopRequested (tasks/interrupt.py) once the process is told to stop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        interrupt.check()
+        try:
+            proc.wait(max(0.0, min(STOP_POLL_SECONDS, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                return False
+
+
 def _run(argv: list[str], timeout: float, env: Mapping[str, str] | None = None, pass_fds: tuple[int, ...] = (),
          verdict_fd: int | None = None) -> _Ran:
     """Run ``argv`` in a session of its own, its output's tail kept, killed (with its group) at
-    ``timeout``; for a callable, its verdict read from ``verdict_fd`` (our end of its pipe)."""
+    ``timeout``, or at once when the restore is told to stop; for a callable, its verdict read
+    from ``verdict_fd`` (our end of its pipe)."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, env=None if env is None else dict(env), pass_fds=pass_fds)
@@ -305,13 +339,11 @@ def _run(argv: list[str], timeout: float, env: Mapping[str, str] | None = None, 
     tail = _Tail(proc.stdout)
     timed_out = False
     try:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not _wait(proc, timeout):
             timed_out = True
             _kill_group(proc, KILL_GRACE_SECONDS)
     finally:
-        _kill_group(proc, 0)  # what it left running; and on Ctrl-C, the validator itself
+        _kill_group(proc, 0)  # what it left running; and on a stop, the validator itself
     seconds = time.monotonic() - started
     output = tail.text()
     verdict = None
@@ -346,7 +378,7 @@ def run_command(template: str, copy: RestoredCopy, timeout: float) -> _Ran:
     words = [word.format_map(facts) for word in command_words(template)]
     words[0] = _program(template, words[0])
     env = {**os.environ, **{f"MEMRESTORE_{k.upper()}": v for k, v in facts.items()}}
-    ran = _run(words, timeout, env)
+    ran = _run([sys.executable, "-S", "-c", _LAUNCHER, str(os.getpid()), *words], timeout, env)
     if ran.reason:
         ran.reason = f"command `{shlex.join(words)}` {ran.reason}"
     return ran
@@ -357,7 +389,8 @@ def run_command(template: str, copy: RestoredCopy, timeout: float) -> _Ran:
 #: ("import": only import it, for check_hook; "call").
 _CHILD = r"""
 import importlib, json, os, sys, traceback
-spec, fd, facts, mode = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+spec, fd, facts, mode, PARENT = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+""" + DIE_WITH_PARENT + r"""
 def say(verdict, message=None):
     with os.fdopen(fd, "w") as f:
         json.dump({"verdict": verdict, "message": message}, f)
@@ -401,7 +434,8 @@ say("failed", f"returned {returned!r}: a validator returns None or True to pass,
 def _run_callable(spec: str, copy: RestoredCopy | None, timeout: float) -> _Ran:
     read_end, write_end = os.pipe()
     facts = json.dumps(_facts(copy) if copy is not None else {})
-    argv = [sys.executable, "-c", _CHILD, spec, str(write_end), facts, "call" if copy is not None else "import"]
+    argv = [sys.executable, "-c", _CHILD, spec, str(write_end), facts, "call" if copy is not None else "import",
+            str(os.getpid())]
     try:
         return _run(argv, timeout, pass_fds=(write_end,), verdict_fd=read_end)
     except BaseException:

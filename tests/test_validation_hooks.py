@@ -400,3 +400,45 @@ def test_the_example_validator_reads_the_copy_as_a_service_would(tmp_path, snaps
                       Validation(callable="memrestore.tasks.validators:commit_log_readable"))
     assert outcome.status == "restored"
     assert_restored_layout(data_dir, manifest)
+
+
+KILLED_MID_VALIDATION = """
+import sys
+from pathlib import Path
+from memrestore.tasks.validation import Validation, run_validation
+from memrestore.tasks.validators import RestoredCopy
+
+root = Path(sys.argv[1])
+run_validation(Validation(command=sys.argv[2]), RestoredCopy(root, root / "tenant_4", 4, "snap-4"))
+"""
+
+
+@pytest.mark.parametrize("kind", ["command", "callable"])
+def test_a_memrestore_killed_mid_validation_leaves_no_validator_running(tmp_path, kind):
+    """The validator runs in a session of its own (so that its whole group can be killed), which a
+    SIGKILL of memrestore would not reach: it dies with memrestore all the same."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.procs import wait_until
+
+    pid_file = tmp_path / "validator.pid"
+    (tmp_path / "tenant_4").mkdir()
+    template = f"sh -c 'echo $$ > {pid_file}; exec sleep 600'"
+    if kind == "callable":  # the same, as a Python validator's process
+        (tmp_path / "sleeper.py").write_text(
+            f"import os, time\ndef check(copy):\n    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            "    time.sleep(600)\n")
+    code = KILLED_MID_VALIDATION if kind == "command" else KILLED_MID_VALIDATION.replace(
+        "Validation(command=sys.argv[2])", "Validation(callable='sleeper:check')")
+    restoring = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), template], cwd=tmp_path)
+    try:
+        validator = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 60,
+                               "the validator to start")
+        restoring.send_signal(signal.SIGKILL)
+        restoring.wait(10)
+        wait_until(lambda: not alive(int(validator)), 10, f"the validator {validator} to die with memrestore")
+    finally:
+        restoring.kill()
+        restoring.wait()
