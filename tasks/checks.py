@@ -24,6 +24,11 @@ dir, and neither has a ``-wal`` file of its own (a snapshot holds only ``data.sq
 SQLite reads exactly what the service will read when it opens the restored file. Last,
 :func:`check_layout` holds the copy's tenant dir to FORMAT.md's layout: nothing beside the
 snapshot's files.
+
+A restore's check step also runs the operator's own validation of the staged copy, when one is
+set (:func:`check_staged`'s ``validation``; the hooks and how the copy is kept as it was:
+tasks/validation.py), so that the flow and the plain path both have it, after the checks and
+before the commit.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ of orchestration per tenant against ~25 ms of restore work (BENCHMARKS.md, row 5
 :func:`drill_plain` is the same drill with no Prefect at all.
 
 Each snapshot tried is restored into a scratch copy of its own (tasks/drill_scratch.py), deleted once
-checked unless the tenant failed and ``keep_failed`` is set.
+checked unless the tenant failed and ``keep_failed`` is set. With a ``validation`` (the operator's
+own, tasks/validation.py), each copy that passed the drill's checks is then validated
+(:func:`check_plain`): a copy that fails it is a failed check like any other, and its result is
+kept for the report.
 """
 
 from __future__ import annotations

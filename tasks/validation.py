@@ -242,27 +242,26 @@ class _Tail:
         self._pipe = pipe
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="memrestore-validation-output", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        try:
+        with self._pipe:
             while chunk := self._pipe.read1(65536):
-                self._chunks.append(chunk)
-                self._size += len(chunk)
-                while self._size - len(self._chunks[0]) >= TAIL_BYTES:
-                    self._size -= len(self._chunks.popleft())
-        except (OSError, ValueError):
-            pass  # closed under us: a process that escaped its group still holds the pipe
+                with self._lock:
+                    self._chunks.append(chunk)
+                    self._size += len(chunk)
+                    while self._size - len(self._chunks[0]) >= TAIL_BYTES:
+                        self._size -= len(self._chunks.popleft())
 
     def text(self) -> str:
-        # A process of the group that left it (setsid) may hold the pipe open: wait a moment only.
+        """The tail, once the pipe is at its end. A process that left the validator's group
+        (``setsid``) may hold the pipe open: then the tail so far, after a moment, and the thread
+        goes on reading (and closes the pipe) until that process ends."""
         self._thread.join(1.0)
-        try:
-            self._pipe.close()
-        except OSError:
-            pass
-        data = b"".join(self._chunks)[-TAIL_BYTES:]
+        with self._lock:
+            data = b"".join(self._chunks)[-TAIL_BYTES:]
         lines = data.decode("utf-8", errors="replace").rstrip("\n").splitlines()
         return "\n".join(lines[-TAIL_LINES:])
 
@@ -348,8 +347,11 @@ def _run(argv: list[str], timeout: float, env: Mapping[str, str] | None = None, 
     output = tail.text()
     verdict = None
     if verdict_fd is not None:
+        # The verdict was written whole before the process ended (it is short: see _CHILD), so
+        # this reads it without waiting, even if a process the validator forked holds the pipe.
+        os.set_blocking(verdict_fd, False)
         with os.fdopen(verdict_fd, "rb") as f:
-            raw = f.read()
+            raw = f.read() or b""
         try:
             verdict = json.loads(raw) if raw else None
         except ValueError:
@@ -392,6 +394,8 @@ import importlib, json, os, sys, traceback
 spec, fd, facts, mode, PARENT = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
 """ + DIE_WITH_PARENT + r"""
 def say(verdict, message=None):
+    if message is not None and len(message) > 2000:  # within a pipe's buffer: written without a reader
+        message = message[:2000] + "..."
     with os.fdopen(fd, "w") as f:
         json.dump({"verdict": verdict, "message": message}, f)
     sys.exit(0)
