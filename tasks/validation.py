@@ -382,7 +382,7 @@ def run_command(template: str, copy: RestoredCopy, timeout: float) -> _Ran:
     env = {**os.environ, **{f"MEMRESTORE_{k.upper()}": v for k, v in facts.items()}}
     ran = _run([sys.executable, "-S", "-c", _LAUNCHER, str(os.getpid()), *words], timeout, env)
     if ran.reason:
-        ran.reason = f"command `{shlex.join(words)}` {ran.reason}"
+        ran.reason = f"command `{template}` {ran.reason}"
     return ran
 
 

@@ -359,12 +359,7 @@ def test_the_restore_flow_refuses_a_copy_that_fails_the_validation(tmp_path, hoo
         state.result()
     assert "restore an older snapshot" in state.message
     assert tree(data_dir) == before
-
-    passed = asyncio.run(restore_snapshot(
-        backend=backend.url, tenant_id=TENANT, data_dir=str(data_dir), mode=RestoreMode.REPLACE_TENANT,
-        validation={"command": command(hooks, "passes.sh").command, "timeout_seconds": 30}))
-    assert passed["status"] == "restored"
-    assert_restored_layout(data_dir, manifest)
+    # A validation that passes, through the flow from the UI's form: tests/test_ui_restore.py.
 
 
 def test_the_command_line_takes_the_validation_flags(tmp_path, hooks, two_generations, prefect_api):
@@ -387,6 +382,18 @@ def test_the_command_line_takes_the_validation_flags(tmp_path, hooks, two_genera
     header, row = drilled.stdout.splitlines()[:2]
     assert header.split()[-1] == "validation" and "failed in" in row and "older" in row, drilled.stdout
     assert "the validation's output (failed in" in drilled.stdout and "    checked newest" in drilled.stdout
+
+
+def test_serve_puts_the_validation_into_both_deployments():
+    """``memrestore serve --validate-...``: the nightly drill's parameter, the on-demand form's default."""
+    from memrestore.flows.ops.serve import nightly_deployment, on_demand_deployment
+
+    example = Validation(callable="memrestore.tasks.validators:commit_log_readable", timeout_seconds=60)
+    given = {"callable": "memrestore.tasks.validators:commit_log_readable", "timeout_seconds": 60.0}
+    assert nightly_deployment("file:///srv/backups", validation=example).parameters["validation"] == given
+    on_demand = on_demand_deployment("file:///srv/backups", example)
+    assert on_demand.parameters == {"backend": "file:///srv/backups", "validation": given}
+    assert "validation" not in nightly_deployment("file:///srv/backups").parameters
 
 
 def test_a_template_that_cannot_work_is_a_usage_error(tmp_path):
