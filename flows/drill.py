@@ -287,8 +287,8 @@ def restore_drill(
     """
     logger = get_run_logger()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
-    if validation.active:
-        check_hook(validation)  # a hook that cannot run is refused before any restore
+    if validation.active:  # a hook that cannot run is refused before any restore (a fleet's: on its workers)
+        check_hook(validation, here=not via_deployment)
     drilled_at = time.time()
     listing = list_snapshots_task(backend)
     for sid, why in sorted(listing.unreadable.items()):

@@ -481,17 +481,19 @@ def run_callable(spec: str, copy: RestoredCopy, timeout: float) -> _Ran:
 # -- the whole validation ------------------------------------------------------------------------
 
 
-def check_hook(validation: Validation) -> None:
+def check_hook(validation: Validation, here: bool = True) -> None:
     """Refuse, before anything is fetched, a hook that cannot run as given: a template whose
-    placeholders are not ours, a program not found or not executable, a callable misspelled or
-    not importable (imported in a process of its own, within the time limit). Raises
-    ValidationHookError."""
+    placeholders are not ours, a callable misspelled; and, when it will run ``here`` (not on a
+    fleet's workers), a program not found or not executable, a callable not importable (imported
+    in a process of its own, within the time limit). Raises ValidationHookError."""
     if validation.command:
         words = command_words(validation.command)
-        if "{" not in words[0]:
+        if here and "{" not in words[0]:
             _program(validation.command, words[0])
     if validation.callable:
         _callable_spelling(validation.callable)
+        if not here:
+            return
         ran = _run_callable(validation.callable, None, validation.timeout_seconds)
         verdict = (ran.verdict or {}).get("verdict")
         if ran.status == "timed_out":
@@ -547,8 +549,11 @@ def _writable_again(root: Path, modes: dict[str, int]) -> None:
     """The modes back, with the owner's write bit (a staged file always has it: a copy left
     read-only by a kill mid-validation is then put right when it is validated again)."""
     for rel, mode in modes.items():
+        path = root / rel
+        if path.is_symlink():
+            continue  # the validator put a link in its place (the check after says so): never chmod its target
         try:
-            (root / rel).chmod(stat.S_IMODE(mode) | stat.S_IWUSR)
+            path.chmod(stat.S_IMODE(mode) | stat.S_IWUSR)
         except FileNotFoundError:
             pass  # the validator removed it: the check after says so
 
@@ -598,6 +603,9 @@ def validate_copy(validation: Validation, root: Path, tenant_id: int, snapshot_i
         result = run_validation(validation, copy)
     finally:
         _writable_again(root, modes)
+    if copy.tenant_dir.is_symlink() or not copy.tenant_dir.is_dir():  # nothing to tidy in: refused below
+        raise ValidatorChangedCopyError(validation, result, root, snapshot_id,
+                                        [f"{tenant_dir_name(tenant_id)} is no longer a directory"], what)
     result.removed = _remove_beside(root, tenant_id, list(expected))
     if result.removed:
         logger.warning("the validation left %s beside the %s copy's files in %s: removed",

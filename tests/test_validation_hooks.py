@@ -93,6 +93,15 @@ def writes(copy):
     db.close()
 
 
+def links_away(copy):
+    """A validator that swaps the tenant dir for a link to another dir, which holds a file."""
+    elsewhere = copy.data_dir.parent.parent / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    (elsewhere / "precious").write_text("not the validator's to lose")
+    copy.tenant_dir.rename(copy.data_dir / "moved-aside")
+    copy.tenant_dir.symlink_to(elsewhere)
+
+
 def leaves_files(copy):
     """What a service's plain open and its runtime leave behind, while the copy's bytes stay."""
     (copy.tenant_dir / "data.sqlite-wal").write_bytes(b"wal frames")
@@ -247,16 +256,20 @@ def test_a_hook_that_cannot_run_is_refused_before_anything_is_fetched(tmp_path, 
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("mode", [RestoreMode.REPLACE_TENANT, RestoreMode.WIPE_AND_RESTORE],
-                         ids=lambda m: m.value)
-def test_a_validator_that_writes_into_the_staged_copy_is_refused(tmp_path, snapshot, mode):
+@pytest.mark.parametrize("mode, validator, said", [
+    (RestoreMode.REPLACE_TENANT, "writes", f"tenant_{TENANT}/data.sqlite no longer has the snapshot's blake3"),
+    (RestoreMode.WIPE_AND_RESTORE, "writes", f"tenant_{TENANT}/data.sqlite no longer has the snapshot's blake3"),
+    (RestoreMode.NEW_CLUSTER, "links_away", f"tenant_{TENANT} is no longer a directory"),
+], ids=["replace_tenant-writes", "wipe_and_restore-writes", "new_cluster-links_away"])
+def test_a_validator_that_changes_the_staged_copy_is_refused(tmp_path, snapshot, mode, validator, said):
     backend, manifest = snapshot
     data_dir = data_dir_for(mode, tmp_path, TENANT)
     before = tree(data_dir)
-    with pytest.raises(ValidatorChangedCopyError,
-                       match=f"tenant_{TENANT}/data.sqlite no longer has the snapshot's blake3"):
-        restore(backend, manifest, data_dir, mode, callable_("writes"))
+    with pytest.raises(ValidatorChangedCopyError, match=said):
+        restore(backend, manifest, data_dir, mode, callable_(validator))
     assert tree(data_dir) == before and not (data_dir / MARKER_NAME).exists()
+    if validator == "links_away":  # nothing was tidied away through the link
+        assert (tmp_path / "elsewhere" / "precious").read_text() == "not the validator's to lose"
 
 
 def test_what_a_validator_leaves_beside_the_copy_never_reaches_the_data_dir(tmp_path, snapshot, caplog):
