@@ -218,7 +218,8 @@ def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel, valid
 
 
 @task(name="check-staged-copy", cache_policy=NO_CACHE, persist_result=False)
-def check_staged_task(plan: RestorePlan, data_dir: str, level: CheckLevel, validation: Validation | None = None) -> float:
+def check_staged_task(plan: RestorePlan, data_dir: str, level: CheckLevel,
+                      validation: Validation | None = None) -> float:
     """Check the staged copy before the commit, then run the operator's validation on it (never
     retried: a damaged checkpoint stays damaged)."""
     return check_staged(plan, staging_dir(Path(data_dir)), level, validation, get_run_logger())

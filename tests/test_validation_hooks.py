@@ -173,7 +173,8 @@ def restore(backend, manifest, data_dir: Path, mode=RestoreMode.NEW_CLUSTER, val
 def test_a_validation_that_passes_lets_the_restore_commit(tmp_path, hooks, snapshot, kind):
     backend, manifest = snapshot
     validation = {"command": command(hooks, "passes.sh"), "callable": callable_("passes"),
-                  "both": Validation(command=command(hooks, "passes.sh").command, callable=callable_("passes").callable)}
+                  "both": Validation(command=command(hooks, "passes.sh").command,
+                                     callable=callable_("passes").callable)}
     outcome = restore(backend, manifest, tmp_path / "data", validation=validation[kind])
     assert outcome.status == "restored"
     assert_restored_layout(tmp_path / "data", manifest)
@@ -198,7 +199,8 @@ FAILURES = {
                        "callable validators_under_test:fails failed: snapshot snap-4 lacks the service's recall index",
                        "looking at snapshot snap-4"),
     "command hangs": (lambda hooks: command(hooks, "hangs.sh", timeout_seconds=HANG_LIMIT), ValidationTimedOutError,
-                      f"ran past its {HANG_LIMIT:g} s limit (--validate-timeout) and was killed", "started the service"),
+                      f"ran past its {HANG_LIMIT:g} s limit (--validate-timeout) and was killed",
+                      "started the service"),
     "callable hangs": (lambda hooks: callable_("hangs", timeout_seconds=PYTHON_HANG_LIMIT), ValidationTimedOutError,
                        f"ran past its {PYTHON_HANG_LIMIT:g} s limit", "opening the copy"),
 }
@@ -324,7 +326,8 @@ def test_in_a_drill_a_passing_validation_is_reported_with_its_output(tmp_path, h
     assert result.status == "ok", result.reason
     assert result.validation.status == "passed"
     assert f"checked {tmp_path / 'scratch'}/tenant-{TENANT}-newest-" in result.validation.output  # a scratch copy
-    assert "--- $ " in result.validation.output and "--- callable validators_under_test:passes" in result.validation.output
+    assert "--- $ " in result.validation.output
+    assert "--- callable validators_under_test:passes" in result.validation.output
     assert f"tenant {TENANT}: 100 memories served from" in result.validation.output
     assert table_rows(report)[0]["validation"].startswith("passed in ")
     # --json's tenants carry it too, raw.
