@@ -391,6 +391,13 @@ def test_the_command_line_takes_the_validation_flags(tmp_path, hooks, two_genera
     assert "exited with status 3" in refused.stderr and "Traceback" not in refused.stderr
     assert tree(data_dir) == before
 
+    restored = memrestore("restore", "--backend", backend.url, "--tenant", TENANT, "--snapshot", "older",
+                          "--data-dir", tmp_path / "fresh", "--mode", "new_cluster", "--validate-callable",
+                          "validators_under_test:passes", env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert ("staged copy validated before the commit: callable validators_under_test:passes passed"
+            in restored.stdout), restored.stdout
+
     drilled = memrestore("drill", "--backend", backend.url, "--scratch-dir", tmp_path / "scratch",
                          "--validate-callable", "validators_under_test:fails_for_newest", "--validate-timeout", "60",
                          env=env)

@@ -320,6 +320,10 @@ def restore(
                 validation=validation,
             ))
         _print_outcome(result, as_json)
+        if validation.active and not as_json and not dry_run:
+            # A commit happens only after the staged copy passed (a resumed commit: the run it resumes).
+            out.print(f"  staged copy validated before the commit: {validation.describe()} passed", highlight=False,
+                      soft_wrap=True, markup=False)
         if note:
             err.print(f"{note}: snapshot {result['snapshot_id']} was tenant {tenant}'s newest created at or "
                       "before it", highlight=False, soft_wrap=True)
