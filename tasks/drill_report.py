@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks import units
+from memrestore.tasks.validation import ValidationResult
 
 #: The longest backend label in a run name or an artifact key: enough for a bucket and a prefix
 #: (``s3-backups-memory``), short enough that the UI's run list shows the time after it.
@@ -46,6 +47,8 @@ class AttemptResult(BaseModel):
     reason: str | None = None
     restore_seconds: float | None = None
     bytes: int | None = None
+    #: The operator's validation of the copy (tasks/validation.py), when one is set and it ran.
+    validation: ValidationResult | None = None
 
 
 class TenantDrillResult(BaseModel):
@@ -61,6 +64,9 @@ class TenantDrillResult(BaseModel):
     before one finished (their worker died, or they outlived the child timeout), each with its
     worker and what became of it: the line is the retry's. ``rpo_over_max_age`` (added) says
     whether the effective RPO, ``last_good_age_seconds``, is over the drill's maximum age.
+    ``validation`` (added) is the operator's validation of the latest snapshot's copy: its
+    result, seconds, output tail and what it left beside the copy; None when no validation is
+    set or it did not run (the restore or the drill's own check failed first).
     """
 
     tenant_id: int
@@ -77,6 +83,7 @@ class TenantDrillResult(BaseModel):
     #: True when a maximum age was set and the effective RPO (the last good snapshot's age) is
     #: over it; False when it is within it, or when there is no limit or no good snapshot.
     rpo_over_max_age: bool = False
+    validation: ValidationResult | None = None
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -266,7 +273,9 @@ def rpo_text(result: TenantDrillResult, max_age_hours: float | None) -> str:
 def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[dict]:
     """One row per tenant, worst first: status, latest snapshot and its age, its restore's
     duration (RTO), size and rate, the last good snapshot, the effective RPO (flagged when over
-    ``max_age_hours``), the reason."""
+    ``max_age_hours``), the operator's validation (only when one ran: ``passed in 0.12 s``), the
+    reason."""
+    validated = any(r.validation is not None for r in report.tenants)
     return [
         {
             "tenant": r.tenant_id,
@@ -278,6 +287,7 @@ def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[
             "rate": units.rate(r.bytes_per_second),
             "last good": r.last_good_snapshot_id or "none",
             "RPO": rpo_text(r, max_age_hours),
+            **({"validation": r.validation.short() if r.validation else "-"} if validated else {}),
             "reason": r.reason or "",
         }
         for r in report.tenants
@@ -304,6 +314,9 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         )
         lines.append(f"- **tenant {r.tenant_id} failed** ({good}): {r.reason}")
         lines += [f"  - kept for inspection: `{path}`" for path in r.kept_copies]
+        if r.validation is not None and r.validation.status != "passed" and r.validation.output:
+            lines += [f"  - the validation's output ({r.validation.short()}), its last lines:", "", "    ```",
+                      *(f"    {line}" for line in r.validation.output.splitlines()), "    ```", ""]
     passed = [r for r in report.tenants if r.status == "ok"]
     if passed:
         oldest = max(r.last_good_age_seconds or 0.0 for r in passed)
