@@ -242,6 +242,20 @@ def report(request, lines: list[str]) -> None:
             reporter.write_line(line)
 
 
+def in_item_order(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn``, run with a restore's items staged one at a time, in the plan's order, so that the n-th
+    pass through the crash point ``item-staged`` is the n-th item and the ones after it are not
+    staged yet. For a forked child only (:func:`fork_call`): it sets the composer's
+    ``ITEM_CONCURRENCY`` for the rest of that process."""
+    from memrestore.tasks import restore as restore_module
+
+    def run() -> object:
+        restore_module.ITEM_CONCURRENCY = 1
+        return fn()
+
+    return run
+
+
 def fork_call(fn: Callable[[], object], env: dict[str, str] | None = None) -> "Child":
     """Run ``fn()`` in a forked child with ``env`` added to its environment.
 

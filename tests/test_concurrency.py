@@ -31,7 +31,6 @@ from memrestore.tasks.errors import RestoreInProgressError
 from memrestore.tasks.crash_points import ENV as CRASH_ENV
 from memrestore.tasks.marker import MARKER_NAME, lock_data_dir, read_marker
 from memrestore.tasks.plan import RestoreMode
-from tests.restorekit import execute
 from tests.conftest import tree
 from tests.procs import MEMRESTORE
 from tests.restorekit import (
@@ -42,7 +41,9 @@ from tests.restorekit import (
     GatedBackend,
     Layout,
     Snapshot,
+    execute,
     fork_call,
+    in_item_order,
     make_snapshot,
     report,
 )
@@ -173,7 +174,7 @@ def test_two_resumes_of_one_interrupted_restore(snap, race_log, tmp_path):
         layout = LAYOUTS[n % len(LAYOUTS)]
         data_dir = tmp_path / f"round{n}" / "data"
         layout.seed(data_dir)
-        crashed = fork_call(lambda: execute(snap.backend, snap.plan, data_dir, layout.mode),
+        crashed = fork_call(in_item_order(lambda: execute(snap.backend, snap.plan, data_dir, layout.mode)),
                             {CRASH_ENV: "item-staged:1"})  # the SQLite checkpoint staged, then killed
         crashed.wait()
         assert crashed.killed, crashed.describe()

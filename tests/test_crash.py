@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 
 from memrestore.backends.local import READ_CHUNK
-from memrestore.tasks import restore as restore_module
 from memrestore.tasks.commit import abort
 from memrestore.tasks.errors import DataDirNotEmptyError, LeftoverAsideError, NothingToAbortError, RestoreRefusedError
 from memrestore.tasks.crash_points import ENV as CRASH_ENV
@@ -48,6 +47,7 @@ from tests.restorekit import (
     Snapshot,
     build,
     fork_call,
+    in_item_order,
     make_snapshot,
     ours,
     report,
@@ -193,11 +193,9 @@ def restore_in_child(snap: Snapshot, layout: Layout, data_dir: Path, crash_at: s
     env = {CRASH_ENV: crash_at} if crash_at else None
 
     def run() -> None:
-        if crash_at:  # the items one at a time, in the child: the n-th pass through item-staged is the n-th item
-            restore_module.ITEM_CONCURRENCY = 1
         execute(snap.backend, snap.plan, data_dir, layout.mode, resume=resume)
 
-    return fork_call(run, env)
+    return fork_call(in_item_order(run) if crash_at else run, env)
 
 
 def kill_once(snap, layout, work: Path, kill_log, crash_at: str | None = None, delay: float | None = None,

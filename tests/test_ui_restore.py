@@ -132,7 +132,7 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
     assert "'latest' of tenant 9 is snapshot snap-9: created 2023-11-14 22:13:20 UTC" in text, text
     assert re.search(r"fetched 12\.\d MiB in .+, [\d.]+ (KiB|MiB)/s; all 2 match the manifest's blake3", text), text
     assert "staged copy checked (quick): SQLite quick_check ok" in text, text
-    assert f"the staged copy of snapshot snap-9 passed the validation (callable {EXAMPLE_VALIDATOR})" in text, text
+    assert f"staged copy validated (callable {EXAMPLE_VALIDATOR}): passed in " in text, text
     assert f"{data_dir}/tenant_9/data.sqlite, {data_dir}/tenant_9/hnsw/minilm.bin" in text, text
     assert not any(line.startswith("Finished in state") for line in lines), text
 
