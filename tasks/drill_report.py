@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks import units
+from memrestore.tasks.sample_verify import SampleReport
 
 #: The longest backend label in a run name or an artifact key: enough for a bucket and a prefix
 #: (``s3-backups-memory``), short enough that the UI's run list shows the time after it.
@@ -51,7 +52,7 @@ class TenantDrillResult(BaseModel):
     """One tenant's line of the drill report (the ``--json`` output's ``tenants`` items).
 
     ``snapshot_id``, ``restore_seconds``, ``snapshot_age_seconds`` and ``bytes`` are about the
-    latest snapshot; ``last_good_*`` about the newest one that restored and checked clean (the
+    snapshot tried first: the latest, unless a random pick chose another (``picked_by``); ``last_good_*`` about the newest one that restored and checked clean (the
     latest itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
@@ -74,8 +75,16 @@ class TenantDrillResult(BaseModel):
     kept_copies: list[str] = []
     lost_runs: list[str] = []
     #: True when a maximum age was set and the effective RPO (the last good snapshot's age) is
-    #: over it; False when it is within it, or when there is no limit or no good snapshot.
+    #: over it; False when it is within it, or when there is no limit or no good snapshot, or when
+    #: the drill started from a random pick (it tested no newer snapshot).
     rpo_over_max_age: bool = False
+    #: How ``snapshot_id`` was chosen (tasks/drill.py's pick_first): ``latest``, or ``random within
+    #: 30 d, seed 7: 3rd newest of 5``.
+    picked_by: str = "latest"
+    #: The age of the tenant's newest snapshot, whichever was tried: how fresh its backups are
+    #: (the age limit and the trend's "keeps growing" are judged on it). None in reports from
+    #: before it was added, and when the tenant has no snapshot.
+    newest_age_seconds: float | None = None
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -95,6 +104,14 @@ class DrillReport(BaseModel):
     ok: int
     failed: int
     unreadable: dict[str, str] = {}
+    #: The seed of the drill's random picks (None when every tenant's latest was tried): a drill
+    #: given this seed (``--seed``) draws the same snapshots again.
+    seed: int | None = None
+    #: The drill's sampled verify (tasks/sample_verify.py), when it ran one.
+    sample: SampleReport | None = None
+    #: What the trend calls out (tasks/drill_trend.py): a tenant whose RTO doubled, whose newest
+    #: snapshot keeps getting older. Empty with no earlier drill to compare with.
+    callouts: list[str] = []
 
     @property
     def failures(self) -> list[TenantDrillResult]:
@@ -154,11 +171,13 @@ def worst_first(result: TenantDrillResult) -> tuple:
     return (result.status == "ok", rpo is not None, -(rpo or 0.0), result.tenant_id)
 
 
-def build_report(results: Iterable[TenantDrillResult], unreadable: Mapping[str, str] | None = None) -> DrillReport:
+def build_report(results: Iterable[TenantDrillResult], unreadable: Mapping[str, str] | None = None,
+                 seed: int | None = None) -> DrillReport:
     """The report of ``results``, sorted worst first (:func:`worst_first`)."""
     results = sorted(results, key=worst_first)
     failed = sum(r.status == "failed" for r in results)
-    return DrillReport(tenants=results, ok=len(results) - failed, failed=failed, unreadable=dict(unreadable or {}))
+    return DrillReport(tenants=results, ok=len(results) - failed, failed=failed, unreadable=dict(unreadable or {}),
+                       seed=seed)
 
 
 def no_snapshot_result(tenant_id: int, backend_url: str, unreadable: int = 0) -> TenantDrillResult:
@@ -266,7 +285,7 @@ def rpo_text(result: TenantDrillResult, max_age_hours: float | None) -> str:
 
 
 def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[dict]:
-    """One row per tenant, worst first: status, latest snapshot and its age, its restore's
+    """One row per tenant, worst first: status, the snapshot tried first, how it was picked, its age, its restore's
     duration (RTO), size and rate, the last good snapshot, the effective RPO (flagged when over
     ``max_age_hours``), the reason."""
     return [
@@ -274,6 +293,7 @@ def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[
             "tenant": r.tenant_id,
             "status": r.status,
             "snapshot": r.snapshot_id or "-",
+            "picked by": r.picked_by,
             "age": units.age(r.snapshot_age_seconds),
             "RTO": units.duration(r.restore_seconds),
             "size": units.size(r.bytes),
@@ -299,6 +319,10 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         f"- backend: `{backend_url}`",
         f"- drilled at {when}; maximum snapshot age: {limit}",
     ]
+    if report.seed is not None:
+        lines.append(f"- snapshots picked at random (the table's *picked by*), seed {report.seed}: "
+                     f"`--seed {report.seed}` draws the same ones again")
+    lines[2:2] = [f"- **{callout}**" for callout in report.callouts]
     for r in report.failures:
         good = (
             f"last good snapshot `{r.last_good_snapshot_id}`, RPO {rpo_text(r, max_age_hours)}"

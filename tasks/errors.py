@@ -15,7 +15,8 @@ in its own module, and nothing drawn is missing::
     │   ├── RateSpellingError             backends.errors  a --limit-rate that is not a rate (also ValueError)
     │   ├── InstantSpellingError          backends.errors  an --as-of that is not an ISO 8601 time (also ValueError)
     │   ├── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant (as of a time)
-    │   └── SnapshotChoiceError           tasks.errors     a snapshot id and --as-of both given
+    │   ├── SnapshotChoiceError           tasks.errors     a snapshot id and --as-of both given
+    │   └── ShareSpellingError            tasks.errors     a --sample that is neither 5% nor 10G (also ValueError)
     ├── BackendError                      backends.errors  the store could not serve a request
     │   ├── TransientBackendError         backends.errors  throttling, 5xx, timeouts, dropped connections: retried
     │   └── PermanentBackendError         backends.errors  fails on the first attempt: not retried
@@ -65,6 +66,10 @@ from memrestore.tasks import units
 
 class SnapshotNotFoundError(BadInputError):
     """The asked-for snapshot does not exist, or the tenant has none."""
+
+
+class ShareSpellingError(BadInputError, ValueError):
+    """A sampled verify's share that is neither a percent (``5%``) nor a byte count (``10G``)."""
 
 
 class SnapshotChoiceError(BadInputError):

@@ -1,9 +1,11 @@
-"""The ``drill`` command: every tenant's latest snapshot restored into scratch, checked and
-reported (the restore-drill flow, flows/drill.py), and the report printed."""
+"""The ``drill`` command: every tenant's latest snapshot (or one picked at random within a window)
+restored into scratch, checked and reported (the restore-drill flow, flows/drill.py), and the
+report printed: the trend's call-outs first, the sampled verify's lines last."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +36,10 @@ def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -
     if as_json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
-    columns = ("tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last good", "RPO")
+    for callout in report.callouts:
+        out.print(f"[bold yellow]trend:[/] {callout}", highlight=False, soft_wrap=True)
+    picked = ("picked by",) if report.seed is not None else ()
+    columns = ("tenant", "status", "snapshot", *picked, "age", "RTO", "size", "rate", "last good", "RPO")
     table = Table(*columns, box=None)
     for r, row in zip(report.tenants, table_rows(report, max_age_hours)):
         status = "ok" if r.status == "ok" else "[bold red]FAILED[/]"
@@ -49,6 +54,12 @@ def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -
         for lost in r.lost_runs:
             out.print(f"tenant {r.tenant_id}: a run of its drill was lost, {lost}", highlight=False, soft_wrap=True,
                       markup=False)
+    if report.seed is not None:
+        out.print(f"snapshots picked at random with seed {report.seed} (--seed {report.seed} draws the same again)",
+                  highlight=False)
+    if report.sample is not None:
+        for line in report.sample.lines():
+            out.print(f"{line}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"{report.ok} ok, {report.failed} failed", highlight=False)
 
 
@@ -61,6 +72,60 @@ ScratchDirOpt = typer.Option(
     None, "--scratch-dir", help="Where copies are restored, checked and deleted (default: a new temp dir).")
 KeepFailedOpt = typer.Option(
     False, "--keep-failed", help="Keep a failed tenant's restored copy in the scratch dir for inspection.")
+PickOpt = typer.Option(
+    "latest", "--pick", metavar="latest|random-within-window",
+    help="Which snapshot of each tenant to restore: the latest, or one drawn at random among those of the "
+         "last --window (over nights, every generation kept gets restored). The walk back goes on from it.")
+WindowOpt = typer.Option(
+    None, "--window", metavar="DAYS",
+    help="With --pick random-within-window: how far back to draw from: 30d (the default), 12h, or days.")
+SeedOpt = typer.Option(
+    None, "--seed", min=0, help="With --pick random-within-window: the draw's seed (the report gives each "
+                                "drill's); the same seed draws the same snapshots. Default: a fresh one.")
+SampleOpt = typer.Option(
+    None, "--sample", metavar="SHARE",
+    help="Also hash this share of every stored blob of the tenants (older snapshots too) against the "
+         "manifests, without restoring: 5% of the bytes or 10G; a different slice each night.")
+
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dh]?)\s*$")
+
+
+def window_days(text: Optional[str]) -> Optional[float]:
+    """``30d``, ``12h`` or a plain number of days, as days; a usage error otherwise."""
+    if text is None:
+        return None
+    match = _WINDOW.match(text)
+    days = float(match.group(1)) / (24 if match.group(2) == "h" else 1) if match else 0.0
+    if not match or not 0 < days <= 365:
+        raise typer.BadParameter(f"{text!r}: give a window of more than 0 and at most 365 days: 30d, 12h or 7",
+                                 param_hint="--window")
+    return days
+
+
+def pick_parameters(pick: str, window: Optional[str], seed: Optional[int], sample: Optional[str]) -> dict:
+    """The pick, window, seed and sample options as the restore-drill flow's parameters (usage
+    errors, exit 2, for what cannot work)."""
+    picks = ("latest", "random-within-window")
+    if pick not in picks:
+        raise typer.BadParameter(f"{pick!r} is not one of {', '.join(picks)}", param_hint="--pick")
+    if pick == "latest" and (window is not None or seed is not None):
+        raise typer.BadParameter("only with --pick random-within-window",
+                                 param_hint="--window" if window is not None else "--seed")
+    parameters: dict = {"pick": pick}
+    if window is not None:
+        parameters["window_days"] = window_days(window)
+    if seed is not None:
+        parameters["seed"] = seed
+    if sample is not None:
+        from memrestore.tasks.errors import ShareSpellingError
+        from memrestore.tasks.sample_verify import parse_share
+
+        try:
+            parse_share(sample)
+        except ShareSpellingError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--sample") from None
+        parameters["sample"] = sample
+    return parameters
 
 
 def drill_parameters(tenant: Optional[list[int]], max_age_hours: Optional[float], scratch_dir: Optional[Path],
@@ -91,10 +156,14 @@ def drill(
         help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
     streams: int = StreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
+    pick: str = PickOpt,
+    window: Optional[str] = WindowOpt,
+    seed: Optional[int] = SeedOpt,
+    sample: Optional[str] = SampleOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Restore each tenant's latest snapshot into scratch, check it, report. Exit 1 if any tenant failed."""
+    """Restore each tenant's latest (or picked) snapshot into scratch, check it, report. Exit 1 if a tenant or a sampled blob failed."""
     quiet_prefect(verbose)
     connect_prefect()
     with importing_prefect():
@@ -108,6 +177,7 @@ def drill(
                                  "tenants drilled at once (prefect.yaml)", param_hint="--concurrency")
     if child_timeout is not None and not via_deployment:
         raise typer.BadParameter("only with --via-deployment", param_hint="--child-timeout")
+    picking = pick_parameters(pick, window, seed, sample)
     with errors_as_messages(verbose):
         with importing_prefect():
             from memrestore.flows.drill import drill_report, restore_drill
@@ -125,7 +195,8 @@ def drill(
             **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
             return_state=True,
             **optional,
+            **picking,
         )
         report = drill_report(state)
     _print_drill(report, as_json, max_age_hours)
-    raise typer.Exit(1 if report.failed else 0)
+    raise typer.Exit(1 if report.failed or (report.sample is not None and report.sample.failed) else 0)

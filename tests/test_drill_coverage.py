@@ -1,0 +1,247 @@
+"""Drills beyond the latest snapshot (issue 21): a random pick within a window that restores, over
+drills, different generations (seeded, so deterministic here), and the sampled verify that hashes
+a share of every stored blob each night and finds a blob corrupted in an old snapshot; plain
+calls, the flows under a real Prefect API, and the commands as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from memrestore.backends import LocalBackend, list_snapshots, put_manifest
+from memrestore.backends.demo_snapshots import write_sample_snapshot
+from memrestore.tasks.drill import SnapshotPick, drill_candidates, drill_plain, pick_first
+from memrestore.tasks.errors import ShareSpellingError
+from memrestore.tasks.sample_verify import (
+    Share,
+    night_slice,
+    parse_share,
+    sample_verify,
+    size_blobs,
+    stored_blobs,
+)
+from tests.procs import memrestore
+from tests.test_drill import _flip_byte
+
+DAY_MICROS = 86_400 * 10**6
+NOW = 1_800_000_000.0
+NOW_MICROS = int(NOW * 10**6)
+SMALL = (("minilm", 8),)
+CLI_TIMEOUT = 300
+
+
+def _generations(backend: LocalBackend, tenant: int, days_old: list[float], **kw) -> list[str]:
+    """Snapshots of ``tenant`` created ``days_old`` days before NOW; their ids, newest first."""
+    ids = []
+    for days in sorted(days_old):
+        sid = f"t{tenant}-{days:g}d"
+        write_sample_snapshot(backend, tenant_id=tenant, snapshot_id=sid, models=SMALL, hnsw_bytes=16 * 1024,
+                              created_at_unix_micros=NOW_MICROS - int(days * DAY_MICROS), **kw)
+        ids.append(sid)
+    return ids
+
+
+# -- which snapshot a drill tests -------------------------------------------------------------------
+
+
+def test_a_random_pick_draws_only_within_the_window_and_the_same_for_a_seed(backend):
+    newest_first = _generations(backend, 1, [1, 3, 8, 20, 29, 45])  # 45 d: outside a 30 d window
+    candidates = drill_candidates(list_snapshots(backend), 1)
+    assert [m.snapshot_id for m in candidates] == newest_first
+
+    assert pick_first(candidates, SnapshotPick.LATEST, now=NOW) == (0, "latest")
+    picks = [pick_first(candidates, SnapshotPick.RANDOM_WITHIN_WINDOW, now=NOW, window_days=30, seed=s)
+             for s in range(40)]
+    assert picks == [pick_first(candidates, SnapshotPick.RANDOM_WITHIN_WINDOW, now=NOW, window_days=30, seed=s)
+                     for s in range(40)]  # a seed draws the same again
+    assert {i for i, _ in picks} == {0, 1, 2, 3, 4}  # every generation within 30 d, never the 45 d one
+    index, words = picks[0]
+    assert words == f"random within 30 d, seed 0: {['1st', '2nd', '3rd', '4th', '5th'][index]} newest of 5"
+    # A shorter window draws from fewer; none within it: the latest, and the report says why.
+    assert {pick_first(candidates, SnapshotPick.RANDOM_WITHIN_WINDOW, now=NOW, window_days=5, seed=s)[0]
+            for s in range(40)} == {0, 1}
+    assert pick_first(candidates, SnapshotPick.RANDOM_WITHIN_WINDOW, now=NOW + 100 * 86_400, window_days=30,
+                      seed=3) == (0, "latest (none within 30 d)")
+
+
+def test_random_window_drills_restore_different_generations_and_walk_back_from_the_pick(backend, tmp_path):
+    """Six drills, seeds 0-5: real restores of the generations each seed picks, a corrupted one
+    found where it is picked, the walk back going on from it to the older one that restores."""
+    ids = _generations(backend, 1, [1, 4, 9, 16, 25])
+    corrupted = ids[3]  # 16 days old, which seed 0 picks
+    manifest = list_snapshots(backend).for_tenant(1)
+    _flip_byte(backend.root / next(m for m in manifest if m.snapshot_id == corrupted).hnsw_snapshots[0].content_key)
+
+    runs = [drill_plain(backend, [1], now=NOW, scratch_dir=tmp_path / "scratch", pick=SnapshotPick.RANDOM_WITHIN_WINDOW,
+                        window_days=30, seed=seed) for seed in range(6)]
+    lines = [run.tenants[0] for run in runs]
+    assert [r.snapshot_id for r in lines] == [ids[pick_first(drill_candidates(list_snapshots(backend), 1),
+                                                             SnapshotPick.RANDOM_WITHIN_WINDOW, now=NOW,
+                                                             seed=seed)[0]] for seed in range(6)]
+    assert len({r.snapshot_id for r in lines}) >= 3, [r.snapshot_id for r in lines]  # not the latest each night
+    for seed, (run, line) in enumerate(zip(runs, lines)):
+        assert run.seed == seed and line.picked_by.startswith(f"random within 30 d, seed {seed}: ")
+        assert line.newest_age_seconds == 86_400.0  # the age limit's: the newest's, whichever was tried
+        if line.snapshot_id == corrupted:
+            assert line.status == "failed" and line.last_good_snapshot_id == ids[4]  # walked back from the pick
+            assert "checksum" in line.reason and not line.rpo_over_max_age
+        else:
+            assert line.status == "ok" and line.last_good_snapshot_id == line.snapshot_id
+    assert corrupted in {r.snapshot_id for r in lines}, "no seed picked the corrupted generation: pick others"
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+# -- the sampled verify -----------------------------------------------------------------------------
+
+
+def test_a_share_is_a_percent_or_bytes():
+    assert parse_share("5%") == Share(percent=5.0) and parse_share(" 12.5 % ") == Share(percent=12.5)
+    assert parse_share("10G") == Share(bytes=10 * 1024**3) and parse_share("500k") == Share(bytes=500 * 1024)
+    for bad in ("0%", "101%", "five", "5%%", "-3%"):
+        with pytest.raises(ShareSpellingError, match="share"):
+            parse_share(bad)
+
+
+def _fleet(backend: LocalBackend) -> dict[int, list[str]]:
+    """Tenants 1 and 2, three generations each; tenant 2's newest shares its index with the one
+    before it (content-addressed: one blob named by two manifests)."""
+    made = {1: _generations(backend, 1, [1, 2, 3]), 2: _generations(backend, 2, [1, 2, 3])}
+    listing = list_snapshots(backend)
+    newest, before = (next(m for m in listing.for_tenant(2) if m.snapshot_id == sid) for sid in made[2][:2])
+    shared = newest.model_copy(update={"hnsw_snapshots": before.hnsw_snapshots})
+    put_manifest(backend, shared)
+    backend.root.joinpath(newest.hnsw_snapshots[0].content_key).unlink()  # no longer named by anyone
+    return made
+
+
+def test_nights_in_a_row_read_every_stored_blob_once_each_share(backend):
+    made = _fleet(backend)
+    listing = list_snapshots(backend)
+    blobs = stored_blobs(listing, None)
+    size_blobs(backend, blobs)
+    # 6 snapshots, 2 blobs each, one blob shared by two: 11 blobs, the shared one naming both.
+    assert len(blobs) == 11
+    shared = [b for b in blobs if len(b.snapshot_ids) == 2]
+    assert [b.snapshot_ids for b in shared] == [[made[2][1], made[2][0]]]  # oldest first
+    total = sum(b.size for b in blobs)
+
+    share = Share(percent=25)
+    nights = [night_slice(blobs, share, n) for n in range(4)]  # ceil(100 / 25) nights
+    read = [b.item.content_key for night in nights for b in night]
+    assert set(read) == {b.item.content_key for b in blobs}  # every blob, within 4 nights
+    biggest = max(b.size for b in blobs)
+    for night in nights:  # each night its budget, give or take one blob (blobs are read whole)
+        assert abs(sum(b.size for b in night) - total // 4) <= biggest
+    assert night_slice(blobs, Share(percent=100), 7) == night_slice(blobs, Share(bytes=10 * total), 3)
+    assert len(night_slice(blobs, Share(percent=100), 7)) == 11
+
+
+def test_a_sampled_verify_finds_a_blob_corrupted_in_an_old_snapshot(backend):
+    made = _fleet(backend)
+    oldest = made[1][-1]
+    listing = list_snapshots(backend)
+    bad_key = next(m for m in listing.for_tenant(1) if m.snapshot_id == oldest).hnsw_snapshots[0].content_key
+    _flip_byte(backend.root / bad_key)
+
+    reports = [sample_verify(backend, "34%", night=n) for n in range(3)]  # three nights: all read
+    found = [f for r in reports for f in r.failed]
+    assert found and {(f.tenant_id, tuple(f.snapshot_ids), f.key) for f in found} == {(1, (oldest,), bad_key)}
+    assert "checksum" in found[0].reason
+    assert sum(r.blobs_read for r in reports) >= reports[0].blobs_stored == 11
+    assert all(r.bytes_stored == reports[0].bytes_stored and r.snapshots == 6 for r in reports)
+    for r in reports:  # each night about a third of the bytes
+        assert 0.2 < r.bytes_read / r.bytes_stored < 0.5, r
+    assert "read" in reports[0].lines()[0] and "of 11 blobs" in reports[0].lines()[0]
+
+    # Scoped to tenant 2, whose snapshots are sound: nothing fails, the shared blob read once.
+    whole = sample_verify(backend, "100%", tenants=[2])
+    assert whole.failed == [] and whole.blobs_read == whole.blobs_stored == 5 and whole.tenants == [2]
+
+    # A blob gone is found every night, read or not: sizing every blob comes first.
+    gone = next(m for m in listing.for_tenant(2) if m.snapshot_id == made[2][-1]).sqlite_checkpoint_key
+    (backend.root / gone).unlink()
+    report = sample_verify(backend, "1k", tenants=[2], night=0)
+    assert [(f.snapshot_ids, f.key) for f in report.failed] == [([made[2][-1]], gone)]
+    assert report.failed[0].reason.startswith("cannot be read: ")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_sample_verify_command_names_the_old_snapshot_and_key_within_a_rate_limit(backend):
+    made = _fleet(backend)
+    oldest = made[1][-1]
+    bad_key = next(m for m in list_snapshots(backend).for_tenant(1)
+                   if m.snapshot_id == oldest).sqlite_checkpoint_key
+    _flip_byte(backend.root / bad_key)
+
+    done = memrestore("sample-verify", "--backend", backend.url, "--sample", "100%", "--limit-rate", "4M",
+                      "--json", timeout=CLI_TIMEOUT)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert [(f["tenant_id"], f["snapshot_ids"], f["key"]) for f in report["failed"]] == [(1, [oldest], bad_key)]
+    assert report["blobs_read"] == report["blobs_stored"] == 11
+
+    words = memrestore("sample-verify", "--backend", backend.url, "--sample", "100%", "--tenant", "1",
+                       timeout=CLI_TIMEOUT)
+    assert words.returncode == 1
+    assert words.stdout.startswith("sampled verify (100% a night, night ") and "1 failed" in words.stdout
+    assert f"tenant 1, snapshot {oldest}, key {bad_key}: " in words.stderr
+
+    usage = memrestore("sample-verify", "--backend", backend.url, "--sample", "lots", timeout=CLI_TIMEOUT)
+    assert usage.returncode == 2 and "'lots' is not a share" in usage.stderr
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_nightly_drill_picks_at_random_and_runs_the_sampled_verify_with_an_event_per_failed_blob(
+        backend, tmp_path):
+    from memrestore.flows.drill import drill_report, restore_drill
+    from memrestore.flows.sample_verify import SAMPLE_FAILED_EVENT
+    from memrestore.tasks.drill_report import artifact_key
+    from tests.test_drill import _read_back
+
+    made = _fleet(backend)
+    bad_key = next(m for m in list_snapshots(backend).for_tenant(2)
+                   if m.snapshot_id == made[2][-1]).hnsw_snapshots[0].content_key
+    _flip_byte(backend.root / bad_key)
+
+    state = restore_drill(backend=backend.url, scratch_dir=str(tmp_path / "scratch"), pick="random-within-window",
+                          window_days=30, seed=11, sample="100%", limit_rate="8M", return_state=True)
+    assert state.is_failed()
+    assert "1 blob(s) failed the sampled verify" in state.message and "tenants failed" not in state.message
+    report = drill_report(state)
+    assert report.failed == 0 and report.seed == 11
+    assert all(t.picked_by.startswith("random within 30 d, seed 11: ") for t in report.tenants)
+    assert [(f.snapshot_ids, f.key) for f in report.sample.failed] == [([made[2][-1]], bad_key)]
+
+    run_id = state.state_details.flow_run_id
+    artifacts = {a.key: a for a in _read_back(run_id)[4] if a.key}
+    assert "picked by" in json.loads(artifacts[artifact_key("report", backend.url)].data)[0]
+    sample_md = artifacts[artifact_key("sample", backend.url)].data
+    assert sample_md.startswith("## Sampled verify: 1 blob(s) FAILED") and f"`{bad_key}`" in sample_md
+    assert "seed 11" in artifacts[artifact_key("summary", backend.url)].data
+    events = _events(run_id, SAMPLE_FAILED_EVENT, expected=1)
+    assert all(e.payload["snapshot_ids"] == [made[2][-1]] for e in events)
+    assert [e.payload["key"] for e in events] == [bad_key]
+    assert events[0].resource.id == "memrestore.tenant.2"
+
+
+def _events(flow_run_id, name: str, expected: int, wait: float = 60) -> list:
+    """The events named ``name`` the run emitted, once ``expected`` of them are readable."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    event_filter = EventFilter(event=EventNameFilter(name=[name]),
+                               related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]))
+
+    async def read():
+        async with get_client() as client:
+            deadline = time.monotonic() + wait
+            while True:
+                events = (await client.read_events(filter=event_filter, limit=50)).events
+                if len(events) >= expected or time.monotonic() > deadline:
+                    return events
+                await asyncio.sleep(0.5)
+
+    return asyncio.run(read())
