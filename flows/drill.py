@@ -48,7 +48,7 @@ from pydantic import Field
 from memrestore.backends import SnapshotListing, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.streams import RateLimit, parse_rate
-from memrestore.tasks.sample_verify import parse_share
+from memrestore.tasks.share import parse_share
 from memrestore.flows.ops.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
 from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,

@@ -150,9 +150,9 @@ def rto_callout(tenant: int, tonight: Night, history: Sequence[Night]) -> str | 
     if now.rto_seconds < RTO_RATIO * usual or now.rto_seconds - usual < RTO_FLOOR_SECONDS:
         return None
     times = f"{now.rto_seconds / usual:.1f}x" if usual > 0 else "far above"
+    size = f", {units.size(now.bytes)}" if now.bytes is not None else ""
     return (f"tenant {tenant}: RTO {units.duration(now.rto_seconds)}, {times} its median of the "
-            f"{len(before)} drill(s) before ({units.duration(usual)}); snapshot {now.snapshot}, "
-            f"{units.size(now.bytes)}")
+            f"{len(before)} drill(s) before ({units.duration(usual)}); snapshot {now.snapshot}{size}")
 
 
 def age_callout(tenant: int, tonight: Night, history: Sequence[Night]) -> str | None:
@@ -166,9 +166,8 @@ def age_callout(tenant: int, tonight: Night, history: Sequence[Night]) -> str | 
         elapsed = t1.drilled_at - t0.drilled_at
         if elapsed <= 0 or b - a < elapsed / 2:
             return None
-    return (f"tenant {tenant}: newest snapshot keeps getting older, "
-            f"{', '.join(units.age(a) for a in ages)} over the last {len(ages)} drills: "
-            "check that its backups are still being taken")
+    return (f"tenant {tenant}: newest snapshot keeps getting older ({', '.join(units.age(a) for a in ages)} "
+            f"at the last {len(ages)} drills): no newer backup arrived; check that its backups are still being taken")
 
 
 def callouts(tonight: Night, history: Sequence[Night]) -> list[str]:
@@ -183,18 +182,17 @@ def callouts(tonight: Night, history: Sequence[Night]) -> list[str]:
 
 
 def sparkline(values: Iterable[float | None]) -> str:
-    """``▁▃█`` from low to high (a gap, ``·``, for a night with no value)."""
+    """``▁▃█``: each value's bar as high as the value against the highest (from zero, so that
+    a few hundredths of a second of noise do not look like a jump); ``·`` for a night with none."""
     values = list(values)
-    known = [v for v in values if v is not None]
-    if not known:
+    high = max((v for v in values if v is not None), default=None)
+    if high is None:
         return ""
-    low, high = min(known), max(known)
-    span = high - low
 
     def spark(v: float | None) -> str:
         if v is None:
             return "·"
-        return SPARKS[0] if span == 0 else SPARKS[round((v - low) / span * (len(SPARKS) - 1))]
+        return SPARKS[0] if high <= 0 else SPARKS[round(max(v, 0.0) / high * (len(SPARKS) - 1))]
 
     return "".join(spark(v) for v in values)
 
@@ -212,11 +210,20 @@ def chart_svg(nights: Sequence[Night], tenants: Sequence[int]) -> bytes:
         width=760, height=300, js=[], style=DefaultStyle, legend_at_bottom=True, truncate_legend=-1,
         x_label_rotation=20, show_minor_x_labels=True, dots_size=3, title="RTO per tenant (seconds)",
     )
-    chart.x_labels = [datetime.datetime.fromtimestamp(n.drilled_at, datetime.timezone.utc).strftime("%m-%d %H:%M")
-                      for n in nights]
+    chart.x_labels = _labels([n.drilled_at for n in nights])
     for tenant in tenants:
         chart.add(f"tenant {tenant}", _series(tenant, nights, "rto_seconds"))
     return chart.render()
+
+
+def _labels(times: Sequence[float]) -> list[str]:
+    """The drills' times on the chart's axis, UTC: ``12-07 03:00``, to the second when two drills
+    share a minute."""
+    def at(spec: str) -> list[str]:
+        return [datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(spec) for t in times]
+
+    minutes = at("%m-%d %H:%M")
+    return minutes if len(set(minutes)) == len(minutes) else at("%m-%d %H:%M:%S")
 
 
 def chart_tenants(tonight: Night, found: Sequence[str]) -> list[int]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,57 +37,20 @@ from pydantic import BaseModel
 
 from memrestore.backends import Backend, SnapshotListing, list_snapshots, open_backend
 from memrestore.backends.errors import RestoreError
-from memrestore.backends.streams import RateLimit, parse_rate
+from memrestore.backends.streams import RateLimit
 from memrestore.tasks import units
-from memrestore.tasks.errors import ShareSpellingError
 from memrestore.tasks.plan import PlanItem
 from memrestore.tasks.retry import retrying
+from memrestore.tasks.share import Share, parse_share
 from memrestore.tasks.stage import hash_item
 from memrestore.tasks.validate import plan_items
 
-#: How a share is spelled: a percent of the stored bytes (``5%``), or bytes (``10G``, ``500M``,
-#: powers of 1024 as ``--limit-rate`` reads them). The flows' parameters are checked against it.
-SHARE_PATTERN = r"^\s*(\d+(?:\.\d+)?\s*%|\d+(?:\.\d+)?\s*[kKmMgGtT]?(?:i?[bB])?)\s*$"
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 #: Blobs hashed at once: a few reads in flight keep a far store busy without taking every core
 #: from the service (the restore stages four at once too: tasks/execute.py's ITEM_CONCURRENCY).
 HASH_CONCURRENCY = 4
 #: Objects sized at once (HEADs on S3), as the snapshot listing sizes them.
 SIZE_CONCURRENCY = 16
 SECONDS_PER_DAY = 86_400
-
-
-@dataclass(frozen=True)
-class Share:
-    """A share of the stored bytes: a percent of them, or a byte count."""
-
-    percent: float | None = None
-    bytes: int | None = None
-
-    def budget(self, total: int) -> int:
-        """Bytes to read of ``total``."""
-        if self.percent is not None:
-            return int(total * self.percent / 100)
-        return min(total, self.bytes or 0)
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent is not None else units.size(self.bytes)
-
-
-def parse_share(text: str) -> Share:
-    """``5%`` (of the stored bytes; more than 0, at most 100) or ``10G`` (bytes, powers of 1024)."""
-    match = _PERCENT.match(text)
-    if match:
-        percent = float(match.group(1))
-        if not 0 < percent <= 100:
-            raise ShareSpellingError(f"{text!r}: a share is more than 0% and at most 100%")
-        return Share(percent=percent)
-    try:
-        return Share(bytes=parse_rate(text.strip().rstrip("/s")))
-    except RestoreError:
-        raise ShareSpellingError(
-            f"{text!r} is not a share: give a percent of the stored bytes (5%) or a byte count with an "
-            "optional unit, k, M, G or T (powers of 1024), e.g. 10G or 500M") from None
 
 
 def tonight(at: float) -> int:
@@ -204,7 +166,7 @@ class SampleReport(BaseModel):
         lines = [
             f"sampled verify ({self.share} a night, night {self.night}): read {self.blobs_read} of "
             f"{self.blobs_stored} blobs, {units.size(self.bytes_read)} of {units.size(self.bytes_stored)} "
-            f"({share}) of {self.snapshots} snapshots of {len(self.tenants)} tenants, in "
+            f"({share}) of {_count(self.snapshots, 'snapshot')} of {_count(len(self.tenants), 'tenant')}, in "
             f"{units.duration(self.seconds)}; {len(self.failed)} failed"
         ]
         if self.unverified:
@@ -212,6 +174,10 @@ class SampleReport(BaseModel):
         for f in self.failed:
             lines.append(f"tenant {f.tenant_id}, snapshot {', '.join(f.snapshot_ids)}, key {f.key}: {f.reason}")
         return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _checked(backend: Backend, blob: StoredBlob, limit: RateLimit | None) -> tuple[int, bool, str | None]:

@@ -15,14 +15,8 @@ from memrestore.backends import LocalBackend, list_snapshots, put_manifest
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.drill import SnapshotPick, drill_candidates, drill_plain, pick_first
 from memrestore.tasks.errors import ShareSpellingError
-from memrestore.tasks.sample_verify import (
-    Share,
-    night_slice,
-    parse_share,
-    sample_verify,
-    size_blobs,
-    stored_blobs,
-)
+from memrestore.tasks.sample_verify import night_slice, sample_verify, size_blobs, stored_blobs
+from memrestore.tasks.share import Share, parse_share
 from tests.procs import memrestore
 from tests.test_drill import _flip_byte
 
@@ -245,3 +239,34 @@ def _events(flow_run_id, name: str, expected: int, wait: float = 60) -> list:
                 await asyncio.sleep(0.5)
 
     return asyncio.run(read())
+
+
+# -- the trend's rules ------------------------------------------------------------------------------
+
+
+def _night(at: float, **tenants: tuple[float | None, float]) -> "Night":
+    from memrestore.tasks.drill_trend import Night, TenantNight
+
+    return Night(drilled_at=at, tenants={int(t[1:]): TenantNight(tenant=int(t[1:]), status="ok", snapshot=f"s{at:g}",
+                                                                 rto_seconds=rto, newest_age_seconds=age)
+                                         for t, (rto, age) in tenants.items()})
+
+
+def test_the_trend_calls_out_a_doubled_rto_above_its_floor_and_an_age_growing_over_three_drills():
+    from memrestore.tasks.drill_trend import callouts, sparkline
+
+    day = 86_400.0
+    history = [_night(0, t1=(1.0, 3600), t2=(0.05, 3600), t3=(10.0, 3600)),
+               _night(day, t1=(1.2, 3600 + day), t2=(0.06, 3700), t3=(11.0, 3000))]
+    tonight = _night(2 * day, t1=(2.3, 3600 + 2 * day), t2=(0.4, 3500), t3=(19.0, 3600))
+    found = callouts(tonight, history)
+    # t1: 2.3 s >= 2 x its median 1.1 s, and 1.2 s more; t2: 0.4 s is 7x, but only 0.35 s more (noise
+    # at that size); t3: 19 s is 1.8x its median. t1's newest snapshot aged a day at each of the 3.
+    assert found == [
+        "tenant 1: RTO 2.30 s, 2.1x its median of the 2 drill(s) before (1.10 s); snapshot s172800",
+        "tenant 1: newest snapshot keeps getting older (1.0 h, 25.0 h, 2.0 d at the last 3 drills): no newer "
+        "backup arrived; check that its backups are still being taken",
+    ]
+    assert callouts(tonight, history[1:]) == found[:1]  # two drills: an age is not called out yet
+    assert callouts(tonight, []) == []
+    assert sparkline([1.0, None, 2.0, 8.0]) == "▁·▂█" and sparkline([None]) == ""

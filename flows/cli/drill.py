@@ -118,7 +118,7 @@ def pick_parameters(pick: str, window: Optional[str], seed: Optional[int], sampl
         parameters["seed"] = seed
     if sample is not None:
         from memrestore.tasks.errors import ShareSpellingError
-        from memrestore.tasks.sample_verify import parse_share
+        from memrestore.tasks.share import parse_share
 
         try:
             parse_share(sample)

@@ -30,7 +30,7 @@ def sample_verify(
     """Hash a share of the blobs of every retained snapshot against their manifests, writing nothing.
     Exit 1 if any blob failed (each named with its snapshots and key)."""
     from memrestore.tasks.errors import ShareSpellingError
-    from memrestore.tasks.sample_verify import parse_share
+    from memrestore.tasks.share import parse_share
 
     try:
         parse_share(sample)
