@@ -271,4 +271,4 @@ def test_the_trend_calls_out_a_doubled_rto_above_its_floor_and_an_age_growing_ov
     assert callouts(tonight, history[:1]) == [found[0].replace("2.1x", "2.3x").replace("2 drill(s) before (1.10 s)",
                                                                                        "1 drill(s) before (1.00 s)")]
     assert callouts(tonight, []) == []
-    assert sparkline([1.0, None, 2.0, 8.0]) == "▁·▂█" and sparkline([None]) == ""
+    assert sparkline([1.0, None, 2.0, 8.0]) == "▂·▃█" and sparkline([None]) == ""
