@@ -285,15 +285,17 @@ def rpo_text(result: TenantDrillResult, max_age_hours: float | None) -> str:
 
 
 def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[dict]:
-    """One row per tenant, worst first: status, the snapshot tried first, how it was picked, its age, its restore's
+    """One row per tenant, worst first: status, the snapshot tried first (and how it was picked,
+    when the drill picked at random), its age, its restore's
     duration (RTO), size and rate, the last good snapshot, the effective RPO (flagged when over
     ``max_age_hours``), the reason."""
+    picked = report.seed is not None  # some snapshots were picked at random: say which, and how
     return [
         {
             "tenant": r.tenant_id,
             "status": r.status,
             "snapshot": r.snapshot_id or "-",
-            "picked by": r.picked_by,
+            **({"picked by": r.picked_by} if picked else {}),
             "age": units.age(r.snapshot_age_seconds),
             "RTO": units.duration(r.restore_seconds),
             "size": units.size(r.bytes),
