@@ -18,13 +18,9 @@ from memrestore.backends import SnapshotListing
 from memrestore.backends.streams import RateLimit, parse_rate
 from memrestore.tasks import units
 from memrestore.tasks.drill_report import artifact_key
-from memrestore.tasks.sample_verify import SampleReport, sample_verify_task
+from memrestore.tasks.sample_verify import SAMPLE_FAILED_EVENT, SampleReport, sample_verify_task
 from memrestore.tasks.share import SHARE_PATTERN, parse_share
 from memrestore.tasks.transfer import RateParam
-
-#: The event a blob that fails a sampled verify emits (resource ``memrestore.tenant.<id>``, as a
-#: failed drill's); flows/ops/alerts.py's automation pages on it.
-SAMPLE_FAILED_EVENT = "memrestore.verify.failed"
 
 ShareParam = Annotated[str, Field(pattern=SHARE_PATTERN)]
 

@@ -45,6 +45,9 @@ from memrestore.tasks.share import Share, parse_share
 from memrestore.tasks.stage import hash_item
 from memrestore.tasks.validate import plan_items
 
+#: The event a blob that fails a sampled verify emits (resource ``memrestore.tenant.<id>``, as a
+#: failed drill's); flows/ops/alerts.py's blob_failed_automation notifies on it.
+SAMPLE_FAILED_EVENT = "memrestore.verify.failed"
 #: Blobs hashed at once: a few reads in flight keep a far store busy without taking every core
 #: from the service (the restore stages four at once too: tasks/execute.py's ITEM_CONCURRENCY).
 HASH_CONCURRENCY = 4

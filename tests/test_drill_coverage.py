@@ -188,37 +188,72 @@ def test_the_sample_verify_command_names_the_old_snapshot_and_key_within_a_rate_
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_the_nightly_drill_picks_at_random_and_runs_the_sampled_verify_with_an_event_per_failed_blob(
-        backend, tmp_path):
+def test_the_nightly_drill_picks_at_random_and_a_failed_blob_of_its_sampled_verify_pages_someone(backend, tmp_path):
+    """The drill with a random pick and a sampled verify: the report, its artifacts, the event of the
+    blob corrupted in tenant 2's oldest snapshot, and the notification the automation sends on it."""
+    import threading
+    import uuid
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
     from memrestore.flows.drill import drill_report, restore_drill
-    from memrestore.flows.sample_verify import SAMPLE_FAILED_EVENT
+    from memrestore.flows.ops.alerts import blob_failed_automation
     from memrestore.tasks.drill_report import artifact_key
+    from memrestore.tasks.sample_verify import SAMPLE_FAILED_EVENT
+    from tests.procs import wait_until
     from tests.test_drill import _read_back
+    from tests.test_serve import NOTIFY_SECONDS, _Receiver
 
     made = _fleet(backend)
     bad_key = next(m for m in list_snapshots(backend).for_tenant(2)
                    if m.snapshot_id == made[2][-1]).hnsw_snapshots[0].content_key
     _flip_byte(backend.root / bad_key)
 
-    state = restore_drill(backend=backend.url, scratch_dir=str(tmp_path / "scratch"), pick="random-within-window",
-                          window_days=30, seed=11, sample="100%", limit_rate="8M", return_state=True)
-    assert state.is_failed()
-    assert "1 blob(s) failed the sampled verify" in state.message and "tenants failed" not in state.message
-    report = drill_report(state)
-    assert report.failed == 0 and report.seed == 11
-    assert all(t.picked_by.startswith("random within 30 d, seed 11: ") for t in report.tenants)
-    assert [(f.snapshot_ids, f.key) for f in report.sample.failed] == [([made[2][-1]], bad_key)]
+    receiver = _Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    block_name = f"pager-{uuid.uuid4().hex[:8]}"
+    automation = block_id = None
+    try:
+        block_id = CustomWebhookNotificationBlock(
+            name="memrestore pager", url=f"http://127.0.0.1:{receiver.server_port}/hook",
+            json_data={"text": "{{subject}}\n{{body}}"},
+        ).save(block_name)
+        automation = blob_failed_automation(block_id, name=f"blob failed {block_name}").create()
 
-    run_id = state.state_details.flow_run_id
-    artifacts = {a.key: a for a in _read_back(run_id)[4] if a.key}
-    assert "picked by" in json.loads(artifacts[artifact_key("report", backend.url)].data)[0]
-    sample_md = artifacts[artifact_key("sample", backend.url)].data
-    assert sample_md.startswith("## Sampled verify: 1 blob(s) FAILED") and f"`{bad_key}`" in sample_md
-    assert "seed 11" in artifacts[artifact_key("summary", backend.url)].data
-    events = _events(run_id, SAMPLE_FAILED_EVENT, expected=1)
-    assert all(e.payload["snapshot_ids"] == [made[2][-1]] for e in events)
-    assert [e.payload["key"] for e in events] == [bad_key]
-    assert events[0].resource.id == "memrestore.tenant.2"
+        state = restore_drill(backend=backend.url, scratch_dir=str(tmp_path / "scratch"),
+                              pick="random-within-window", window_days=30, seed=11, sample="100%", limit_rate="8M",
+                              return_state=True)
+        assert state.is_failed()
+        assert "1 blob(s) failed the sampled verify" in state.message and "tenants failed" not in state.message
+        report = drill_report(state)
+        assert report.failed == 0 and report.seed == 11
+        assert all(t.picked_by.startswith("random within 30 d, seed 11: ") for t in report.tenants)
+        assert [(f.snapshot_ids, f.key) for f in report.sample.failed] == [([made[2][-1]], bad_key)]
+
+        run_id = state.state_details.flow_run_id
+        artifacts = {a.key: a for a in _read_back(run_id)[4] if a.key}
+        rows = json.loads(artifacts[artifact_key("report", backend.url)].data)
+        assert all(r["picked by"].startswith("random within 30 d, seed 11: ") for r in rows)
+        sample_md = artifacts[artifact_key("sample", backend.url)].data
+        assert sample_md.startswith("## Sampled verify: 1 blob(s) FAILED") and f"`{bad_key}`" in sample_md
+        assert "seed 11: `--seed 11` draws the same ones again" in artifacts[artifact_key("summary", backend.url)].data
+        events = _events(run_id, SAMPLE_FAILED_EVENT, expected=1)
+        assert [(e.resource.id, e.payload["key"], e.payload["snapshot_ids"]) for e in events] == [
+            ("memrestore.tenant.2", bad_key, [made[2][-1]])]
+
+        [body] = wait_until(lambda: [b for b in receiver.bodies if bad_key in b["text"]], NOTIFY_SECONDS,
+                            f"the notification for {bad_key}")
+        assert body["text"].startswith("memrestore: a stored blob of tenant 2 failed its sampled verify")
+        assert f"snapshots that hold it (each would fail a restore): {made[2][-1]}" in body["text"]
+    finally:
+        if automation is not None:
+            automation.delete()
+        if block_id is not None:
+            CustomWebhookNotificationBlock.delete(block_name)
+        receiver.shutdown()
+        thread.join()
+        receiver.server_close()
 
 
 def _events(flow_run_id, name: str, expected: int, wait: float = 60) -> list:
@@ -272,3 +307,34 @@ def test_the_trend_calls_out_a_doubled_rto_above_its_floor_and_an_age_growing_ov
                                                                                        "1 drill(s) before (1.00 s)")]
     assert callouts(tonight, []) == []
     assert sparkline([1.0, None, 2.0, 8.0]) == "▂·▃█" and sparkline([None]) == ""
+
+
+def test_the_local_folder_reserves_from_a_rate_limit_only_what_an_object_holds(backend, tmp_path):
+    """A small blob read under --limit-rate reserves its own bytes, not a whole 1 MiB chunk (and
+    nothing for the read that finds its end): at 1 MiB/s, each blob of a sampled verify or a drill
+    of many small tenants waited about two seconds for bytes it never read."""
+    import io
+
+    from memrestore.backends.local import READ_CHUNK
+    from memrestore.backends.streams import RateLimit
+    from memrestore.tasks.drill import restore_plain
+
+    class Recording(RateLimit):
+        def __init__(self, rate: float) -> None:
+            super().__init__(rate)
+            self.reserved: list[int] = []
+
+        def reserve(self, n, stop=None):
+            self.reserved.append(n)
+            super().reserve(n, stop)
+
+    manifest = write_sample_snapshot(backend, tenant_id=1, snapshot_id="s", models=SMALL, hnsw_bytes=READ_CHUNK + 5)
+    key = manifest.hnsw_snapshots[0].content_key
+    plain = Recording(1024**3)
+    assert backend.download(key, io.BytesIO(), limit=plain) == READ_CHUNK + 5
+    assert plain.reserved == [READ_CHUNK, 5, 0]
+    kernel = Recording(1024**3)  # a restore: the kernel copies into the staged file
+    outcome = restore_plain(backend, limit=kernel)(manifest, tmp_path / "copy")
+    assert sorted(kernel.reserved, reverse=True) == sorted(
+        [READ_CHUNK, 5, 0, backend.object_size(manifest.sqlite_checkpoint_key), 0], reverse=True)
+    assert sum(kernel.reserved) == outcome.total_bytes
