@@ -342,6 +342,10 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         if r.lost_runs:
             lines.append(f"- tenant {r.tenant_id}: {len(r.lost_runs)} run(s) of its drill were lost on the way:")
             lines += [f"  - {lost}" for lost in r.lost_runs]
+    if report.sample is not None:
+        first, *rest = report.sample.lines()
+        lines.append(f"- {first}" if report.sample.ok else f"- **{first}**")
+        lines += [f"  - {line}" for line in rest]
     for sid, why in sorted(report.unreadable.items()):
         lines.append(f"- warning: snapshot `{sid}` was skipped, its manifest is unreadable: {why}")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,8 @@ tenant 3 none; before the third, tenant 2's new snapshot is 2 MiB, which the rat
 take seconds where the others take a tenth of one. The third drill must call out tenant 2's RTO
 and tenant 3's ever older snapshot, and nothing of tenant 1's: in its ``--json``, first in its
 table output, at the top of its ``drill-summary``, and in its ``drill-trend`` artifact, whose
-page (the chart, drawn as an SVG image, and the sparkline table) is opened in Chromium and shot.
+page (the chart, drawn as an SVG image, and the sparkline table) is opened in Chromium and shot,
+and so is the summary's, with the sampled verify the third drill ran too.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_three_drills_call_out_the_tenant_made_slower_and_the_one_not_backed_up(
         if night > 1:
             _snapshot(backend, 1, night)
             _snapshot(backend, 2, night, hnsw_bytes=2 * 1024 * 1024 if night == 3 else 16 * 1024)
-        done = _drill(prefect_server, backend, tmp_path)
+        done = _drill(prefect_server, backend, tmp_path, *(["--sample", "50%"] if night == 3 else []))
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout)
 
@@ -94,6 +95,14 @@ def test_three_drills_call_out_the_tenant_made_slower_and_the_one_not_backed_up(
         path = tmp_path / "drill-trend.png"
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot: {path}")
+
+        # The summary: the verdict, the call-outs right under it, the sampled verify's line.
+        page.goto(f"{prefect_server.url}/v2/artifacts/artifact/{summary.id}")
+        page.get_by_text("Restore drill: all 3 tenants passed").first.wait_for()
+        page.get_by_text(callouts[1]).first.wait_for()
+        page.get_by_text("sampled verify (50% a night, night ").first.wait_for()
+        page.screenshot(path=str(tmp_path / "drill-summary.png"), full_page=True)
+        print(f"screenshot: {tmp_path / 'drill-summary.png'}")
     except BaseException:
         keep_failed_page(page, tmp_path)
         raise
