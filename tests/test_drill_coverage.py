@@ -338,3 +338,18 @@ def test_the_local_folder_reserves_from_a_rate_limit_only_what_an_object_holds(b
     assert sorted(kernel.reserved, reverse=True) == sorted(
         [READ_CHUNK, 5, 0, backend.object_size(manifest.sqlite_checkpoint_key), 0], reverse=True)
     assert sum(kernel.reserved) == outcome.total_bytes
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_fleet_child_starts_from_the_snapshot_its_parent_picked(backend, tmp_path):
+    """A fleet drill's parent picks (it has the listing) and sends each child every snapshot id and
+    where to start: the child restores that one, and walks back from it."""
+    from memrestore.flows.drill import drill_tenant_flow
+
+    ids = _generations(backend, 1, [1, 2, 3])
+    result = drill_tenant_flow(backend=backend.url, tenant_id=1, snapshots=ids, drilled_at=NOW,
+                               scratch_dir=str(tmp_path / "scratch"), start_at=1, picked_by="random within 30 d, "
+                               "seed 4: 2nd newest of 3")
+    assert (result["snapshot_id"], result["last_good_snapshot_id"], result["status"]) == (ids[1], ids[1], "ok")
+    assert result["picked_by"] == "random within 30 d, seed 4: 2nd newest of 3"
+    assert result["newest_age_seconds"] == 86_400.0 and result["snapshot_age_seconds"] == 2 * 86_400.0
