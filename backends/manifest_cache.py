@@ -79,7 +79,7 @@ def _parser_fingerprint() -> str:
     not reused (a stricter parser may refuse what an older one accepted)."""
     try:
         source = Path(manifest_module.__file__).read_bytes()
-    except OSError:  # no source file (a zipped install): the installed version says as much
+    except OSError:  # no source file (a zipped install): the installed version says as much (imported here: only such an install needs it)
         from importlib.metadata import PackageNotFoundError, version
 
         try:

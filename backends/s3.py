@@ -33,6 +33,7 @@ from memrestore.backends.errors import (
     TransientBackendError,
 )
 from memrestore.backends import streams as _streams
+from memrestore.backends.key_ranges import list_key_ranges
 from memrestore.backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
 from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool, metered
 
@@ -240,8 +241,6 @@ class S3Backend:
         # ListObjectsV2 requests are in flight at once, over disjoint key ranges
         # (backends/key_ranges.py); the keys found are the same whatever their number (1: one
         # sequential pass), and so is the result, sorted by id.
-        from memrestore.backends.key_ranges import list_key_ranges
-
         root = f"{self.prefix}/" if self.prefix else ""
 
         def page(start_after: str | None, max_keys: int) -> tuple[list[dict], bool]:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
-from memrestore.backends.errors import BadInputError, RateSpellingError
+from memrestore.backends.errors import RateSpellingError
 
 MiB = 1024 * 1024
 T = TypeVar("T")

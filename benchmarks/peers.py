@@ -27,18 +27,22 @@ def boto3_download(bucket: str, dest: Path, keys: list[str]) -> None:
 
 def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
     """One restore per snapshot (each into its own new data dir), one after the other, with the
-    plain functions of ``tasks/``: ``tasks.execute.execute``, no Prefect flow, task or API."""
+    plain functions of ``tasks/``: ``tasks.restore.restore`` with its plain steps, no Prefect flow,
+    task or API."""
     from memrestore.backends import open_backend
-    from memrestore.tasks.execute import execute
-    from memrestore.tasks.fetch import fetch_manifest
+    from memrestore.tasks.choose import fetch_manifest
+    from memrestore.tasks.modes import CheckLevel
     from memrestore.tasks.plan import DestinationState, RestoreMode
-    from memrestore.tasks.validate import validate
+    from memrestore.tasks.restore import RestoreRequest, restore
 
     backend = open_backend(backend_url)
     for snapshot_id in snapshot_ids:
         manifest = fetch_manifest(backend, None, snapshot_id)
-        plan = validate(manifest, DestinationState(embedding_model=embedding_model), backend_url)
-        execute(backend, plan, data_root / f"tenant-{manifest.tenant_id}", RestoreMode.NEW_CLUSTER)
+        restore(RestoreRequest(backend=backend_url, tenant_id=manifest.tenant_id, snapshot=snapshot_id,
+                               data_dir=data_root / f"tenant-{manifest.tenant_id}", mode=RestoreMode.NEW_CLUSTER,
+                               destination=DestinationState(embedding_model=embedding_model),
+                               check=CheckLevel.NONE),
+                backend=backend, manifest=manifest)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -124,7 +124,7 @@ def row5_drill(bench: Bench) -> Row:
     bench.notes.append("Row 5, the drills' own reports: " + "; ".join(_drill_summary(run.stdout) for run in sa.runs))
     what = f"`memrestore drill` (the restore-drill flow) over {n} tenants, {size_text(bench.sizes.drill_bytes)} each"
     return Row.rate(f"{what} (local folder)", f"the same {n} restores one by one with the plain functions "
-                    "(`tasks.execute.execute`), no Prefect", sa, sb, n)
+                    "(`tasks.restore.restore`, plain steps), no Prefect", sa, sb, n)
 
 
 def row6_verify(bench: Bench) -> Row:

@@ -39,6 +39,7 @@ from typing import Annotated, Any, Callable, Iterator, Sequence, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, Failed
@@ -79,7 +80,7 @@ from memrestore.tasks.drill_report import (
     run_name,
 )
 from memrestore.tasks.errors import SnapshotNotFoundError
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
@@ -254,7 +255,6 @@ def _emit_failed(result: TenantDrillResult, backend: str) -> None:
 def _drill_run_name() -> str:
     """``drill-<backend>-<UTC minute>``: the backend's label (tasks/drill_report.run_name) and the
     time the run was scheduled for (a nightly run: its cron time; any other: when it was made)."""
-    from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
     backend = str((context.parameters or {}).get("backend", "")) if context else ""
@@ -407,8 +407,6 @@ def _trend_task(report: DrillReport, backend: str, drilled_at: float, deployment
 def _trend(report: DrillReport, backend: str, drilled_at: float) -> list[str]:
     """The trend's call-outs; a trend that cannot be read (the API refusing the artifacts' query)
     is a warning, never the drill's failure: the drill itself is done."""
-    from prefect.context import FlowRunContext
-
     run = FlowRunContext.get().flow_run
     try:
         return _trend_task(report, backend, drilled_at, run.deployment_id, run.id)

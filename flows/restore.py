@@ -1,5 +1,6 @@
-"""The ``restore-snapshot``, ``verify-snapshot`` and ``abort-restore`` flows: the card's steps, top
-to bottom.
+"""The ``restore-snapshot``, ``verify-snapshot`` and ``abort-restore`` flows: their form (flat, typed
+parameters), the restore's request built from them once, and the composer (tasks/restore.py) run
+with each step a task run (flows/task_runs.py) and told to the run's log (flows/run_log.py).
 
 They are ``async def`` (call them as ``asyncio.run(restore_snapshot(...))``) for one reason:
 Prefect runs an async flow with its async engine, which does not wait for the run's heartbeat
@@ -23,39 +24,32 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow
 from prefect.context import SyncClientContext
-from prefect.events import emit_event
-from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field, model_serializer
 from pydantic.json_schema import SkipJsonSchema
 
-from memrestore.backends.listing import format_instant, parse_instant
+from memrestore.backends import open_backend
+from memrestore.backends.listing import parse_instant
 from memrestore.backends.errors import BadInputError, RestoreError
 from memrestore.backends.manifest import WireVersion
 from memrestore.backends.streams import parse_rate
 from memrestore.flows.run_log import RunLog, initial_run_name, quiet_task_chatter
-from memrestore.tasks import sequence
-from memrestore.tasks.checks import CheckLevel, check_staged_task
-from memrestore.tasks.commit import abort_task, cleanup_task, commit_task
-from memrestore.tasks.execute import ITEM_CONCURRENCY
-from memrestore.tasks.fetch import LATEST, fetch_manifest_task
-from memrestore.tasks.hold import DataDirHold
-from memrestore.tasks.errors import RestoreRefusedError
-from memrestore.tasks.measure import measure_plan_task
-from memrestore.tasks.marker import Phase, RunRef, read_marker, replaced_by
+from memrestore.flows.task_runs import TaskRuns, this_run
+from memrestore.tasks.checks import CheckLevel
+from memrestore.tasks.choose import LATEST, fetch_manifest
+from memrestore.tasks.commit import abort
 from memrestore.tasks.dead_restores import what_is_left
-from memrestore.tasks.outcome import (RestoreOutcome, build_outcome, not_done_outcome, publish_outcome,
-                                      publish_outcome_task)
+from memrestore.tasks.errors import RestoreRefusedError
+from memrestore.tasks.marker import read_marker
+from memrestore.tasks.outcome import RestoreOutcome, build_outcome, not_done_outcome, publish_outcome, publish_outcome_task
 from memrestore.tasks.plan import DestinationState, RestoreMode
-from memrestore.tasks.preflight import preflight_task
-from memrestore.tasks.progress import bytes_artifact
-from memrestore.tasks.sequence import is_interrupt
-from memrestore.tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
-from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
-from memrestore.tasks.validate import hash_plan, validate_task
+from memrestore.tasks.restore import ITEM_CONCURRENCY, RestoreRequest, is_interrupt, restore
+from memrestore.tasks.stage import hash_item
+from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
+from memrestore.tasks.validate import hash_plan
 
 
 def _no_schema_default(schema: dict) -> None:
@@ -98,24 +92,6 @@ class Destination(BaseModel):
         )
 
 
-def _emit(event: str, tenant_id: int, snapshot_id: str, payload: dict) -> None:
-    emit_event(
-        event=event,
-        resource={"prefect.resource.id": f"memrestore.tenant.{tenant_id}", "memrestore.snapshot": snapshot_id},
-        payload=payload,
-    )
-
-
-def _results(futures) -> list:
-    """Wait for every future (none is left running), then raise the first failure, if any."""
-    wait(futures)
-    results = [f.result(raise_on_failure=False) for f in futures]
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        raise failures[0]
-    return results
-
-
 def _steps_client() -> AbstractContextManager:
     """One API client for the flow's sync task runs, in this thread and the task runner's.
 
@@ -126,15 +102,6 @@ def _steps_client() -> AbstractContextManager:
     (Prefect copies the context into each).
     """
     return SyncClientContext.get_or_create()
-
-
-def _this_run() -> RunRef | None:
-    """The flow run this restore runs as, for its marker."""
-    from prefect.runtime import flow_run
-    from prefect.settings import get_current_settings
-
-    run_id = flow_run.get_id()
-    return RunRef(flow_run_id=str(run_id), api_url=get_current_settings().api.url) if run_id else None
 
 
 def _per_item_flow(name: str, run_name: str):
@@ -191,18 +158,22 @@ async def restore_snapshot(
     """
     quiet_task_chatter()
     log = RunLog(tenant_id, snapshot, mode, data_dir, dry_run)
-    known: dict = {}  # the plan, once the manifest is read
     started = time.monotonic()
     try:
+        request = RestoreRequest(  # the form's spellings refused before anything is read
+            backend=backend, tenant_id=tenant_id, data_dir=Path(data_dir), mode=mode, snapshot=snapshot,
+            as_of=parse_instant(as_of) if as_of else None,  # the form sends an emptied field as ""
+            destination=destination.state(), require_checksums=require_checksums, dry_run=dry_run,
+            resume=resume, streams=streams, limit_rate=parse_rate(limit_rate) if limit_rate is not None else None,
+            check=check)
         with _steps_client():
-            outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
-                               dry_run, resume, streams, limit_rate, check, as_of, log, known)
+            outcome = restore(request, TaskRuns(), log)
     except RestoreError as exc:
         message = log.words(str(exc))
         log.not_done(message)
         status = "refused" if isinstance(exc, (RestoreRefusedError, BadInputError)) else "failed"
         try:
-            await publish_outcome_task(_not_done(status, message, log, backend, started, known), dry_run)
+            await publish_outcome_task(_not_done(status, message, log, backend, started), dry_run)
         except Exception as publish_exc:  # noqa: BLE001 - the refusal is the run's news, not this
             log.logger.warning(f"could not publish the summary of this {status} restore: {publish_exc}")
         return Failed(message=message, data=exc)
@@ -210,7 +181,7 @@ async def restore_snapshot(
         if is_interrupt(exc):
             # Said where the operator looks, if the API answers at once: a stop must not wait on it.
             why = f"the restore was {str(exc) or f'stopped ({type(exc).__name__})'}"
-            interrupted = _not_done("interrupted", why, log, backend, started, known)
+            interrupted = _not_done("interrupted", why, log, backend, started)
             try:
                 await asyncio.wait_for(publish_outcome(interrupted, dry_run), INTERRUPTED_PUBLISH_SECONDS)
             except BaseException:  # noqa: BLE001 - the stop goes on
@@ -225,12 +196,12 @@ async def restore_snapshot(
 INTERRUPTED_PUBLISH_SECONDS = 2.0
 
 
-def _not_done(status: str, reason: str, log: RunLog, backend: str, started: float, known: dict) -> RestoreOutcome:
+def _not_done(status: str, reason: str, log: RunLog, backend: str, started: float) -> RestoreOutcome:
     """The outcome of a restore that did not happen, with what its data dir holds: what an
     interrupted restore or a failed undo left (its marker says), else the data dir as it was."""
     data_dir = Path(log.data_dir)
     info = read_marker(data_dir)
-    run = _this_run()
+    run = this_run()
     if info is not None and info.pid == os.getpid() and (run is None or info.flow_run_id == run.flow_run_id):
         holds = log.words(what_is_left(data_dir, info))
     elif status == "refused":
@@ -238,87 +209,7 @@ def _not_done(status: str, reason: str, log: RunLog, backend: str, started: floa
     else:
         holds = f"{data_dir} is as it was before this restore (what it had staged was removed)"
     return not_done_outcome(status, reason, holds, log.tenant_id, log.snapshot, log.mode, backend, data_dir,
-                            time.monotonic() - started, known.get("plan"))
-
-
-def _restore(
-    backend: str,
-    tenant_id: int,
-    data_dir: str,
-    mode: RestoreMode,
-    snapshot: str,
-    destination: Destination,
-    require_checksums: bool,
-    dry_run: bool,
-    resume: bool,
-    streams: int,
-    limit_rate: str | None,
-    check: CheckLevel,
-    as_of: str | None,
-    log: RunLog,
-    known: dict,
-) -> RestoreOutcome:
-    """The restore-snapshot flow's steps, up to its outcome; each told to ``log``, the plan kept in
-    ``known`` once it is read (for the outcome of a restore that does not happen)."""
-    logger = get_run_logger()
-    started = time.monotonic()
-    rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before anything is read
-    moment = parse_instant(as_of) if as_of else None  # the form sends an emptied field as ""
-    manifest = fetch_manifest_task(backend, tenant_id, snapshot, moment)
-    if moment is not None:
-        logger.info("as of %s: snapshot %s, created %s", format_instant(moment), manifest.snapshot_id,
-                    format_instant(manifest.created_at_unix_micros))
-    plan = validate_task(manifest, destination.state(), backend, require_checksums)
-    known["plan"] = plan
-    log.resolved(plan)
-    for warning in plan.warnings:
-        logger.warning(warning)
-    plan = known["plan"] = measure_plan_task(plan)
-    log.measured(plan)
-    with DataDirHold(Path(data_dir)) as hold:
-        phase = preflight_task(plan, hold, mode, dry_run, resume, None if dry_run else _this_run())
-        if dry_run:
-            return build_outcome("planned", plan, mode, Path(data_dir), None, time.monotonic() - started,
-                                 removed=replaced_by(Path(data_dir), plan.tenant_id, mode))
-
-        def stage() -> list[StagedItem]:
-            if phase not in (None, Phase.STAGING):  # interrupted mid-commit: staged and verified already
-                logger.info(f"resuming after phase {phase.value}: the staged blobs are checked again, not fetched")
-                return _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
-            # The blobs share the restore's streams and rate limit; the UI watches the bytes.
-            begun = time.monotonic()
-            with Transfer(streams, rate) as transfer, bytes_artifact(
-                    f"restore-progress-tenant-{plan.tenant_id}",
-                    sum(item.size or 0 for item in plan.items), lambda: transfer.received):
-                staged = _results(stage_item_task.map(
-                    unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
-                    unmapped(transfer)))
-            log.fetched(transfer.received, time.monotonic() - begun, len(staged), sum(s.verified for s in staged))
-            return staged
-
-        def check_staged() -> float | None:
-            if phase not in (None, Phase.STAGING):
-                return None
-            seconds = check_staged_task(plan, data_dir, check)
-            log.checked(check, seconds, len(plan.table_names))
-            return seconds
-
-        staged, check_seconds = sequence.run(hold, plan.tenant_id, sequence.Steps(
-            stage=stage,
-            check=check_staged,
-            commit=lambda: commit_task(hold, plan.tenant_id, mode),
-            cleanup=cleanup_task,
-        ), on_failure=lambda exc: _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id,
-                                         {"reason": str(exc)}))
-    outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
-                            check.value if check_seconds is not None else None, check_seconds, hold.removed)
-    _emit(
-        "memrestore.restore.completed",
-        tenant_id,
-        plan.snapshot_id,
-        {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": data_dir},
-    )
-    return outcome
+                            time.monotonic() - started, log.plan)
 
 
 @_per_item_flow("verify-snapshot", "verify-{snapshot}")
@@ -336,11 +227,12 @@ async def verify_snapshot(backend: str, snapshot: str) -> dict:
     return outcome.model_dump(mode="json")
 
 
-def _verify(backend: str, snapshot: str) -> RestoreOutcome:
+def _verify(backend_url: str, snapshot: str) -> RestoreOutcome:
     """The verify-snapshot flow's steps, up to its outcome."""
     started = time.monotonic()
-    plan = hash_plan(fetch_manifest_task(backend, None, snapshot), backend)
-    hashed = _results(hash_item_task.map(unmapped(backend), plan.items))
+    steps, backend = TaskRuns(), open_backend(backend_url)
+    plan = hash_plan(steps.call(fetch_manifest, backend, None, snapshot, None), backend_url)
+    hashed = steps.map(hash_item, plan.items, backend)
     return build_outcome("verified", plan, None, None, hashed, time.monotonic() - started)
 
 
@@ -353,7 +245,8 @@ async def abort_restore(data_dir: str) -> dict:
         data_dir: The data dir holding the interrupted restore's marker.
     """
     with _steps_client():
-        info = abort_task(data_dir)
+        steps = TaskRuns()
+        info = steps.call(abort, Path(data_dir), steps.on_dead_holder)
     return {
         "status": "aborted",
         "data_dir": data_dir,

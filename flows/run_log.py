@@ -1,7 +1,8 @@
 """What a restore's flow run says as it goes, for a person following it in the Prefect UI: one log
 line a step (what ``latest`` resolved to, the bytes and their rate, the check's result, where the
-files went), its name (the snapshot, once known; ``plan-`` for a dry run), and, when it does not
-happen, one line with the refusal or error, never a traceback.
+files went), its name (the snapshot, once known; ``plan-`` for a dry run), its events
+(``memrestore.restore.completed`` / ``.failed``, for automations), and, when it does not happen,
+one line with the refusal or error, never a traceback.
 
 Prefect's own lines for each task run ("Finished in state Completed()") and the tracebacks of a
 refusal (a :class:`RestoreError`, raised on purpose: its message says it all) are moved to DEBUG
@@ -15,13 +16,22 @@ import datetime
 import logging
 import time
 
+from prefect import get_run_logger
+from prefect.context import FlowRunContext, SyncClientContext
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
 from memrestore.backends.errors import RestoreError
+from memrestore.backends.listing import format_instant
+from memrestore.backends.manifest import SnapshotManifest
 from memrestore.flows.form_words import in_form_words
 from memrestore.tasks import units
 from memrestore.tasks.checks import PRAGMA, CheckLevel
-from memrestore.tasks.fetch import LATEST
+from memrestore.tasks.choose import LATEST
+from memrestore.tasks.marker import Phase
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import RestoreMode, RestorePlan
+from memrestore.tasks.restore import Narrator
 
 #: The flows whose runs' chatter is quieted.
 QUIET_FLOWS = frozenset({"restore-snapshot", "verify-snapshot"})
@@ -60,7 +70,6 @@ def run_name(tenant_id: int, snapshot: str, mode: RestoreMode | str, dry_run: bo
 
 def initial_run_name() -> str:
     """The ``restore-snapshot`` flow's run name from its parameters, before ``latest`` is resolved."""
-    from prefect.runtime import flow_run
 
     p = flow_run.parameters
     return run_name(p["tenant_id"], p.get("snapshot", LATEST), p["mode"], bool(p.get("dry_run")))
@@ -72,31 +81,40 @@ def _created(plan: RestorePlan) -> str:
     return f"created {when:%Y-%m-%d %H:%M:%S} UTC, {units.age(time.time() - seconds)} ago"
 
 
-class RunLog:
+class RunLog(Narrator):
     """The lines of one restore's run, in the words of the surface that started it: a deployment's
-    run (the UI's form) names form fields, the command line's names flags (flows/form_words.py)."""
+    run (the UI's form) names form fields, the command line's names flags (flows/form_words.py).
+    Keeps the plan once it is known (:attr:`plan`), for the outcome of a restore that stops later."""
 
     def __init__(self, tenant_id: int, snapshot: str, mode: RestoreMode, data_dir: str, dry_run: bool) -> None:
-        from prefect import get_run_logger
-        from prefect.context import FlowRunContext
 
         self.logger = get_run_logger()
         context = FlowRunContext.get()
         self.from_deployment = bool(context and context.flow_run and context.flow_run.deployment_id)
         self.tenant_id, self.snapshot, self.mode = tenant_id, snapshot, mode
         self.data_dir, self.dry_run = data_dir, dry_run
+        self.plan: RestorePlan | None = None
 
     def words(self, message: str) -> str:
         return in_form_words(message) if self.from_deployment else message
 
+    def fetched_manifest(self, manifest: SnapshotManifest, as_of: int | None) -> None:
+        if as_of is not None:
+            self.logger.info("as of %s: snapshot %s, created %s", format_instant(as_of), manifest.snapshot_id,
+                             format_instant(manifest.created_at_unix_micros))
+
     def resolved(self, plan: RestorePlan) -> None:
-        """The snapshot found, and the run renamed after it."""
+        """The snapshot found, and the run renamed after it; the plan's warnings."""
+        self.plan = plan
         which = (f"'latest' of tenant {plan.tenant_id} is snapshot {plan.snapshot_id}" if self.snapshot == LATEST
                  else f"snapshot {plan.snapshot_id} of tenant {plan.tenant_id}")
         self.logger.info(f"{which}: {_created(plan)}")
         self._rename(run_name(plan.tenant_id, plan.snapshot_id, self.mode, self.dry_run))
+        for warning in plan.warnings:
+            self.logger.warning(warning)
 
     def measured(self, plan: RestorePlan) -> None:
+        self.plan = plan
         self.logger.info(
             f"{len(plan.items)} items, {units.size(plan.total_bytes)} to fetch into {self.data_dir} "
             f"({self.mode.value}): " + ", ".join(f"{i.label} {units.size(i.size)}" for i in plan.items))
@@ -107,14 +125,22 @@ class RunLog:
                    else f"{verified} of {items} match the manifest's blake3, {items - verified} have no checksum")
         self.logger.info(f"fetched {units.size(received)} in {units.duration(seconds)}{rate}; {checked}")
 
-    def checked(self, level: CheckLevel, seconds: float | None, tables: int) -> None:
-        if seconds is None:
-            return
+    def rechecking(self, phase: Phase) -> None:
+        self.logger.info(f"resuming after phase {phase.value}: the staged blobs are checked again, not fetched")
+
+    def checked(self, level: CheckLevel, seconds: float, tables: int) -> None:
         if level is CheckLevel.NONE:
             self.logger.warning(self.words("the staged copy was not checked before the commit (--check none)"))
             return
         self.logger.info(f"staged copy checked ({level.value}): SQLite {PRAGMA[level]} ok, the manifest's {tables} "
                          f"tables present, in {units.duration(seconds)}")
+
+    def failed(self, plan: RestorePlan, exc: BaseException) -> None:
+        _emit("memrestore.restore.failed", plan.tenant_id, plan.snapshot_id, {"reason": str(exc)})
+
+    def restored(self, outcome: RestoreOutcome) -> None:
+        _emit("memrestore.restore.completed", outcome.tenant_id, outcome.snapshot_id,
+              {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": self.data_dir})
 
     def finished(self, outcome: RestoreOutcome) -> None:
         if outcome.status == "planned":
@@ -134,7 +160,6 @@ class RunLog:
     def _rename(self, name: str) -> None:
         """Rename the running flow run (the UI's runs list and page show it). Best effort: a name is
         for reading, and must never fail a restore."""
-        from prefect.context import FlowRunContext, SyncClientContext
 
         context = FlowRunContext.get()
         if context is None or context.flow_run is None or context.flow_run.name == name:
@@ -145,3 +170,12 @@ class RunLog:
             context.flow_run.name = name
         except Exception as exc:  # noqa: BLE001 - see the docstring
             self.logger.debug("could not rename the run to %s: %s", name, exc)
+
+
+def _emit(event: str, tenant_id: int, snapshot_id: str, payload: dict) -> None:
+
+    emit_event(
+        event=event,
+        resource={"prefect.resource.id": f"memrestore.tenant.{tenant_id}", "memrestore.snapshot": snapshot_id},
+        payload=payload,
+    )

@@ -34,9 +34,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from memrestore.backends import Backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.errors import RestoredCopyCheckError
@@ -181,12 +178,13 @@ def check_restored(data_dir: Path, manifest: SnapshotManifest, reported_sizes: M
     check_copy(data_dir, manifest, reported_sizes, CheckLevel.FULL)
 
 
-def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel) -> float:
-    """The pre-commit check of a restore's staged copy (``staging_root`` holds ``tenant_<id>/``);
-    the seconds it took. Raises RestoredCopyCheckError, before anything has moved. The HNSW files
+def check_staged(plan: RestorePlan, data_dir: Path, level: CheckLevel) -> float:
+    """The pre-commit check of a restore's staged copy (in ``data_dir``'s staging dir, which holds
+    ``tenant_<id>/``); the seconds it took. Raises RestoredCopyCheckError, before anything has moved. The HNSW files
     were each verified against their blake3 (or size) as they were staged; what is left to check
     is the database inside the checkpoint."""
     started = time.monotonic()
+    staging_root = staging_dir(data_dir)
     if level is not CheckLevel.NONE:
         for item in plan.items:
             if item.kind is ItemKind.SQLITE_CHECKPOINT:
@@ -195,9 +193,3 @@ def check_staged(plan: RestorePlan, staging_root: Path, level: CheckLevel) -> fl
                 check_tables(path, plan.table_names, "staged")
         check_layout(staging_root, plan.tenant_id, [item.destination for item in plan.items], "staged")
     return time.monotonic() - started
-
-
-@task(name="check-staged-copy", cache_policy=NO_CACHE, persist_result=False)
-def check_staged_task(plan: RestorePlan, data_dir: str, level: CheckLevel) -> float:
-    """Check the staged copy before the commit (never retried: a damaged checkpoint stays damaged)."""
-    return check_staged(plan, staging_dir(Path(data_dir)), level)

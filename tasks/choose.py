@@ -1,7 +1,7 @@
 """Choosing the snapshot a restore takes: by id, the tenant's latest, or its latest as of a time;
 and the refusals, which name what there is (the ids close to a mistyped one, the tenants there
 are, the snapshots nearest the time). Plain functions, no Prefect: ``memrestore snapshots`` uses
-them before Prefect is loaded, and tasks/fetch.py runs them as the flow's first step."""
+them before Prefect is loaded, and the restore's first step is :func:`fetch_manifest`."""
 
 from __future__ import annotations
 

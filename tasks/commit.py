@@ -23,9 +23,6 @@ import os
 import shutil
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from memrestore.tasks.errors import (
     DestinationIOError,
     ForeignMarkerError,
@@ -131,6 +128,15 @@ def remove_leftovers(hold: DataDirHold) -> None:
     fsync_dir(data_dir)
 
 
+def clean_up(hold: DataDirHold) -> None:
+    """:func:`remove_leftovers`, a file-system failure a DestinationIOError (the new data is in
+    place, and a resume finishes the cleanup)."""
+    try:
+        remove_leftovers(hold)
+    except OSError as exc:
+        raise DestinationIOError("cleaning up after the restore in", hold.data_dir, exc) from exc
+
+
 def roll_back(hold: DataDirHold, tenant_id: int) -> None:
     """Undo an unfinished restore: the data dir's previous contents come back exactly.
 
@@ -184,26 +190,3 @@ def abort(data_dir: Path, on_dead_holder: DeadHolderFn | None = None) -> MarkerI
         except OSError as exc:
             raise DestinationIOError("rolling back the restore in", hold.data_dir, exc) from exc
         return info
-
-
-@task(name="abort", cache_policy=NO_CACHE, persist_result=False)
-def abort_task(data_dir: str) -> MarkerInfo:
-    """Roll back the interrupted restore in the data dir (never retried); its dead restore's flow
-    run is marked Crashed first."""
-    from memrestore.tasks.dead_restores import mark_dead_run
-
-    return abort(Path(data_dir), mark_dead_run)
-
-
-@task(name="atomic-writes", cache_policy=NO_CACHE, persist_result=False)
-def commit_task(hold: DataDirHold, tenant_id: int, mode: RestoreMode) -> None:
-    """Move the verified data into place (never retried: it is local and idempotent)."""
-    commit_staged(hold, tenant_id, mode)
-
-
-@task(name="marker-cleanup", cache_policy=NO_CACHE, persist_result=False)
-def cleanup_task(hold: DataDirHold) -> None:
-    """Drop the staging, the marker, then the old data (memrestore.tasks.sequence.clean_up)."""
-    from memrestore.tasks.sequence import clean_up
-
-    clean_up(hold)

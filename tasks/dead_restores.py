@@ -15,6 +15,10 @@ import logging
 from pathlib import Path
 from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
+
 from memrestore.tasks.marker import MarkerInfo, Phase
 
 log = logging.getLogger("memrestore")
@@ -66,9 +70,6 @@ def mark_dead_run(data_dir: Path, info: MarkerInfo, found_by: str) -> None:
     """
     if not info.flow_run_id:
         return
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed
 
     message = crashed_message(data_dir, info, found_by)
     try:

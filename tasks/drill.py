@@ -8,12 +8,11 @@ last good snapshot, and its age is the recovery point the tenant really has.
 The logic is plain functions: the snapshots to try and their order, the age rule, the walk back
 (the checks of a restored copy are tasks/checks.py's, the report's models and tables
 tasks/drill_report.py's). How one snapshot is tried is passed in. The
-drills use :func:`attempt_plain`: :func:`tasks.execute.execute` and the checks as plain calls, a
+drills use :func:`attempt_plain`: :func:`tasks.restore.restore` and the checks as plain calls, a
 transient backend error retried with backoff, each attempt one log line. The ``restore-drill``
 flow makes each tenant one ``drill-tenant`` task run (in a fleet, one ``drill-tenant`` flow run)
 and restores inside it, with no ``restore-snapshot`` subflow: a subflow per restore cost ~1.7 s
 of orchestration per tenant against ~25 ms of restore work (BENCHMARKS.md, row 5).
-:func:`drill_plain` is the same drill with no Prefect at all.
 
 Which snapshot a drill tries first is a :class:`SnapshotPick`: the latest (the default), or, as
 AWS Backup's restore testing offers (``RANDOM_WITHIN_WINDOW``), one drawn at random among the
@@ -43,26 +42,20 @@ from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
 from memrestore.tasks.checks import CheckLevel, check_restored, hnsw_sizes
 from memrestore.tasks.drill_report import (
     AttemptResult,
-    DrillReport,
     TenantDrillResult,
-    build_report,
     describe_failure,
     no_snapshot_result,
 )
-from memrestore.tasks.execute import execute
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks import units
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
 from memrestore.tasks.drill_scratch import (
-    close_scratch_root,
     discard_scratch_copy,
     new_scratch_copy,
-    open_scratch_root,
     said_deleted,
 )
-from memrestore.tasks.transfer import Transfer
-from memrestore.tasks.validate import validate
+from memrestore.tasks.restore import RestoreRequest, restore
 
 #: Tenants drilled at once. Each restore already stages its blobs four at a time (and S3
 #: restores keep ``--streams`` ranged GETs in flight), so four tenants keep a bucket and a small
@@ -87,9 +80,6 @@ MAX_WINDOW_DAYS = 365.0
 #: can be drawn again with ``--seed``).
 SEED_BOUND = 2**31
 
-#: Where :func:`drill_plain` logs its attempts (silent unless the application configures logging).
-_log = logging.getLogger(__name__)
-_log.addHandler(logging.NullHandler())
 
 
 # -- which snapshots, and how old --------------------------------------------------------------
@@ -347,18 +337,18 @@ def drill_tenant(
 
 
 def restore_plain(backend: Backend, streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None) -> RestoreFn:
-    """Restore with plain function calls (:func:`tasks.execute.execute`), each restore on
+    """Restore with plain function calls (:func:`tasks.restore.restore`), each restore on
     ``streams`` streams of its own, all of them under ``limit`` (the drill's, shared by the
     tenants it restores at once) when one is given."""
 
-    def restore(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
-        plan = validate(manifest, drill_destination(manifest), backend.url)
-        with Transfer(streams, limit=limit) as transfer:
-            # No pre-commit check: the drill checks the restored copy in full (check_plain).
-            return execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER, transfer=transfer,
-                           check=CheckLevel.NONE)
+    def restore_into(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
+        request = RestoreRequest(
+            backend=backend.url, tenant_id=manifest.tenant_id, snapshot=manifest.snapshot_id, data_dir=data_dir,
+            mode=RestoreMode.NEW_CLUSTER, destination=drill_destination(manifest), streams=streams,
+            check=CheckLevel.NONE)  # no pre-commit check: the drill checks the restored copy in full (check_plain)
+        return restore(request, backend=backend, manifest=manifest, limit=limit)
 
-    return restore
+    return restore_into
 
 
 def check_plain(backend: Backend) -> CheckFn:
@@ -369,7 +359,7 @@ def check_plain(backend: Backend) -> CheckFn:
 
 
 def attempt_plain(
-    backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
+    backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter,
     streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
@@ -377,7 +367,7 @@ def attempt_plain(
 
     A transient backend error in the restore or the check is retried with the tasks' backoff
     (:func:`tasks.retry.retrying`); a restore tried again starts over in the same scratch copy,
-    which :func:`tasks.execute.execute` emptied when it rolled the failed try back. Any other
+    which :func:`tasks.restore.restore` emptied when it rolled the failed try back. Any other
     error is the attempt's finding. Each retry and each attempt's result is a line of ``logger``;
     a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
     (:func:`drill_tenant` deletes it otherwise).
@@ -407,41 +397,6 @@ def attempt_plain(
         return result
 
     return attempt
-
-
-def drill_plain(
-    backend: Backend,
-    tenants: Iterable[int] | None = None,
-    *,
-    max_age_hours: float | None = None,
-    scratch_dir: str | Path | None = None,
-    keep_failed: bool = False,
-    now: float | None = None,
-    pick: SnapshotPick = SnapshotPick.LATEST,
-    window_days: float = DEFAULT_WINDOW_DAYS,
-    seed: int | None = None,
-) -> DrillReport:
-    """The drill as plain function calls, one tenant after another: for tests and measurements.
-    The ``restore-drill`` flow does the same with several tenants at once, each in a task run of
-    its own, and artifacts and events."""
-    now = time.time() if now is None else now
-    seed = drill_seed(seed)
-    listing = list_snapshots(backend)
-    root, created = open_scratch_root(scratch_dir)
-    attempt = attempt_plain(backend, root, keep_failed=keep_failed)
-    results = []
-    try:
-        for tenant_id in tenants_to_drill(listing, tenants):
-            candidates = drill_candidates(listing, tenant_id)
-            start, picked_by = pick_first(candidates, pick, now=now, window_days=window_days, seed=seed)
-            results.append(drill_tenant(
-                tenant_id, candidates, attempt,
-                backend_url=backend.url, now=now, max_age_hours=max_age_hours,
-                keep_failed=keep_failed, unreadable=len(listing.unreadable), start=start, picked_by=picked_by,
-            ))
-    finally:
-        close_scratch_root(root, created)
-    return build_report(results, listing.unreadable, seed=seed if pick is not SnapshotPick.LATEST else None)
 
 
 @task(name="list-snapshots", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)

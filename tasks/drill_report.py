@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.serializers import JSONSerializer, prefect_json_object_decoder, prefect_json_object_encoder
 from pydantic import BaseModel
 
 from memrestore.backends.errors import RestoreError
@@ -137,7 +138,6 @@ _FAILED_TENANT = "__memrestore_tenant_drill_failed__"
 
 def result_encoder(obj: object) -> object:
     """Prefect's JSON encoder, and a failed tenant's result kept whole."""
-    from prefect.serializers import prefect_json_object_encoder
 
     if isinstance(obj, TenantDrillFailed):
         return {_FAILED_TENANT: obj.result.model_dump(mode="json")}
@@ -146,7 +146,6 @@ def result_encoder(obj: object) -> object:
 
 def result_decoder(obj: dict) -> object:
     """Prefect's JSON decoder, and a failed tenant's result read back as :class:`TenantDrillFailed`."""
-    from prefect.serializers import prefect_json_object_decoder
 
     if _FAILED_TENANT in obj:
         return TenantDrillFailed(TenantDrillResult.model_validate(obj[_FAILED_TENANT]))
@@ -154,7 +153,6 @@ def result_decoder(obj: dict) -> object:
 
 
 def _result_serializer():
-    from prefect.serializers import JSONSerializer
 
     return JSONSerializer(object_encoder=f"{__name__}.result_encoder", object_decoder=f"{__name__}.result_decoder")
 

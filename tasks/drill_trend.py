@@ -29,7 +29,13 @@ import statistics
 from typing import Iterable, Sequence
 from uuid import UUID
 
+import pygal
+from prefect import get_client
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import BaseModel
+from pygal.style import DefaultStyle
 
 from memrestore.tasks import units
 from memrestore.tasks.drill_report import DrillReport, artifact_key
@@ -111,11 +117,6 @@ def read_history(backend_url: str, deployment_id: UUID | None, this_run: UUID | 
     """The numbers of up to ``nights`` earlier drills of ``backend_url`` by the same deployment
     (``deployment_id``; None: drills run with no deployment), oldest first, from the versions of
     their ``drill-metrics`` artifact in the Prefect API. ``this_run``'s own is left out."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
-                                                FlowRunFilterDeploymentId)
-    from prefect.client.schemas.sorting import ArtifactSort
-
     same = (FlowRunFilterDeploymentId(any_=[deployment_id]) if deployment_id is not None
             else FlowRunFilterDeploymentId(is_null_=True))
     with get_client(sync_client=True) as client:
@@ -203,9 +204,6 @@ def _series(tenant: int, nights: Sequence[Night], field: str) -> list[float | No
 
 def chart_svg(nights: Sequence[Night], tenants: Sequence[int]) -> bytes:
     """RTO per tenant (seconds) over ``nights``, one line each, as an SVG drawn by pygal."""
-    import pygal
-    from pygal.style import DefaultStyle
-
     chart = pygal.Line(
         width=760, height=300, js=[], style=DefaultStyle, legend_at_bottom=True, truncate_legend=-1,
         x_label_rotation=20, show_minor_x_labels=True, dots_size=3, title="RTO per tenant (seconds)",
@@ -267,8 +265,6 @@ def publish_trend(report: DrillReport, backend_url: str, drilled_at: float, depl
                   this_run: UUID | None) -> list[str]:
     """Compare the drill with the earlier ones, publish ``drill-trend`` and this drill's
     ``drill-metrics``; return the call-outs."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
     history = read_history(backend_url, deployment_id, this_run)
     rows = metrics_rows(report, drilled_at)
     tonight = night_of(rows) or Night(drilled_at=drilled_at, tenants={})

@@ -30,7 +30,3 @@ def check() -> None:
     """Raise :class:`StopRequested` if the process was asked to stop."""
     if _stop.is_set():
         raise StopRequested()
-
-
-def _reset_for_tests() -> None:
-    _stop.clear()

@@ -12,9 +12,6 @@ import os
 import shutil
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from memrestore.tasks.errors import (
     DataDirNotEmptyError,
     DestinationIOError,
@@ -180,15 +177,3 @@ def preflight(
     _drop_leftovers(data_dir)
     hold.set_phase(Phase.STAGING)
     return None
-
-
-@task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
-def preflight_task(
-    plan: RestorePlan, hold: DataDirHold, mode: RestoreMode, dry_run: bool = False, resume: bool = False,
-    run: RunRef | None = None,
-) -> Phase | None:
-    """Take the lock and the marker, and check the mode's precondition (never retried); a dead
-    restore's flow run found on the way is marked Crashed."""
-    from memrestore.tasks.dead_restores import mark_dead_run
-
-    return preflight(plan, hold, mode, dry_run, resume, run, mark_dead_run)

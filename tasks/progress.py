@@ -1,19 +1,20 @@
 """Byte progress of a restore, for whoever is watching: a :class:`Listener` (the CLI's progress
 bar) and the Prefect UI (progress artifacts of a run, :func:`bytes_artifact`).
 
-Library code reports; it never draws. A listener is handed to what reports: a
-:class:`~tasks.transfer.Transfer` (``Transfer(..., listener=...)``), :func:`tasks.fetch.measure_plan`,
-:func:`tasks.stage.hash_item`. A flow's parameters are JSON, so a caller that runs a flow in its
-own process (the CLI) cannot pass it one; it watches instead, for the span of the call::
+Library code reports; it never draws. There is one route from what reports (a
+:class:`~tasks.transfer.Transfer`, :func:`tasks.measure.measure_plan`,
+:func:`tasks.stage.hash_item`) to whoever watches: a flow's parameters are JSON, so a caller
+that runs a flow (the CLI) cannot hand it a listener; it watches instead, for the span of the
+call::
 
     with progress.watching(progress.Listener(on_bytes=bar_advance, on_total=bar_total)):
         run(restore_snapshot(...))
 
-and what reports takes the listener watching (:func:`current`) when it is given none. The
-listener lives in a :class:`contextvars.ContextVar`, so it follows the run into the threads
-Prefect's task runner starts (they run in a copy of the caller's context) and into an event loop
-started from the block, while a restore run by another thread of the process, not started from
-the block, does not see it.
+and what reports tells the listener watching (:func:`current`). The listener lives in a
+:class:`contextvars.ContextVar`, so it follows the run into the threads Prefect's task runner
+starts (they run in a copy of the caller's context) and into an event loop started from the
+block, while a restore run by another thread of the process, not started from the block, does
+not see it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+
 from memrestore.tasks import units
+
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -57,7 +63,7 @@ _watching: contextvars.ContextVar[Listener] = contextvars.ContextVar("memrestore
 @contextmanager
 def watching(listener: Listener) -> Iterator[Listener]:
     """Make ``listener`` the one told of the progress of every restore run inside the block (in
-    this context, and the threads and event loops it starts), where no listener is handed in."""
+    this context, and the threads and event loops it starts)."""
     token = _watching.set(listener)
     try:
         yield listener
@@ -65,10 +71,9 @@ def watching(listener: Listener) -> Iterator[Listener]:
         _watching.reset(token)
 
 
-def current(given: Listener | None = None) -> Listener:
-    """``given``, when a listener was handed in; else the listener watching here
-    (:func:`watching`), :data:`NOBODY` outside any such block."""
-    return given if given is not None else _watching.get()
+def current() -> Listener:
+    """The listener watching here (:func:`watching`), :data:`NOBODY` outside any such block."""
+    return _watching.get()
 
 
 #: How often a restore's progress artifact is brought up to date while its blobs come down: often
@@ -85,7 +90,6 @@ class ProgressArtifact:
     inside a flow or task run (async or sync alike); updates that change nothing are not sent."""
 
     def __init__(self, key: str, description: str) -> None:
-        from prefect.artifacts import create_progress_artifact
 
         self.id = create_progress_artifact(0.0, key=key, description=description, _sync=True)
         self._shown: tuple[float, str] = (0.0, description)
@@ -93,8 +97,6 @@ class ProgressArtifact:
     def update(self, percent: float, description: str, client=None) -> None:
         """Show ``percent`` and ``description``; through ``client`` (a sync Prefect client kept open
         by the caller) when given, else through a client of Prefect's own for this call."""
-        from prefect.artifacts import update_progress_artifact
-        from prefect.client.schemas.actions import ArtifactUpdate
 
         shown = (round(min(100.0, max(0.0, percent)), 1), description)
         if shown == self._shown:
@@ -122,31 +124,35 @@ def describe_bytes(done: int, total: int | None, seconds: float) -> str:
 
 @contextmanager
 def bytes_artifact(key: str, total: int, received: Callable[[], int],
-                   every: float = ARTIFACT_UPDATE_SECONDS) -> Iterator[ProgressArtifact]:
-    """A progress artifact ``key`` showing ``received()`` of ``total`` bytes, brought up to date
-    every ``every`` seconds by a thread of its own while the block runs, and once more at its end.
+                   every: float = ARTIFACT_UPDATE_SECONDS) -> Iterator[None]:
+    """A progress artifact ``key`` showing ``received()`` of ``total`` bytes, made by a thread of
+    its own once the block has run ``every`` seconds, brought up to date every ``every`` seconds
+    after that, and once more at the block's end. A block that ends sooner (a small restore) makes
+    none: its run's summary says it all, and a progress bar that appears full says nothing (it
+    would cost two API calls, more than such a restore's own work).
 
     The thread runs in a copy of the caller's context, so it talks to the caller's Prefect API as
     the run does. A failed update is left for the next one: progress is for watching, and must
     never fail a restore."""
     started = time.monotonic()
+    artifact: ProgressArtifact | None = None
 
     def describe() -> tuple[float, str]:
         done = received()
         return (100.0 * done / total if total else 100.0), describe_bytes(done, total, time.monotonic() - started)
 
-    artifact = ProgressArtifact(key, describe_bytes(0, total, 0.0))
-    stop = threading.Event()
-
     def bring_up_to_date(client=None) -> None:
+        nonlocal artifact
         try:
+            if artifact is None:
+                artifact = ProgressArtifact(key, describe()[1])
             artifact.update(*describe(), client=client)
         except Exception:  # noqa: BLE001 - see the docstring
             pass
 
-    def publish() -> None:
-        from prefect.client.orchestration import get_client
+    stop = threading.Event()
 
+    def publish() -> None:
         try:
             with get_client(sync_client=True) as client:  # one client for every update
                 while not stop.wait(every):
@@ -158,12 +164,12 @@ def bytes_artifact(key: str, total: int, received: Callable[[], int],
                               name="memrestore-progress-artifact", daemon=True)
     thread.start()
     try:
-        yield artifact
+        yield
     finally:
         stop.set()
         # An update still waiting on an API that does not answer is left to its (daemon) thread,
         # and the last one is not tried: a restore that is stopping, or done, does not wait out
         # Prefect's HTTP timeouts and retries for its progress (minutes, measured).
         thread.join(timeout=UPDATE_WAIT_SECONDS)
-        if not thread.is_alive():
+        if not thread.is_alive() and artifact is not None:
             bring_up_to_date()

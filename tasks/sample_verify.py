@@ -186,7 +186,7 @@ def _count(n: int, noun: str) -> str:
 def _checked(backend: Backend, blob: StoredBlob, limit: RateLimit | None) -> tuple[int, bool, str | None]:
     """Hash one blob: (bytes read, whether it had a checksum to compare, why it failed or None)."""
     try:
-        staged = retrying(hash_item)(backend, blob.item, limit=limit)
+        staged = retrying(hash_item)(blob.item, backend, limit=limit)
     except RestoreError as exc:
         return 0, True, str(exc)
     return staged.bytes, staged.verified, None

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 import blake3
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from memrestore.backends import Backend, open_backend
+from memrestore.backends import Backend
 from memrestore.backends.base import RangedBackend
 from memrestore.backends.streams import RateLimit
 from memrestore.tasks import interrupt, progress
@@ -30,7 +28,6 @@ from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
 from memrestore.tasks.crash_points import crash_point
 from memrestore.tasks.marker import fsync_dir, staging_dir
 from memrestore.tasks.plan import PlanItem
-from memrestore.tasks.retry import RETRY_OPTIONS
 from memrestore.tasks.transfer import Transfer
 
 PART_SUFFIX = ".part"
@@ -201,14 +198,12 @@ def _verify_against_manifest(item: PlanItem, actual: str) -> bool:
     return True
 
 
-def hash_item(backend: Backend, item: PlanItem, listener: progress.Listener | None = None,
-              limit: RateLimit | None = None) -> StagedItem:
+def hash_item(item: PlanItem, backend: Backend, limit: RateLimit | None = None) -> StagedItem:
     """Download ``item`` and hash it, writing nothing (``memrestore verify``, the sampled verify);
-    its bytes are reported to ``listener`` (by default the one watching,
-    :func:`progress.watching`), each read first reserved from ``limit`` when one is given."""
-    listener = progress.current(listener)
+    its bytes are reported to the listener watching (:func:`progress.watching`), each read first
+    reserved from ``limit`` when one is given."""
     writer = _HashingWriter()
-    size = backend.download(item.content_key, writer, listener.advance, limit=limit)
+    size = backend.download(item.content_key, writer, progress.current().advance, limit=limit)
     actual = writer.hasher.hexdigest()
     verified = _verify_against_manifest(item, actual)
     return StagedItem(item=item, bytes=size, checksum=actual, verified=verified)
@@ -242,7 +237,7 @@ def reuse_staged(data_dir: Path, item: PlanItem, advance: Callable[[int], None])
     return StagedItem(item=item, bytes=size, checksum=actual, verified=True, reused=True)
 
 
-def recheck_item(data_dir: Path, item: PlanItem) -> StagedItem:
+def recheck_item(item: PlanItem, data_dir: Path) -> StagedItem:
     """Hash an item already staged or already moved into place by an interrupted commit."""
     staged = staged_path(Path(data_dir), item)
     path = staged if staged.exists() else Path(data_dir) / item.destination
@@ -251,19 +246,18 @@ def recheck_item(data_dir: Path, item: PlanItem) -> StagedItem:
     return StagedItem(item=item, bytes=size, checksum=actual, verified=verified, reused=True)
 
 
-def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = False,
-               transfer: Transfer | None = None) -> StagedItem:
+def stage_item(item: PlanItem, backend: Backend, data_dir: Path, resume: bool, transfer: Transfer) -> StagedItem:
     """Stream ``item`` into its staged file, verify it, and make it durable under its final name.
     A backend that can read parts of an object at once (S3) runs them on the ``transfer``'s
     streams, shared with the restore's other blobs; every backend reads under its rate limit, and
-    the bytes are counted in it. Without a transfer, S3 reads with streams of its own and the
-    bytes are reported to the listener watching (:func:`progress.watching`).
+    the bytes are counted in it (``resume``: a complete staged file of an interrupted restore is
+    kept if it still hashes right).
 
     Raises ChecksumMismatchError (the ``.part`` file is removed), a BackendError, or
     DestinationIOError (disk full, permissions). Nothing outside the staging tree is touched.
     """
     data_dir = Path(data_dir)
-    advance = transfer.advance if transfer is not None else progress.current().advance
+    advance = transfer.advance
     if resume and (kept := reuse_staged(data_dir, item, advance)) is not None:
         return kept
     final = staged_path(data_dir, item)
@@ -287,13 +281,10 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
         try:
             staged = _StagedFile(fd)
             if isinstance(backend, RangedBackend):  # parts at once (S3)
-                size = backend.download_at(item.content_key, staged, on_bytes,
-                                           transfer.pool if transfer else None,
+                size = backend.download_at(item.content_key, staged, on_bytes, transfer.pool,
                                            content_checked=item.expected_checksum is not None)
-            elif transfer is not None and transfer.limit is not None:
-                size = backend.download(item.content_key, staged, on_bytes, limit=transfer.limit)
             else:
-                size = backend.download(item.content_key, staged, on_bytes)
+                size = backend.download(item.content_key, staged, on_bytes, limit=transfer.limit)
             actual = staged.hexdigest()
             os.fsync(fd)
         finally:
@@ -312,22 +303,3 @@ def stage_item(backend: Backend, item: PlanItem, data_dir: Path, resume: bool = 
         raise
     return StagedItem(item=item, bytes=size, checksum=actual, verified=verified)
 
-
-@task(name="download-and-verify", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
-def stage_item_task(backend_url: str, item: PlanItem, data_dir: str, resume: bool = False,
-                    transfer: Transfer | None = None) -> StagedItem:
-    """Stage one blob on the restore's ``transfer``; transient backend errors are retried with
-    backoff, nothing else is."""
-    return stage_item(open_backend(backend_url), item, Path(data_dir), resume, transfer)
-
-
-@task(name="recheck-staged", cache_policy=NO_CACHE, persist_result=False)
-def recheck_item_task(item: PlanItem, data_dir: str) -> StagedItem:
-    """Re-hash an item an interrupted restore had already staged and verified."""
-    return recheck_item(Path(data_dir), item)
-
-
-@task(name="download-and-hash", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
-def hash_item_task(backend_url: str, item: PlanItem) -> StagedItem:
-    """Hash one blob without writing it; transient backend errors are retried."""
-    return hash_item(open_backend(backend_url), item)

@@ -24,18 +24,18 @@ class Transfer:
     """One restore's streams, rate limit and byte count; close it (or use ``with``) when done.
 
     ``limit`` is a rate limit shared with other transfers (a drill's); ``limit_rate`` (``50M``,
-    bytes a second) makes one of this transfer's own. Give at most one of them. ``listener`` is
-    told of every byte counted; without one, the listener watching where the transfer is made
-    (:func:`progress.watching`; nobody outside such a block).
+    bytes a second) makes one of this transfer's own. Give at most one of them. Every byte counted
+    is told to the listener watching where the transfer is made (:func:`progress.watching`; nobody
+    outside such a block).
     """
 
     def __init__(self, streams: int = DEFAULT_STREAMS, limit_rate: str | int | None = None,
-                 limit: RateLimit | None = None, listener: progress.Listener | None = None) -> None:
+                 limit: RateLimit | None = None) -> None:
         if limit_rate is not None and limit is not None:
             raise ValueError("give a rate (limit_rate) or a shared limit, not both")
         if limit is None and limit_rate is not None:
             limit = RateLimit(parse_rate(limit_rate))
-        self.listener = progress.current(listener)
+        self.listener = progress.current()
         self.pool = StreamPool(streams, limit)
         self._received = 0
         self._lock = threading.Lock()

@@ -5,9 +5,6 @@ Pure: no I/O, so it is never retried; every refusal happens here, before a byte 
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.tasks.errors import (
     ChecksumsRequiredError,
@@ -130,14 +127,3 @@ def validate(
         warnings=warnings,
         table_names=sorted(manifest.table_schema_versions),
     )
-
-
-@task(name="validate", cache_policy=NO_CACHE, persist_result=False)
-def validate_task(
-    manifest: SnapshotManifest,
-    destination: DestinationState,
-    backend_url: str,
-    require_checksums: bool = False,
-) -> RestorePlan:
-    """Check the manifest against the destination; never retried (it is pure)."""
-    return validate(manifest, destination, backend_url, require_checksums)

@@ -11,19 +11,37 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import signal
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from memrestore.backends import LocalBackend
+from memrestore.backends import Backend, LocalBackend, list_snapshots
+from memrestore.backends.streams import DEFAULT_STREAMS, parse_rate
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.marker import OURS_PREFIX
+from memrestore.tasks.drill import (
+    DEFAULT_WINDOW_DAYS,
+    SnapshotPick,
+    attempt_plain,
+    drill_candidates,
+    drill_seed,
+    drill_tenant,
+    pick_first,
+    tenants_to_drill,
+)
+from memrestore.tasks.drill_report import DrillReport, build_report
+from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
+from memrestore.tasks.modes import CheckLevel
+from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
+from memrestore.tasks.restore import RestoreRequest, restore
 from memrestore.tasks.validate import validate
 from tests.conftest import REPORT_KEY, tree
 
@@ -176,9 +194,9 @@ class GatedBackend:
     def put_object(self, key: str, source) -> None:
         self.inner.put_object(key, source)
 
-    def download(self, key: str, sink, on_bytes=None) -> int:
+    def download(self, key: str, sink, on_bytes=None, limit=None) -> int:
         if key != self.key:
-            return self.inner.download(key, sink, on_bytes)
+            return self.inner.download(key, sink, on_bytes, limit)
         gates = list(self.hold_at)
         written = 0
 
@@ -193,7 +211,7 @@ class GatedBackend:
                     if os.read(self._gate_r, 1) != b"g":
                         raise OSError(errno.ECONNRESET, "the test closed the gate")
 
-        return self.inner.download(key, _Held(), on_bytes)
+        return self.inner.download(key, _Held(), on_bytes, limit)
 
     # The test's side.
     def wait_arrived(self, alive: Callable[[], bool], timeout: float = 60) -> None:
@@ -299,3 +317,67 @@ class Child:
         if os.WIFSIGNALED(s):
             return f"killed by signal {os.WTERMSIG(s)}"
         return f"exited {os.WEXITSTATUS(s)}"
+
+
+# -- the plain path, as the tests call it ---------------------------------------------------------
+
+
+def execute(backend: Backend, plan: RestorePlan, data_dir: Path, mode: RestoreMode, resume: bool = False, *,
+            streams: int = DEFAULT_STREAMS, limit_rate: int | str | None = None,
+            check: CheckLevel = CheckLevel.NONE) -> RestoreOutcome:
+    """Restore ``plan``'s snapshot (one that ``validate`` made of a manifest in ``backend``) with
+    the composer's plain steps, as a drill's tenant does: the request made of the plan's snapshot
+    and destination, so the restore reads and validates the manifest again itself."""
+    request = RestoreRequest(
+        backend=backend.url, tenant_id=plan.tenant_id, snapshot=plan.snapshot_id, data_dir=Path(data_dir),
+        mode=mode, destination=plan.destination_state, resume=resume, streams=streams,
+        limit_rate=parse_rate(limit_rate) if limit_rate is not None else None, check=check)
+    return restore(request, backend=backend)
+
+
+def drill_plain(
+    backend: Backend,
+    tenants: Iterable[int] | None = None,
+    *,
+    max_age_hours: float | None = None,
+    scratch_dir: str | Path | None = None,
+    keep_failed: bool = False,
+    now: float | None = None,
+    pick: SnapshotPick = SnapshotPick.LATEST,
+    window_days: float = DEFAULT_WINDOW_DAYS,
+    seed: int | None = None,
+) -> DrillReport:
+    """The drill as plain function calls, one tenant after another, with no Prefect at all. The
+    ``restore-drill`` flow does the same with several tenants at once, each in a task run of its
+    own, and artifacts and events (and picks each tenant's first snapshot the same way)."""
+    now = time.time() if now is None else now
+    seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
+    listing = list_snapshots(backend)
+    root, created = open_scratch_root(scratch_dir)
+    attempt = attempt_plain(backend, root, logging.getLogger("tests.drill"), keep_failed=keep_failed)
+    results = []
+    try:
+        for tenant_id in tenants_to_drill(listing, tenants):
+            candidates = drill_candidates(listing, tenant_id)
+            start, picked_by = pick_first(candidates, pick, now=now, window_days=window_days, seed=seed or 0)
+            results.append(drill_tenant(
+                tenant_id, candidates, attempt,
+                backend_url=backend.url, now=now, max_age_hours=max_age_hours,
+                keep_failed=keep_failed, unreadable=len(listing.unreadable), start=start, picked_by=picked_by,
+            ))
+    finally:
+        close_scratch_root(root, created)
+    return build_report(results, listing.unreadable, seed=seed)
+
+
+@contextmanager
+def stop_request_cleared():
+    """Around a test that makes its restore stop (a KeyboardInterrupt in this process): the
+    process-wide stop request (tasks/interrupt.py) it sets is cleared again at the end, as a new
+    process would start. In the product a stop request is never undone: the process is ending."""
+    from memrestore.tasks import interrupt
+
+    try:
+        yield
+    finally:
+        interrupt._stop.clear()

@@ -2,7 +2,7 @@
 nothing.
 
 Each round forks two children from this process; both block on one pipe and are released
-together when the parent closes it, then run a whole restore (``tasks.execute.execute``). The
+together when the parent closes it, then run a whole restore (``tasks.restore.restore``, plain steps). The
 backend is a ``GatedBackend`` (tests/restorekit.py): the restore that proceeds stages the first
 two blobs, then stalls after the first chunk of the last one until the test lets it go on, so it
 cannot finish before the other one has met it, however the scheduler runs them. Once the other
@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from memrestore.tasks.errors import RestoreInProgressError
-from memrestore.tasks.execute import execute
 from memrestore.tasks.crash_points import ENV as CRASH_ENV
 from memrestore.tasks.marker import MARKER_NAME, lock_data_dir, read_marker
 from memrestore.tasks.plan import RestoreMode
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.procs import MEMRESTORE
 from tests.restorekit import (

@@ -1,6 +1,6 @@
 """Real crashes: a restore is killed with SIGKILL at every step, then finished or undone.
 
-Each kill runs a whole restore (``tasks.execute.execute``) in a child forked from this process
+Each kill runs a whole restore (``tasks.restore.restore``, plain steps, through ``tests.restorekit.execute``) in a child forked from this process
 and kills it, either at the n-th pass through a crash point (``MEMRESTORE_CRASH_AT``, see
 ``tasks/crash_points.py``) or at a random instant from the parent. After each kill:
 
@@ -30,12 +30,13 @@ from pathlib import Path
 import pytest
 
 from memrestore.backends.local import READ_CHUNK
+from memrestore.tasks import restore as restore_module
 from memrestore.tasks.commit import abort
 from memrestore.tasks.errors import DataDirNotEmptyError, LeftoverAsideError, NothingToAbortError, RestoreRefusedError
-from memrestore.tasks.execute import execute
 from memrestore.tasks.crash_points import ENV as CRASH_ENV
 from memrestore.tasks.marker import ASIDE_NAME, MARKER_NAME, STAGING_NAME, TRASH_NAME, Phase, read_marker
 from memrestore.tasks.plan import RestoreMode
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.procs import memrestore
 from tests.restorekit import (
@@ -190,7 +191,13 @@ def recover_in_process(data_dir: Path, layout: Layout, snap: Snapshot, state: st
 
 def restore_in_child(snap: Snapshot, layout: Layout, data_dir: Path, crash_at: str | None, resume: bool = False):
     env = {CRASH_ENV: crash_at} if crash_at else None
-    return fork_call(lambda: execute(snap.backend, snap.plan, data_dir, layout.mode, resume=resume), env)
+
+    def run() -> None:
+        if crash_at:  # the items one at a time, in the child: the n-th pass through item-staged is the n-th item
+            restore_module.ITEM_CONCURRENCY = 1
+        execute(snap.backend, snap.plan, data_dir, layout.mode, resume=resume)
+
+    return fork_call(run, env)
 
 
 def kill_once(snap, layout, work: Path, kill_log, crash_at: str | None = None, delay: float | None = None,

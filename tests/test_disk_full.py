@@ -33,9 +33,9 @@ import pytest
 from memrestore.tasks import units
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks.errors import DestinationIOError, InsufficientSpaceError
-from memrestore.tasks.execute import execute
 from memrestore.tasks.preflight import SPACE_HEADROOM
 from memrestore.tasks.stage import PART_SUFFIX
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.restorekit import (
     LAYOUTS,

@@ -26,7 +26,6 @@ from memrestore.tasks.drill import (
     attempt_snapshot,
     check_plain,
     drill_candidates,
-    drill_plain,
     drill_tenant,
     restore_plain,
     snapshot_age_seconds,
@@ -34,6 +33,7 @@ from memrestore.tasks.drill import (
 )
 from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retrying
+from tests.restorekit import drill_plain
 from tests.conftest import tree
 from tests.faultproxy import Fault
 from tests.procs import memrestore

@@ -13,11 +13,12 @@ import pytest
 
 from memrestore.backends import LocalBackend, list_snapshots, put_manifest
 from memrestore.backends.demo_snapshots import write_sample_snapshot
-from memrestore.tasks.drill import SnapshotPick, drill_candidates, drill_plain, pick_first
+from memrestore.tasks.drill import SnapshotPick, drill_candidates, pick_first
 from memrestore.tasks.errors import ShareSpellingError
 from memrestore.tasks.sample_verify import night_slice, sample_verify, size_blobs, stored_blobs
 from memrestore.tasks.share import Share, parse_share
 from tests.procs import memrestore
+from tests.restorekit import drill_plain
 from tests.test_drill import _flip_byte
 
 DAY_MICROS = 86_400 * 10**6
@@ -279,7 +280,7 @@ def _events(flow_run_id, name: str, expected: int, wait: float = 60) -> list:
 # -- the trend's rules ------------------------------------------------------------------------------
 
 
-def _night(at: float, **tenants: tuple[float | None, float]) -> "Night":
+def _night(at: float, **tenants: tuple[float | None, float]):
     from memrestore.tasks.drill_trend import Night, TenantNight
 
     return Night(drilled_at=at, tenants={int(t[1:]): TenantNight(tenant=int(t[1:]), status="ok", snapshot=f"s{at:g}",

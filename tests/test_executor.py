@@ -15,11 +15,11 @@ from memrestore.tasks.errors import (
     RestoreInProgressError,
     TenantPathOccupiedError,
 )
-from memrestore.tasks.execute import execute
 from memrestore.tasks.marker import MARKER_NAME
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.validate import validate
 from memrestore.backends.manifest import WireVersion
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.manifests import manifest_object, model_doc
 
@@ -200,23 +200,23 @@ def _many_items_plan(backend: LocalBackend, models: int = 5) -> RestorePlan:
 
 
 class _Staging:
-    """Wraps ``memrestore.tasks.execute.stage_item``: counts the items being staged, the most at once, and
+    """Wraps the composer's ``stage_item`` (memrestore.tasks.restore): counts the items being staged, the most at once, and
     the items staged; ``first`` items wait for each other (a barrier), so that staging them one
     after another never gets past the first."""
 
     def __init__(self, monkeypatch, first: int = 0) -> None:
         import threading
 
-        from memrestore.tasks import execute as execute_module
+        from memrestore.tasks import restore as restore_module
 
         self.lock = threading.Lock()
         self.in_flight = self.most = self.started = 0
         self.staged: list[str] = []
         self.barrier = threading.Barrier(first, timeout=120) if first else None
         self.first = first
-        real = execute_module.stage_item
+        real = restore_module.stage_item
 
-        def stage(backend, item, data_dir, resume=False, streams=1):
+        def stage(item, backend, data_dir, resume, transfer):
             with self.lock:
                 self.started += 1
                 self.in_flight += 1
@@ -225,7 +225,7 @@ class _Staging:
             try:
                 if meets:
                     self.barrier.wait()
-                result = self.around(item, lambda: real(backend, item, data_dir, resume, streams))
+                result = self.around(item, lambda: real(item, backend, data_dir, resume, transfer))
                 with self.lock:
                     self.staged.append(item.content_key)
                 return result
@@ -233,7 +233,7 @@ class _Staging:
                 with self.lock:
                     self.in_flight -= 1
 
-        monkeypatch.setattr(execute_module, "stage_item", stage)
+        monkeypatch.setattr(restore_module, "stage_item", stage)
 
     def around(self, item, stage):
         return stage()
@@ -241,7 +241,7 @@ class _Staging:
 
 def test_items_are_staged_concurrently_and_every_one_lands(backend, data_dir, monkeypatch):
     from memrestore.tasks import progress
-    from memrestore.tasks.execute import ITEM_CONCURRENCY
+    from memrestore.tasks.restore import ITEM_CONCURRENCY
 
     plan = _many_items_plan(backend)
     assert len(plan.items) > ITEM_CONCURRENCY
@@ -268,7 +268,7 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
     back (nothing staged is left) and raises that item's error; the data dir is as it was."""
     import threading
 
-    from memrestore.tasks import sequence as sequence_module
+    from memrestore.tasks import restore as restore_module
 
     plan = _many_items_plan(backend)
     bad = plan.items[1]  # among the first started: the others wait for it to fail
@@ -287,13 +287,13 @@ def test_a_failing_item_among_several_is_raised_once_every_item_is_done(backend,
 
     staging.around = around
     at_roll_back: list[int] = []
-    real_roll_back = sequence_module.roll_back  # the undo of the one restore sequence
+    real_roll_back = restore_module.roll_back  # the undo of the one composer
 
     def roll_back(data_dir, tenant_id):
         at_roll_back.append(staging.in_flight)
         real_roll_back(data_dir, tenant_id)
 
-    monkeypatch.setattr(sequence_module, "roll_back", roll_back)
+    monkeypatch.setattr(restore_module, "roll_back", roll_back)
     (data_dir / "tenant_1").mkdir(parents=True)
     (data_dir / "tenant_1" / "data.sqlite").write_bytes(b"previous")
     (data_dir / "tenant_7").mkdir()

@@ -15,10 +15,10 @@ from memrestore.backends.errors import AccessDeniedError, ObjectNotFoundError
 from memrestore.backends.s3 import CLIENT_CONFIG
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.flows.restore import restore_snapshot
-from memrestore.tasks.execute import execute
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.faultproxy import Fault
 from tests.procs import wait_until

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 
 from memrestore.flows.restore import restore_snapshot
-from memrestore.tasks import commit, execute as execute_module, hold, interrupt, sequence
+from memrestore.tasks import commit, hold, restore as restore_module
 from memrestore.tasks.errors import (
     ChecksumMismatchError,
     DataDirNotEmptyError,
     DestinationIOError,
     RollbackFailedError,
 )
-from memrestore.tasks.execute import execute
 from memrestore.tasks.marker import lock_data_dir, read_marker, unlock_data_dir
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute, stop_request_cleared
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -109,7 +109,7 @@ def test_a_failed_undo_keeps_the_marker_and_lets_go_once(route, backend, snapsho
     def broken(held, tenant_id):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(sequence, "roll_back", broken)
+    monkeypatch.setattr(restore_module, "roll_back", broken)
     assert isinstance(_run(route, backend, snapshot, data_dir), RollbackFailedError)
     assert unlocks == [data_dir]
     assert read_marker(data_dir).phase.value == "staging"
@@ -122,7 +122,7 @@ def test_a_failed_cleanup_keeps_the_marker_in_cleanup_and_lets_go_once(route, ba
     def broken(held):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(sequence, "remove_leftovers", broken)
+    monkeypatch.setattr(commit, "remove_leftovers", broken)
     assert isinstance(_run(route, backend, snapshot, data_dir), DestinationIOError)
     assert unlocks == [data_dir]
     assert read_marker(data_dir).phase.value == "cleanup"
@@ -133,11 +133,9 @@ def test_an_interrupted_restore_keeps_its_phase_and_lets_go_once(backend, snapsh
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(execute_module, "stage_item", stopped)
-    try:
+    monkeypatch.setattr(restore_module, "stage_item", stopped)
+    with stop_request_cleared():
         assert isinstance(_run("plain", backend, snapshot, data_dir), KeyboardInterrupt)
-    finally:
-        interrupt._reset_for_tests()
     assert unlocks == [data_dir]
     assert read_marker(data_dir).phase.value == "staging"  # nothing undone: resume or abort
     assert _lock_is_free(data_dir)
@@ -148,7 +146,7 @@ def test_abort_lets_go_once(backend, snapshot, data_dir, unlocks, monkeypatch):
         raise OSError(errno.EIO, "Input/output error")
 
     with monkeypatch.context() as patched:  # a restore left in phase cleanup
-        patched.setattr(sequence, "remove_leftovers", broken)
+        patched.setattr(commit, "remove_leftovers", broken)
         assert isinstance(_run("plain", backend, snapshot, data_dir), DestinationIOError)
     unlocks.clear()
     info = commit.abort(data_dir)

@@ -49,11 +49,11 @@ from memrestore.backends.manifest import (
     parse_manifest,
 )
 from memrestore.tasks.errors import RestoreInProgressError
-from memrestore.tasks.execute import execute
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.marker import MARKER_NAME, OURS_PREFIX
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan, safe_model_file_name
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 
 PROJECT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024

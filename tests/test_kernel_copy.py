@@ -17,7 +17,7 @@ import pytest
 
 from memrestore.backends import local as local_module
 from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
-from memrestore.tasks.execute import execute
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.restorekit import LAYOUTS, make_snapshot, ours
 from tests.test_disk_full import assert_untouched, fill, volume  # noqa: F401  (a small tmpfs)

@@ -27,7 +27,7 @@ from memrestore.backends.s3 import S3Backend
 from memrestore.backends.errors import InstantSpellingError
 from memrestore.backends.listing import format_instant, parse_instant
 from memrestore.tasks.errors import SnapshotChoiceError, SnapshotNotFoundError
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from tests.manifests import manifest_object
 
 REPO = Path(__file__).resolve().parent.parent

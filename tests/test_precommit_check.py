@@ -15,10 +15,10 @@ from memrestore.backends.base import put_manifest, read_manifest
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.checks import CheckLevel
 from memrestore.tasks.errors import RestoredCopyCheckError
-from memrestore.tasks.execute import execute
 from memrestore.tasks.marker import MARKER_NAME
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 from tests.checkpoints import snapshot_with_checkpoint, sqlite3_cli
 from tests.conftest import tree
 from tests.layout import data_dir_for

@@ -1,6 +1,6 @@
-"""A restore's byte progress reaches the listener it is given (tasks/progress.py): through a
-Transfer carrying one, through ``progress.watching`` around the plain path and around the flows
-as the CLI runs them, and to the CLI's own progress bar. Every byte of a real local-folder restore
+"""A restore's byte progress reaches the listener watching (tasks/progress.py, its one route):
+from a Transfer, from the plan's measure, through ``progress.watching`` around the plain path and
+around the flows as the CLI runs them, and to the CLI's own progress bar. Every byte of a real local-folder restore
 is counted, once, and nothing reaches a listener once its block has ended."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import threading
 import pytest
 
 from memrestore.tasks import progress
-from memrestore.tasks.execute import execute
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.measure import measure_plan
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 
 
 class Recorder:
@@ -48,19 +48,20 @@ def _plan(backend):
     return validate(fetch_manifest(backend, 1, "snap-1"), DestinationState(embedding_model="minilm"), backend.url)
 
 
-def test_a_transfer_tells_its_listener_every_byte_of_a_restore(backend, snapshot, data_dir):
+def test_a_transfer_tells_the_listener_watching_every_byte_it_counts(backend, snapshot, data_dir):
     seen = Recorder()
-    with Transfer(listener=seen.listener()) as transfer:
-        outcome = execute(backend, _plan(backend), data_dir, RestoreMode.NEW_CLUSTER, transfer=transfer)
-    total = _snapshot_bytes(backend, snapshot)
-    assert outcome.total_bytes == total > 0
-    assert sum(seen.bytes) == total and transfer.received == total
-    assert progress.current() is progress.NOBODY  # handed in, never made the one watching
+    with progress.watching(seen.listener()):
+        with Transfer() as transfer:
+            transfer.advance(10)
+            transfer.advance(-4)  # an item that starts over
+    assert seen.bytes == [10, -4] and transfer.received == 6
+    assert progress.current() is progress.NOBODY  # the block has ended
 
 
-def test_measuring_a_plan_tells_the_listener_the_total(backend, snapshot):
+def test_measuring_a_plan_tells_the_listener_watching_the_total(backend, snapshot):
     seen = Recorder()
-    measured = measure_plan(backend, _plan(backend), seen.listener())
+    with progress.watching(seen.listener()):
+        measured = measure_plan(backend, _plan(backend))
     assert seen.totals == [measured.total_bytes] == [_snapshot_bytes(backend, snapshot)]
 
 

@@ -21,11 +21,11 @@ from memrestore.backends.errors import PermanentBackendError, TransientBackendEr
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.backends.streams import StreamPool
 from memrestore.tasks.errors import DestinationIOError
-from memrestore.tasks.execute import execute
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.stage import _StagedFile
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.farproxy import FarProxy
 from tests.faultproxy import Fault
@@ -102,7 +102,6 @@ def test_blobs_of_like_size_share_the_streams_one_each_and_nothing_is_read_back(
     the fewest parts running, so once all four have joined each is read by one stream at a time,
     in order, and hashed as its bytes arrive: nothing is read back from a staged file to be hashed
     (which parts written ahead of the hash cost). Every blob is still exact and verified."""
-    from memrestore.tasks.transfer import Transfer
 
     point_boto3(monkeypatch, seaweedfs.env())
     bucket = seaweedfs.create_bucket(f"ranged-{uuid.uuid4().hex[:10]}")
@@ -120,8 +119,7 @@ def test_blobs_of_like_size_share_the_streams_one_each_and_nothing_is_read_back(
         backend = open_backend(f"s3://{bucket}")
         ranges = _ranges_sent(backend)
         plan = validate(fetch_manifest(backend, 1, "big"), DestinationState(embedding_model="minilm"), backend.url)
-        with Transfer(4) as transfer:
-            outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+        outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, streams=4)
     assert len(outcome.items) == 4 and all(item.verified and item.bytes > 1 * MiB for item in outcome.items)
     assert len(ranges) > 1 + 4 * 4  # every blob in many parts
     # Only at the start, before the other blobs join, may the first take several streams (a few

@@ -1,6 +1,6 @@
-"""The restore sequence exists once (memrestore.tasks.sequence): a failing cleanup and a failing
-undo are reported the same through the restore-snapshot flow, through the plain path, and
-through a drill, which uses the plain path."""
+"""The restore is composed once (memrestore.tasks.restore): a failing cleanup and a failing undo
+are reported the same through the restore-snapshot flow, through the plain path, and through a
+drill, which uses the plain path."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from memrestore.flows.restore import restore_snapshot
-from memrestore.tasks import sequence
-from memrestore.tasks.drill import drill_plain
+from memrestore.tasks import commit, restore as restore_module
 from memrestore.tasks.errors import DestinationIOError, RollbackFailedError
-from memrestore.tasks.execute import execute
 from memrestore.tasks.marker import MARKER_NAME, read_marker
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
+from tests.restorekit import drill_plain, execute
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -59,7 +58,7 @@ def test_a_failing_cleanup_is_the_same_error_everywhere(backend, snapshot, tmp_p
     def broken(data_dir):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(sequence, "remove_leftovers", broken)
+    monkeypatch.setattr(commit, "remove_leftovers", broken)
     for exc, data_dir in _flow_and_plain(backend, snapshot, tmp_path):
         assert type(exc) is DestinationIOError
         assert str(exc).startswith(f"cleaning up after the restore in {data_dir}")
@@ -76,7 +75,7 @@ def test_a_failing_undo_is_the_same_error_everywhere(backend, snapshot, tmp_path
     def broken(data_dir, tenant_id):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(sequence, "roll_back", broken)
+    monkeypatch.setattr(restore_module, "roll_back", broken)
     for exc, data_dir in _flow_and_plain(backend, snapshot, tmp_path):
         assert type(exc) is RollbackFailedError
         assert str(exc).startswith(f"the restore into {data_dir} failed (")

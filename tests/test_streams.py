@@ -21,11 +21,11 @@ from memrestore.backends.errors import BadInputError
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.backends.errors import RateSpellingError
 from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool, parse_rate, part_size
-from memrestore.tasks.execute import execute
-from memrestore.tasks.fetch import fetch_manifest
+from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.plan import DestinationState, RestoreMode
-from memrestore.tasks.transfer import Transfer
+from memrestore.tasks import progress
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 from tests.conftest import tree
 from tests.farproxy import FarProxy
 from tests.procs import memrestore, wait_until
@@ -177,11 +177,12 @@ def test_streams_really_in_flight_at_a_far_store_proxy(seaweedfs, lopsided, monk
         backend = open_backend(f"s3://{lopsided}")
         plan = _plan(backend, "lop", "big")
         proxy.reset()
-        with Transfer(streams) as transfer:
-            outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+        received: list[int] = []
+        with progress.watching(progress.Listener(on_bytes=received.append)):
+            outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, streams=streams)
         timeline = proxy.timeline()
     assert all(item.verified for item in outcome.items)
-    assert transfer.received == outcome.total_bytes
+    assert sum(received) == outcome.total_bytes
     # Never more than ``streams`` at once, once the HEADs before the first GETs are past.
     shown = " ".join(map(str, timeline))
     assert max(timeline[3:]) == streams, shown
@@ -206,8 +207,7 @@ def test_a_rate_limited_s3_restore_holds_its_cap(seaweedfs, lopsided, tmp_path):
     plan = _plan(backend, "lop2", "big")
     cap = parse_rate("12M")
     began = time.monotonic()
-    with Transfer(16, cap) as transfer:
-        outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+    outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, streams=16, limit_rate=cap)
     rate = outcome.total_bytes / (time.monotonic() - began)
     assert outcome.total_bytes > 24 * MiB
     assert 0.5 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
@@ -219,8 +219,7 @@ def test_a_rate_limited_local_restore_holds_its_cap_and_restores_exactly(tmp_pat
     plan = _plan(backend, "s", "m")
     cap = parse_rate("8M")
     began = time.monotonic()
-    with Transfer(limit_rate="8M") as transfer:
-        outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, transfer=transfer)
+    outcome = execute(backend, plan, tmp_path / "data", RestoreMode.NEW_CLUSTER, limit_rate="8M")
     rate = outcome.total_bytes / (time.monotonic() - began)
     # As above: the cap is a ceiling; the floor only catches a limiter gone wrong.
     assert 0.5 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s against a cap of {cap / MiB:.0f} MiB/s"
@@ -338,7 +337,9 @@ def test_a_progress_update_stuck_on_a_silent_api_holds_up_neither_the_end_nor_a_
                 with bytes_artifact(f"stuck-progress-{ends}", 100, lambda: received[0], every=0.05):
                     proxy.always(Fault.STALL, match="/artifacts/")
                     received[0] = 50
-                    wait_until(lambda: proxy.count("PATCH", "/artifacts/") >= 1, 10, "an update to be sent")
+                    # the artifact's making (after 0.05 s) or an update, held by the proxy
+                    wait_until(lambda: proxy.faults_injected(Fault.STALL, match="/artifacts/") >= 1, 10,
+                               "a request for the artifact to be held")
                     began = time.monotonic()
                     if ends == "stopped":
                         raise KeyboardInterrupt

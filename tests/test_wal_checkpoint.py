@@ -31,9 +31,10 @@ from memrestore.tasks.checks import (
     hnsw_sizes,
 )
 from memrestore.tasks.errors import RestoredCopyCheckError
-from memrestore.tasks.execute import execute
+from memrestore.tasks.marker import staging_dir
 from memrestore.tasks.plan import DestinationState, RestoreMode, sqlite_destination
 from memrestore.tasks.validate import validate
+from tests.restorekit import execute
 from tests.checkpoints import (
     ROWS_IN_WAL_CHECKPOINT,
     WAL_WAYS,
@@ -94,16 +95,17 @@ def test_checking_a_wal_checkpoint_changes_nothing_in_its_folder(tmp_path, wal_b
 def test_a_file_beside_the_copys_database_fails_the_staged_and_the_drills_check(tmp_path, wal_backend):
     manifest = read_manifest(wal_backend, WAL_WAYS[0])
     plan = validate(manifest, DestinationState(embedding_model="minilm"), wal_backend.url)
-    root = tmp_path / "copy"
+    data_dir = tmp_path / "data"
+    root = staging_dir(data_dir)  # the same files, as a restore stages them and as a drill restores them
     for item in plan.items:
         (root / item.destination).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(wal_backend.root / item.content_key, root / item.destination)
-    check_staged(plan, root, CheckLevel.QUICK)  # the copy as restored passes
+    check_staged(plan, data_dir, CheckLevel.QUICK)  # the copy as restored passes
     check_restored(root, manifest, hnsw_sizes(wal_backend, manifest))
 
     stale = root / f"tenant_{TENANT}" / "data.sqlite-shm"
     stale.write_bytes(b"\0" * 32768)  # what a read-only open of a WAL database used to leave
-    for check in (lambda: check_staged(plan, root, CheckLevel.QUICK),
+    for check in (lambda: check_staged(plan, data_dir, CheckLevel.QUICK),
                   lambda: check_restored(root, manifest, hnsw_sizes(wal_backend, manifest))):
         with pytest.raises(RestoredCopyCheckError, match=r"holds tenant_7/data\.sqlite-shm beside"):
             check()

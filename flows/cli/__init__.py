@@ -13,7 +13,9 @@ This module is the app and its wiring; the commands live by subject:
 - flows/cli/progress.py: the progress bar.
 
 Prefect is imported only by a command that runs a flow, once :func:`run_flow.connect_prefect`
-has pointed it at an API: ``--help`` and ``snapshots`` never load it.
+has pointed it at an API: ``--help`` and ``snapshots`` never load it. That is why the modules of
+this package import Prefect, the flows and flows/ops/ inside the commands that use them, never at
+their top.
 """
 
 from __future__ import annotations

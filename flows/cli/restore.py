@@ -285,7 +285,7 @@ def restore(
     with running_flows(verbose):
         with importing_prefect():
             from memrestore.flows.restore import Destination, restore_snapshot
-            from memrestore.tasks.sequence import is_interrupt
+            from memrestore.tasks.restore import is_interrupt
 
         _handle_stop_signals()
 

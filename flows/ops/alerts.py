@@ -24,11 +24,13 @@ from typing import Callable
 from uuid import UUID
 
 from prefect.automations import Automation, EventTrigger, SendNotification
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 
 from memrestore.tasks.drill import DRILL_FAILED_EVENT
 from memrestore.tasks.sample_verify import SAMPLE_FAILED_EVENT
+
 AUTOMATION_NAME = "memrestore: restore drill failed"
 
 SUBJECT = "memrestore: {{ event.resource.name }} failed its restore drill"
@@ -132,7 +134,6 @@ def crashed_restore_automation(silence: timedelta = SILENCE, name: str = CRASHED
 
 def ensure_crashed_restore_automation(log: Callable[[str], None] = print) -> None:
     """Create :func:`crashed_restore_automation` on the current API unless one of its name exists."""
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         if client.read_automations_by_name(CRASHED_AUTOMATION_NAME):

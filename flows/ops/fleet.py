@@ -45,13 +45,24 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Callable, Iterator
 from uuid import UUID
 
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.context import FlowRunContext
+from prefect.deployments import run_deployment
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelled, Crashed
 from pydantic import ValidationError
 
 from memrestore.tasks.drill_report import TenantDrillFailed, TenantDrillResult, crashed_result, describe_failure
 from memrestore.flows.errors import FleetError
 
 if TYPE_CHECKING:
-    from prefect.automations import Automation
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
@@ -111,7 +122,6 @@ def fan_out(
     """Create one run of ``deployment_name`` per tenant (``parameters``: tenant id -> that run's
     parameters), then yield ``(tenant_id, result)`` as each tenant's outcome is known, every
     tenant exactly once. Raises :class:`FleetError` at once when the deployment does not exist."""
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         deployment = _deployment(client, deployment_name)  # now, not at the first next()
@@ -121,7 +131,6 @@ def fan_out(
 def children_at_once(deployment_name: str, children: int) -> int:
     """How many of ``children`` runs of the deployment can run at once: its concurrency limit
     (``prefect.yaml``), or all of them when it has none. Raises FleetError when it is missing."""
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         limit = _deployment(client, deployment_name).global_concurrency_limit
@@ -129,8 +138,6 @@ def children_at_once(deployment_name: str, children: int) -> int:
 
 
 def _deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
-    from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL
 
     try:
         return client.read_deployment_by_name(name)
@@ -151,7 +158,6 @@ def _gather(
     poll_seconds: float,
     log: Callable[[str], None],
 ) -> Iterator[tuple[int, TenantDrillResult]]:
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         children: dict[UUID, _Child] = {}
@@ -213,8 +219,6 @@ def _gather(
 def _submit(deployment_name: str, tenant_id: int, params: dict, attempt: int, lost: list[str] | None = None) -> _Child:
     """One run of the tenant's drill, linked to the current flow run as its subflow. The
     idempotency key makes a re-run of the same parent find its children instead of doubling them."""
-    from prefect.context import FlowRunContext
-    from prefect.deployments import run_deployment
 
     context = FlowRunContext.get()
     parent = context.flow_run.id if context and context.flow_run else None
@@ -229,7 +233,6 @@ def _submit(deployment_name: str, tenant_id: int, params: dict, attempt: int, lo
 
 
 def _read_runs(client: SyncPrefectClient, ids: list[UUID]) -> dict[UUID, FlowRun]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     runs: dict[UUID, FlowRun] = {}
     for start in range(0, len(ids), READ_BATCH):
@@ -293,7 +296,6 @@ def _set_state(client: SyncPrefectClient, run_id: UUID, kind: str, log: Callable
     """Give a child up: Crashed (lost: it is run again) when a worker had it, Cancelled when none
     took it. Forced, since its worker may be gone; leaving Pending or Running frees its slot of the
     deployment's concurrency limit. A failure here is tried again later."""
-    from prefect.states import Cancelled, Crashed
 
     state = Crashed(message=message) if kind == "Crashed" else Cancelled(message=message)
     try:
@@ -315,11 +317,6 @@ def lost_run_automation(
     memrestore deployment carries it), or to one deployment's runs. ``.create()`` it once per
     server; the workers must send heartbeats more often than ``within_seconds``
     (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30``)."""
-    from prefect.automations import Automation
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
 
     if deployment_id is not None:
         related = {"prefect.resource.role": "deployment", "prefect.resource.id": f"prefect.deployment.{deployment_id}"}

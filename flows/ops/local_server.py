@@ -16,11 +16,15 @@ The server stops itself once no command has held ``.users`` for ``idle_seconds``
 names it (``memrestore server stop``, or ``PREFECT_HOME`` removed). A command killed however it
 dies drops its ``flock``, so it never keeps the server up, and the next command reuses the same
 server: they never pile up. ``python -m memrestore.flows.ops.local_server`` is the server process itself.
+
+The commands import this module before Prefect is (:func:`flows.cli.run_flow.connect_prefect`), so
+Prefect's server app and uvicorn are imported only in the server's own process (:func:`_serve`).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import fcntl
 import http.client
@@ -234,8 +238,6 @@ def _hold_as_user(home: Path) -> None:
     fcntl.flock(fd, fcntl.LOCK_SH)
     os.utime(fd)
     _users_fd = fd
-    import atexit
-
     atexit.register(_touch_on_exit, fd)
 
 

@@ -5,6 +5,7 @@ server of flows/ops/local_server.py at all)."""
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 
@@ -21,7 +22,6 @@ def configured_api_url() -> str | None:
     """
     if url := os.environ.get("PREFECT_API_URL"):
         return url
-    import tomllib
 
     def toml(path: Path) -> dict:
         try:

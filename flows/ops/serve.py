@@ -13,6 +13,10 @@ Stopping ``serve`` leaves the nightly schedule active (``pause_on_shutdown=False
 scheduled and wait, Late, for the next ``serve`` or a worker, where Prefect's default would pause
 the schedule and drills would silently stop. ``prefect.yaml`` at the repo root declares the same two
 deployments for a process work pool (``prefect deploy --all``).
+
+``memrestore serve`` imports this module before Prefect has an API to talk to: :func:`serve`
+chooses it (the shared local server when none is set up), so Prefect, the flows and the rest of
+flows/ops/ are imported inside the functions, once it is chosen.
 """
 
 from __future__ import annotations

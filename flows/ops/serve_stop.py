@@ -27,6 +27,8 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -63,8 +65,6 @@ def flow_run_pids(runner: Runner) -> list[int]:
 def answers(api_url: str, timeout: float = 1.0) -> bool:
     """Whether anything answers at ``api_url`` (http or https, a path prefix kept, as for Prefect
     Cloud's workspaces): any HTTP status counts, a refusal, a reset or silence does not."""
-    import urllib.error
-    import urllib.request
 
     try:
         with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout):
