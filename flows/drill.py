@@ -49,8 +49,8 @@ from pydantic import Field
 from memrestore.backends import SnapshotListing, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.streams import RateLimit, parse_rate
-from memrestore.tasks.share import parse_share
 from memrestore.flows.ops.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
+from memrestore.flows.sample_verify import ShareParam, sampled_verify_step
 from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
     DEFAULT_WINDOW_DAYS,
@@ -85,7 +85,7 @@ from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.drill_trend import publish_trend
-from memrestore.flows.sample_verify import ShareParam, sampled_verify_step
+from memrestore.tasks.share import parse_share
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 
 T = TypeVar("T")
@@ -307,7 +307,8 @@ def restore_drill(
         pick: Which snapshot of each tenant to restore: latest, or random-within-window (one
             drawn among those of the last window_days, so that over nights every generation kept
             is restored). The walk back goes on from it when it fails.
-        window_days: With random-within-window: how far back to draw from, in days (1-365).
+        window_days: With random-within-window: how far back to draw from, in days (more than 0,
+            at most 365; 0.5 is 12 hours).
         seed: With random-within-window: the draw's seed; the same seed draws the same snapshots
             (the report gives each drill's). Empty: a fresh one each drill.
         sample: Also hash this share of every stored blob of the tenants (their older snapshots
@@ -317,7 +318,7 @@ def restore_drill(
     logger = get_run_logger()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
     if sample is not None:
-        parse_share(sample)
+        parse_share(sample)  # refused before any restore too
     drilled_at = time.time()
     seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
 
@@ -374,7 +375,7 @@ def restore_drill(
             close_scratch_root(root, created)
 
     report = build_report([results[t] for t in chosen], listing.unreadable, seed=seed)
-    if sample is not None:  # the drill's own rate limit; a fleet drill's parent reads alone now
+    if sample is not None:  # under the drill's cap, which the restores, all done, no longer share
         report.sample = sampled_verify_step(backend, sample, chosen, None, RateLimit(rate) if rate else None,
                                             listing, drilled_at)
     report.callouts = _trend(report, backend, drilled_at)

@@ -274,9 +274,9 @@ def drill_tenant(
     if not candidates:
         return no_snapshot_result(tenant_id, backend_url, unreadable)
     newest_age = snapshot_age_seconds(candidates[0], now)
-    latest = candidates[start]
-    age = snapshot_age_seconds(latest, now)
-    first = attempt(latest)
+    picked = candidates[start]
+    age = snapshot_age_seconds(picked, now)
+    first = attempt(picked)
     stale = stale_reason(tenant_id, newest_age, max_age_hours)
     kept: list[str] = []
 
@@ -292,7 +292,7 @@ def drill_tenant(
     reasons = [] if first.ok else [why or "the restore failed"]
     if stale:
         reasons.append(stale)
-    last_good = latest if first.ok else None
+    last_good = picked if first.ok else None
     if last_good is None:
         older = candidates[start + 1:]
         for manifest in older[:walk_back]:
@@ -302,7 +302,7 @@ def drill_tenant(
                 last_good = manifest
                 break
         else:
-            back = "" if start == 0 else f" from {latest.snapshot_id} back"
+            back = "" if start == 0 else f" from {picked.snapshot_id} back"
             if len(older) > walk_back:
                 newest = "newest " if start == 0 else ""
                 reasons.append(
@@ -314,11 +314,11 @@ def drill_tenant(
                                f"({len(candidates) - start} tried).")
     rpo = snapshot_age_seconds(last_good, now) if last_good else None
     judged_rpo = start == 0 and over_max_age(rpo, max_age_hours)
-    if last_good is not None and last_good is not latest and judged_rpo:
+    if last_good is not None and last_good is not picked and judged_rpo:
         reasons.append(stale_last_good_reason(last_good, rpo, max_age_hours))
     return TenantDrillResult(
         tenant_id=tenant_id,
-        snapshot_id=latest.snapshot_id,
+        snapshot_id=picked.snapshot_id,
         status="failed" if reasons else "ok",
         reason=" ".join(reasons) or None,
         restore_seconds=first.restore_seconds,
