@@ -53,8 +53,9 @@ class TenantDrillResult(BaseModel):
     """One tenant's line of the drill report (the ``--json`` output's ``tenants`` items).
 
     ``snapshot_id``, ``restore_seconds``, ``snapshot_age_seconds`` and ``bytes`` are about the
-    snapshot tried first: the latest, unless a random pick chose another (``picked_by``); ``last_good_*`` about the newest one that restored and checked clean (the
-    latest itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
+    snapshot tried first: the latest, unless a random pick chose another (``picked_by``);
+    ``last_good_*`` about the newest one that restored and checked clean (the one tried first
+    itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
     kept with ``keep_failed`` (a reason never names a copy that was deleted). ``lost_runs``

@@ -177,8 +177,8 @@ def test_the_sample_verify_command_names_the_old_snapshot_and_key_within_a_rate_
     assert done.stdout.startswith("sampled verify (100% a night, night ")
     assert "read 11 of 11 blobs" in done.stdout and "of 6 snapshots of 2 tenants" in done.stdout
     assert "; 1 failed" in done.stdout
-    assert done.stderr.strip() == f"tenant 1, snapshot {oldest}, key {bad_key}: " + done.stderr.split(": ", 1)[1].strip()
-    assert f"tenant 1, snapshot {oldest}, key {bad_key}: checksum mismatch" in done.stderr
+    assert done.stderr.startswith(f"tenant 1, snapshot {oldest}, key {bad_key}: checksum mismatch")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
     usage = memrestore("sample-verify", "--backend", backend.url, "--sample", "lots", timeout=CLI_TIMEOUT)
     assert usage.returncode == 2 and "'lots' is not a share" in usage.stderr

@@ -1,13 +1,14 @@
 """The trend of restore drills over nights, as an SRE reads it in the Prefect UI (issue 21).
 
 Three drills against a real ``prefect server start`` (the first two in this process, the third a
-``memrestore drill`` subprocess), under a ``--limit-rate`` of 1 MiB/s, one tenant at a time: between them, tenants 1 and 2 get new snapshots of the same size,
-tenant 3 none; before the third, tenant 2's new snapshot is 2 MiB, which the rate limit makes
-take seconds where the others take a tenth of one. The third drill must call out tenant 2's RTO
-and tenant 3's ever older snapshot, and nothing of tenant 1's: in its ``--json``, first in its
-table output, at the top of its ``drill-summary``, and in its ``drill-trend`` artifact, whose
-page (the chart, drawn as an SVG image, and the sparkline table) is opened in Chromium and shot,
-and so is the summary's, with the sampled verify the third drill ran too.
+``memrestore drill`` subprocess), under a ``--limit-rate`` of 1 MiB/s, one tenant at a time:
+between them, tenants 1 and 2 get new snapshots of the same size, tenant 3 none; before the
+third, tenant 2's new snapshot is 2 MiB, which the rate limit makes take seconds where the others
+take a tenth of one. The third drill must call out tenant 2's RTO and tenant 3's ever older
+snapshot, and nothing of tenant 1's: first in its table output, at the top of its
+``drill-summary``, and in its ``drill-trend`` artifact, whose page (the chart, drawn as an SVG
+image, and the sparkline table) is opened in Chromium and shot, and so is the summary's, with the
+sampled verify the third drill ran too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _drill(prefect_server: PrefectServer, backend: LocalBackend, tmp_path: Path,
     # One tenant at a time: the rate limit is one bucket for the tenants drilled at once, so the
     # big restore would slow the others beside it too (they would all be called out, rightly).
     return memrestore("drill", "--backend", backend.url, "--limit-rate", "1M", "--concurrency", "1",
-                      "--scratch-dir", tmp_path / "scratch", *extra, env={"PREFECT_API_URL": prefect_server.api_url}, timeout=CLI_TIMEOUT)
+                      "--scratch-dir", tmp_path / "scratch", *extra, env={"PREFECT_API_URL": prefect_server.api_url},
+                      timeout=CLI_TIMEOUT)
 
 
 def _latest_artifact(prefect_server: PrefectServer, key: str):

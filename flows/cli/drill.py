@@ -163,7 +163,8 @@ def drill(
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Restore each tenant's latest (or picked) snapshot into scratch, check it, report. Exit 1 if a tenant or a sampled blob failed."""
+    """Restore each tenant's latest (or picked) snapshot into scratch, check it, report.
+    Exit 1 if a tenant (or a sampled blob) failed."""
     quiet_prefect(verbose)
     connect_prefect()
     with importing_prefect():
