@@ -350,3 +350,24 @@ def test_a_fleet_child_starts_from_the_snapshot_its_parent_picked(backend, tmp_p
     assert (result["snapshot_id"], result["last_good_snapshot_id"], result["status"]) == (ids[1], ids[1], "ok")
     assert result["picked_by"] == "random within 30 d, seed 4: 2nd newest of 3"
     assert result["newest_age_seconds"] == 86_400.0 and result["snapshot_age_seconds"] == 2 * 86_400.0
+
+
+def test_a_sampled_verify_over_s3_finds_a_rewritten_blob_of_an_old_snapshot(seaweedfs, monkeypatch):
+    """The same over SeaweedFS: sizes from HEADs, each blob one streaming GET under the rate limit."""
+    import uuid
+
+    from memrestore.backends import open_backend
+    from memrestore.backends.streams import RateLimit, parse_rate
+    from tests.seaweed import point_boto3
+
+    bucket = seaweedfs.create_bucket(f"sample-{uuid.uuid4().hex[:10]}")
+    point_boto3(monkeypatch, seaweedfs.env())
+    store = open_backend(f"s3://{bucket}/memory")
+    ids = _generations(store, 1, [1, 2])
+    old = next(m for m in list_snapshots(store).for_tenant(1) if m.snapshot_id == ids[-1])
+    store.put_object(old.sqlite_checkpoint_key, b"not the checkpoint the manifest hashed")
+
+    report = sample_verify(store, "100%", limit=RateLimit(parse_rate("16M")))
+    assert (report.blobs_read, report.blobs_stored, report.snapshots) == (4, 4, 2)
+    assert [(f.snapshot_ids, f.key) for f in report.failed] == [([ids[-1]], old.sqlite_checkpoint_key)]
+    assert report.failed[0].reason.startswith("checksum mismatch")
