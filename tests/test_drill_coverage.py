@@ -371,3 +371,15 @@ def test_a_sampled_verify_over_s3_finds_a_rewritten_blob_of_an_old_snapshot(seaw
     assert (report.blobs_read, report.blobs_stored, report.snapshots) == (4, 4, 2)
     assert [(f.snapshot_ids, f.key) for f in report.failed] == [([ids[-1]], old.sqlite_checkpoint_key)]
     assert report.failed[0].reason.startswith("checksum mismatch")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--window", "3d"], "Invalid value for --window: only with --pick random-within-window"),
+    (["--pick", "random-within-window", "--window", "400d"], "at most 365 days"),
+    (["--pick", "oldest"], "'oldest' is not one of latest, random-within-window"),
+])
+def test_the_drills_pick_options_refuse_what_cannot_work_before_prefect_starts(backend, args, needle):
+    done = memrestore("drill", "--backend", backend.url, *args, timeout=CLI_TIMEOUT)
+    words = " ".join(done.stderr.replace("│", " ").split())  # typer's box, wrapped at 80 columns
+    assert done.returncode == 2 and needle in words, done.stderr
+    assert "Prefect server" not in done.stderr  # refused before any server was started for it

@@ -165,6 +165,7 @@ def drill(
 ) -> None:
     """Restore each tenant's latest (or picked) snapshot into scratch, check it, report.
     Exit 1 if a tenant (or a sampled blob) failed."""
+    picking = pick_parameters(pick, window, seed, sample)  # usage errors, before Prefect starts
     quiet_prefect(verbose)
     connect_prefect()
     with importing_prefect():
@@ -178,7 +179,6 @@ def drill(
                                  "tenants drilled at once (prefect.yaml)", param_hint="--concurrency")
     if child_timeout is not None and not via_deployment:
         raise typer.BadParameter("only with --via-deployment", param_hint="--child-timeout")
-    picking = pick_parameters(pick, window, seed, sample)
     with errors_as_messages(verbose):
         with importing_prefect():
             from memrestore.flows.drill import drill_report, restore_drill
