@@ -53,6 +53,9 @@ AGE_GROWING_DRILLS = 3
 #: Tenants drawn on the chart: those called out first, then the slowest. More lines than this
 #: are a tangle; the table below it has every tenant.
 CHART_TENANTS = 8
+#: Tenants in the trend's table: those called out first, then the slowest. A fleet's every tenant
+#: would make a page nobody reads (and an artifact of megabytes); drill-metrics has them all.
+TABLE_TENANTS = 50
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -224,16 +227,17 @@ def _labels(times: Sequence[float]) -> list[str]:
     return minutes if len(set(minutes)) == len(minutes) else at("%m-%d %H:%M:%S")
 
 
-def chart_tenants(tonight: Night, found: Sequence[str]) -> list[int]:
-    """The tenants drawn: those called out, then the slowest tonight, :data:`CHART_TENANTS` in all."""
+def worst_tenants(tonight: Night, found: Sequence[str], count: int) -> list[int]:
+    """Up to ``count`` tenants: those called out (by id), then the slowest tonight."""
     named = [t for t in sorted(tonight.tenants) if any(c.startswith(f"tenant {t}:") for c in found)]
-    slowest = sorted(tonight.tenants, key=lambda t: -(tonight.tenants[t].rto_seconds or 0.0))
-    return list(dict.fromkeys([*named, *slowest]))[:CHART_TENANTS]
+    slowest = sorted(tonight.tenants, key=lambda t: (-(tonight.tenants[t].rto_seconds or 0.0), t))
+    return list(dict.fromkeys([*named, *slowest]))[:count]
 
 
 def trend_markdown(backend_url: str, tonight: Night, history: Sequence[Night], found: Sequence[str]) -> str:
-    """The trend artifact: the call-outs at the top, the chart, then one row per tenant with its
-    RTO and newest snapshot age tonight and as sparklines over the nights."""
+    """The trend artifact: the call-outs at the top, the chart, then a row per tenant (those called
+    out, then the slowest: :data:`TABLE_TENANTS`) with its RTO and newest snapshot age tonight and
+    as sparklines over the nights."""
     nights = [*history, tonight]
     head = (f"## Restore drill trend: {len(found)} call-out(s)" if found
             else "## Restore drill trend: nothing to call out")
@@ -244,12 +248,13 @@ def trend_markdown(backend_url: str, tonight: Night, history: Sequence[Night], f
     lines += ["", f"`{backend_url}`: this drill and the {len(history)} before it "
                   f"(from {_iso(nights[0].drilled_at)}; at most {TREND_NIGHTS} before), oldest first.", ""]
     if history:
-        svg = base64.b64encode(chart_svg(nights, chart_tenants(tonight, found))).decode()
+        svg = base64.b64encode(chart_svg(nights, worst_tenants(tonight, found, CHART_TENANTS))).decode()
         lines += [f"![RTO per tenant over the last {len(nights)} drills](data:image/svg+xml;base64,{svg})", ""]
     lines += ["| tenant | RTO | RTO over the drills | median before | newest snapshot age | age over the drills |"
               " RPO | picked by |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for tenant in sorted(tonight.tenants, key=lambda t: (not any(c.startswith(f"tenant {t}:") for c in found), t)):
+    shown = worst_tenants(tonight, found, TABLE_TENANTS)
+    for tenant in shown:
         now = tonight.tenants[tenant]
         rtos = _series(tenant, nights, "rto_seconds")
         before = [v for v in rtos[:-1] if v is not None]
@@ -258,6 +263,9 @@ def trend_markdown(backend_url: str, tonight: Night, history: Sequence[Night], f
             f"{units.duration(statistics.median(before)) if before else '-'} | {units.age(now.newest_age_seconds)} | "
             f"{sparkline(_series(tenant, nights, 'newest_age_seconds'))} | {units.age(now.rpo_seconds)} | "
             f"{now.picked_by} |")
+    if len(shown) < len(tonight.tenants):
+        lines += ["", f"{len(shown)} of {len(tonight.tenants)} tenants shown (called out, then the slowest); "
+                      "every tenant's numbers are in the drill-metrics artifact."]
     return "\n".join(lines) + "\n"
 
 

@@ -383,3 +383,19 @@ def test_the_drills_pick_options_refuse_what_cannot_work_before_prefect_starts(b
     words = " ".join(done.stderr.replace("│", " ").split())  # typer's box, wrapped at 80 columns
     assert done.returncode == 2 and needle in words, done.stderr
     assert "Prefect server" not in done.stderr  # refused before any server was started for it
+
+
+def test_the_trend_page_shows_the_called_out_and_the_slowest_tenants_and_says_where_the_rest_are():
+    from memrestore.tasks.drill_trend import TABLE_TENANTS, callouts, trend_markdown
+
+    fleet = {f"t{t}": (0.1 + t / 1000, 3600.0) for t in range(1, 61)}
+    history = [_night(0, **fleet), _night(86_400, **fleet)]
+    tonight = _night(2 * 86_400, **{**fleet, "t7": (3.0, 3600.0)})
+    found = callouts(tonight, history)
+    assert [c.split(":")[0] for c in found] == ["tenant 7"]
+    page = trend_markdown("file:///b", tonight, history, found)
+    rows = [line for line in page.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(rows) == TABLE_TENANTS == 50
+    assert [r.split("|")[1].strip() for r in rows[:3]] == ["7", "60", "59"]  # called out, then the slowest
+    assert "50 of 60 tenants shown (called out, then the slowest)" in page
+    assert page.count("](data:image/svg+xml;base64,") == 1
