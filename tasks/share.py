@@ -44,7 +44,9 @@ def parse_share(text: str) -> Share:
             raise ShareSpellingError(f"{text!r}: a share is more than 0% and at most 100%")
         return Share(percent=percent)
     try:
-        return Share(bytes=parse_rate(text.strip().rstrip("/s")))
+        if re.match(SHARE_PATTERN, text) is None:
+            raise ShareSpellingError(text)
+        return Share(bytes=parse_rate(text))
     except RestoreError:
         raise ShareSpellingError(
             f"{text!r} is not a share: give a percent of the stored bytes (5%) or a byte count with an "
