@@ -87,6 +87,7 @@ from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.drill_trend import publish_trend
 from memrestore.tasks.share import parse_share
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
+from memrestore.tasks.validation import Validation, check_hook
 
 T = TypeVar("T")
 
@@ -104,16 +105,19 @@ def _drill_in_this_run(
     unreadable: int,
     streams: int = DEFAULT_STREAMS,
     limit: RateLimit | None = None,
+    validation: Validation | None = None,
     start: int = 0,
     picked_by: str = SnapshotPick.LATEST.value,
 ) -> TenantDrillResult:
-    """Drill one tenant inside the current task or flow run: restore, check and delete each
-    snapshot tried from ``candidates[start]`` on (chosen as ``picked_by`` says), on ``streams``
-    streams, under the drill's shared rate ``limit``; each attempt a line of the run's log."""
+    """Drill one tenant inside the current task or flow run: restore, check (and validate, when
+    a ``validation`` is set) and delete each snapshot tried from ``candidates[start]`` on (chosen
+    as ``picked_by`` says), on ``streams`` streams, under the drill's shared rate ``limit``; each
+    attempt a line of the run's log."""
     return drill_tenant(
         tenant_id,
         candidates,
-        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed),
+        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed,
+                      validation),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -159,6 +163,7 @@ def drill_tenant_flow(
     keep_failed: bool = False,
     streams: StreamsParam = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
+    validation: Validation = Validation(),
     start_at: Annotated[int, Field(ge=0)] = 0,
     picked_by: str = SnapshotPick.LATEST.value,
 ) -> dict | State:
@@ -180,17 +185,22 @@ def drill_tenant_flow(
         streams: How many GETs the tenant's restore keeps in flight across its blobs (S3).
         limit_rate: A cap on this run's download rate, bytes a second (50M, 1G, 500k). A fleet
             drill gives each run its share of the drill's cap. Empty: no cap.
+        validation: The operator's own validation of each restored copy (a command and/or a
+            Python callable, on this run's machine); a copy that fails it fails the tenant.
         start_at: Which of the snapshots to try first (0: the latest); the drill's pick chose it.
         picked_by: How that snapshot was chosen, in the report's words.
     """
     limit = RateLimit(parse_rate(limit_rate)) if limit_rate is not None else None
+    if validation.active:
+        check_hook(validation)  # on this worker: its environment must have the hook too
     now = time.time() if drilled_at is None else drilled_at
     root, created = open_scratch_root(scratch_dir)
     try:
         store, read = open_backend(backend), retrying(fetch_manifest)  # here too: no task run per read
         candidates = ManifestsById(snapshots, lambda sid: read(store, tenant_id, sid))
         result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0,
-                                    streams, limit, min(start_at, max(len(snapshots) - 1, 0)), picked_by)
+                                    streams, limit, validation, min(start_at, max(len(snapshots) - 1, 0)),
+                                    picked_by)
     finally:
         close_scratch_root(root, created)
     # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
@@ -280,6 +290,7 @@ def restore_drill(
     child_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_CHILD_TIMEOUT_SECONDS,
     streams: StreamsParam = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
+    validation: Validation = Validation(),
     pick: SnapshotPick = SnapshotPick.LATEST,
     window_days: Annotated[float, Field(gt=0, le=MAX_WINDOW_DAYS)] = DEFAULT_WINDOW_DAYS,
     seed: Annotated[int, Field(ge=0)] | None = None,
@@ -304,6 +315,9 @@ def restore_drill(
         limit_rate: A cap on the drill's total download rate, bytes a second (50M, 1G, 500k),
             shared by the tenants it restores at once; with via_deployment, split evenly among
             the runs the deployment lets run at once. Empty: no cap.
+        validation: The operator's own validation of each restored copy, after the drill's
+            checks: a command and/or a Python callable. A copy that fails it fails the tenant
+            (and the drill walks back); the report shows its result, seconds and output. Empty: none.
         pick: Which snapshot of each tenant to restore: latest, or random-within-window (one
             drawn among those of the last window_days, so that over nights every generation kept
             is restored). The walk back goes on from it when it fails.
@@ -319,6 +333,8 @@ def restore_drill(
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
     if sample is not None:
         parse_share(sample)  # refused before any restore too
+    if validation.active:  # a hook that cannot run is refused before any restore (a fleet's: on its workers)
+        check_hook(validation, here=not via_deployment)
     drilled_at = time.time()
     seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
 
@@ -340,6 +356,8 @@ def restore_drill(
         root, created = None, False
         child = {"backend": backend, "drilled_at": drilled_at, "max_age_hours": max_age_hours,
                  "scratch_dir": scratch_dir, "keep_failed": keep_failed, "streams": streams}
+        if validation.active:
+            child["validation"] = validation.model_dump(mode="json")
         if rate is not None:  # one bucket cannot span workers: each run at once gets its share
             child["limit_rate"] = str(max(1024, rate // children_at_once(via_deployment, len(chosen))))
         outcomes: Iterator[tuple[int, Any]] = _fleet_outcomes(
@@ -353,7 +371,7 @@ def restore_drill(
             candidates = drill_candidates(listing, tenant_id)
             return drill_tenant_task.submit(
                 backend, tenant_id, candidates, str(root), drilled_at,
-                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, *first(candidates),
+                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, validation, *first(candidates),
             )
 
         outcomes = _bounded(submit, chosen, concurrency)

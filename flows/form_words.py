@@ -32,6 +32,9 @@ FIELDS = {
     "--streams": "streams",
     "--limit-rate": "limit_rate",
     "--check": "check",
+    "--validate-command": "validation's command",
+    "--validate-callable": "validation's callable",
+    "--validate-timeout": "validation's timeout_seconds",
 }
 
 _FLAG = "(" + "|".join(re.escape(f) for f in sorted(FIELDS, key=len, reverse=True)) + r")(?![\w-])"

@@ -50,6 +50,7 @@ from memrestore.tasks.restore import ITEM_CONCURRENCY, RestoreRequest, is_interr
 from memrestore.tasks.stage import hash_item
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 from memrestore.tasks.validate import hash_plan
+from memrestore.tasks.validation import Validation
 
 
 def _no_schema_default(schema: dict) -> None:
@@ -131,6 +132,7 @@ async def restore_snapshot(
     limit_rate: RateParam | None = None,
     check: CheckLevel = CheckLevel.QUICK,
     as_of: str | None = None,
+    validation: Validation = Validation(),
 ) -> dict | State:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -155,6 +157,9 @@ async def restore_snapshot(
         as_of: Restore the tenant as it was at this time: its newest snapshot created at or
             before it, with snapshot "latest". ISO 8601 (2026-12-07T14:00:00Z); without a zone,
             UTC. None (the default): the newest of all.
+        validation: The operator's own validation of the staged copy, after check and before
+            the commit: a command and/or a Python callable; a copy that fails it is refused,
+            the data dir left as it was. Empty: none.
     """
     quiet_task_chatter()
     log = RunLog(tenant_id, snapshot, mode, data_dir, dry_run)
@@ -165,7 +170,7 @@ async def restore_snapshot(
             as_of=parse_instant(as_of) if as_of else None,  # the form sends an emptied field as ""
             destination=destination.state(), require_checksums=require_checksums, dry_run=dry_run,
             resume=resume, streams=streams, limit_rate=parse_rate(limit_rate) if limit_rate is not None else None,
-            check=check)
+            check=check, validation=validation)
         with _steps_client():
             outcome = restore(request, TaskRuns(), log)
     except RestoreError as exc:

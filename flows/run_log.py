@@ -32,6 +32,7 @@ from memrestore.tasks.marker import Phase
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import RestoreMode, RestorePlan
 from memrestore.tasks.restore import Narrator
+from memrestore.tasks.validation import ValidationResult
 
 #: The flows whose runs' chatter is quieted.
 QUIET_FLOWS = frozenset({"restore-snapshot", "verify-snapshot"})
@@ -134,6 +135,12 @@ class RunLog(Narrator):
             return
         self.logger.info(f"staged copy checked ({level.value}): SQLite {PRAGMA[level]} ok, the manifest's {tables} "
                          f"tables present, in {units.duration(seconds)}")
+
+    def validated(self, result: ValidationResult) -> None:
+        if result.removed:
+            self.logger.warning(f"the validation left {', '.join(result.removed)} beside the staged copy's "
+                                "files: removed, not committed")
+        self.logger.info(f"staged copy validated ({result.hooks}): {result.short()}")
 
     def failed(self, plan: RestorePlan, exc: BaseException) -> None:
         _emit("memrestore.restore.failed", plan.tenant_id, plan.snapshot_id, {"reason": str(exc)})

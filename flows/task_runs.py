@@ -34,6 +34,7 @@ from memrestore.tasks.retry import RETRY_OPTIONS
 from memrestore.tasks.stage import hash_item, recheck_item, stage_item
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
+from memrestore.tasks.validation import validate_staged
 
 T = TypeVar("T")
 
@@ -52,6 +53,7 @@ TASKS: dict[Callable, Task] = {step: _as_task(step, name, retried) for step, nam
     (stage_item, "download-and-verify", True),  # a failed try's .part is removed; the next starts over
     (recheck_item, "recheck-staged", False),
     (check_staged, "check-staged-copy", False),  # a damaged checkpoint stays damaged
+    (validate_staged, "validate-staged-copy", False),  # the operator's verdict is the verdict
     (commit_staged, "atomic-writes", False),  # local and idempotent: a resume finishes it
     (clean_up, "marker-cleanup", False),
     (abort, "abort", False),

@@ -20,7 +20,10 @@ snapshots of the last days (:func:`pick_first`), so that over nights every retai
 restored, not only the newest. The walk back goes on from the one picked to older ones.
 
 Each snapshot tried is restored into a scratch copy of its own (tasks/drill_scratch.py), deleted once
-checked unless the tenant failed and ``keep_failed`` is set.
+checked unless the tenant failed and ``keep_failed`` is set. With a ``validation`` (the operator's
+own, tasks/validation.py), each copy that passed the drill's checks is then validated
+(:func:`check_plain`): a copy that fails it is a failed check like any other, and its result is
+kept for the report.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from memrestore.tasks.drill_report import (
     describe_failure,
     no_snapshot_result,
 )
+from memrestore.tasks.errors import ValidationFailedError
 from memrestore.tasks.outcome import RestoreOutcome
-from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.plan import DestinationState, RestoreMode, hnsw_destination, sqlite_destination
 from memrestore.tasks import units
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
 from memrestore.tasks.drill_scratch import (
@@ -56,6 +60,7 @@ from memrestore.tasks.drill_scratch import (
     said_deleted,
 )
 from memrestore.tasks.restore import RestoreRequest, restore
+from memrestore.tasks.validation import Validation, ValidationResult, validate_copy
 
 #: Tenants drilled at once. Each restore already stages its blobs four at a time (and S3
 #: restores keep ``--streams`` ranged GETs in flight), so four tenants keep a bucket and a small
@@ -215,8 +220,10 @@ def pick_first(
 
 #: Restore ``manifest`` (mode new_cluster) into the empty directory given; raise on failure.
 RestoreFn = Callable[[SnapshotManifest, Path], RestoreOutcome]
-#: Check a restored copy; raise RestoredCopyCheckError when it fails.
-CheckFn = Callable[[SnapshotManifest, Path], None]
+#: Check a restored copy; raise RestoredCopyCheckError when it fails (ValidationFailedError, with
+#: its result, when the operator's validation fails it). Returns the validation's result, or None
+#: when no validation is set.
+CheckFn = Callable[[SnapshotManifest, Path], ValidationResult | None]
 AttemptFn = Callable[[SnapshotManifest], AttemptResult]
 
 
@@ -228,7 +235,8 @@ def drill_destination(manifest: SnapshotManifest) -> DestinationState:
 
 
 def attempt_snapshot(manifest: SnapshotManifest, scratch_root: Path, restore: RestoreFn, check: CheckFn) -> AttemptResult:
-    """Restore ``manifest`` into a fresh scratch copy and check it; a failure becomes the reason."""
+    """Restore ``manifest`` into a fresh scratch copy and check it (the operator's validation
+    too, when one is set); a failure becomes the reason, the validation's result is kept."""
     scratch = new_scratch_copy(scratch_root, manifest)
     started = time.monotonic()
     try:
@@ -240,10 +248,11 @@ def attempt_snapshot(manifest: SnapshotManifest, scratch_root: Path, restore: Re
     measured = dict(snapshot_id=manifest.snapshot_id, scratch=str(scratch), restored=True,
                     restore_seconds=seconds, bytes=outcome.total_bytes)
     try:
-        check(manifest, scratch)
+        validation = check(manifest, scratch)
     except Exception as exc:  # noqa: BLE001 - likewise
-        return AttemptResult(**measured, ok=False, reason=describe_failure(exc))
-    return AttemptResult(**measured, ok=True)
+        return AttemptResult(**measured, ok=False, reason=describe_failure(exc),
+                             validation=exc.result if isinstance(exc, ValidationFailedError) else None)
+    return AttemptResult(**measured, ok=True, validation=validation)
 
 
 def drill_tenant(
@@ -330,10 +339,11 @@ def drill_tenant(
         rpo_over_max_age=judged_rpo,
         picked_by=picked_by,
         newest_age_seconds=newest_age,
+        validation=first.validation,
     )
 
 
-# -- a whole drill with no Prefect ----------------------------------------------------------------
+# -- a snapshot tried with plain calls ------------------------------------------------------------
 
 
 def restore_plain(backend: Backend, streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None) -> RestoreFn:
@@ -351,9 +361,20 @@ def restore_plain(backend: Backend, streams: int = DEFAULT_STREAMS, limit: RateL
     return restore_into
 
 
-def check_plain(backend: Backend) -> CheckFn:
-    def check(manifest: SnapshotManifest, data_dir: Path) -> None:
+def check_plain(backend: Backend, validation: Validation | None = None,
+                logger: logging.Logger | logging.LoggerAdapter | None = None) -> CheckFn:
+    """The drill's checks of a copy (tasks/checks.check_restored), then the operator's
+    ``validation`` of it, when one is set (tasks/validation.validate_copy: the copy's files
+    read-only while it runs and hashed again after, what it leaves beside them removed)."""
+
+    def check(manifest: SnapshotManifest, data_dir: Path) -> ValidationResult | None:
         check_restored(data_dir, manifest, hnsw_sizes(backend, manifest))
+        if validation is None or not validation.active:
+            return None
+        files = {sqlite_destination(manifest.tenant_id): manifest.sqlite_checkpoint_checksum} | {
+            hnsw_destination(manifest.tenant_id, e.embedding_model): e.checksum for e in manifest.hnsw_snapshots}
+        return validate_copy(validation, data_dir, manifest.tenant_id, manifest.snapshot_id, files, "restored",
+                             logger)
 
     return check
 
@@ -361,9 +382,11 @@ def check_plain(backend: Backend) -> CheckFn:
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter,
     streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
+    validation: Validation | None = None,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
-    flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
+    flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`
+    (the operator's ``validation`` too, when one is set).
 
     A transient backend error in the restore or the check is retried with the tasks' backoff
     (:func:`tasks.retry.retrying`); a restore tried again starts over in the same scratch copy,
@@ -372,7 +395,7 @@ def attempt_plain(
     a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
     (:func:`drill_tenant` deletes it otherwise).
     """
-    restore, check = restore_plain(backend, streams, limit), check_plain(backend)
+    restore, check = restore_plain(backend, streams, limit), check_plain(backend, validation, logger)
 
     def attempt(manifest: SnapshotManifest) -> AttemptResult:
         def on_retry(step: str):
@@ -389,8 +412,9 @@ def attempt_plain(
         if not result.restored:
             logger.warning("%s: the restore failed: %s", where, why)
         elif result.ok:
-            logger.info("%s: restored %s in %s, checked clean", where, units.size(result.bytes),
-                        units.duration(result.restore_seconds))
+            validated = f", validation {result.validation.short()}" if result.validation else ""
+            logger.info("%s: restored %s in %s, checked clean%s", where, units.size(result.bytes),
+                        units.duration(result.restore_seconds), validated)
         else:
             logger.warning("%s: restored %s in %s, but the check failed: %s", where, units.size(result.bytes),
                            units.duration(result.restore_seconds), why)

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks import units
 from memrestore.tasks.sample_verify import SampleReport
+from memrestore.tasks.validation import ValidationResult
 
 #: The longest backend label in a run name or an artifact key: enough for a bucket and a prefix
 #: (``s3-backups-memory``), short enough that the UI's run list shows the time after it.
@@ -47,6 +48,8 @@ class AttemptResult(BaseModel):
     reason: str | None = None
     restore_seconds: float | None = None
     bytes: int | None = None
+    #: The operator's validation of the copy (tasks/validation.py), when one is set and it ran.
+    validation: ValidationResult | None = None
 
 
 class TenantDrillResult(BaseModel):
@@ -63,6 +66,9 @@ class TenantDrillResult(BaseModel):
     before one finished (their worker died, or they outlived the child timeout), each with its
     worker and what became of it: the line is the retry's. ``rpo_over_max_age`` (added) says
     whether the effective RPO, ``last_good_age_seconds``, is over the drill's maximum age.
+    ``validation`` (added) is the operator's validation of the latest snapshot's copy: its
+    result, seconds, output tail and what it left beside the copy; None when no validation is
+    set or it did not run (the restore or the drill's own check failed first).
     """
 
     tenant_id: int
@@ -87,6 +93,7 @@ class TenantDrillResult(BaseModel):
     #: (the age limit and the trend's "keeps growing" are judged on it). None in reports from
     #: before it was added, and when the tenant has no snapshot.
     newest_age_seconds: float | None = None
+    validation: ValidationResult | None = None
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -287,8 +294,10 @@ def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[
     """One row per tenant, worst first: status, the snapshot tried first (and how it was picked,
     when the drill picked at random), its age, its restore's
     duration (RTO), size and rate, the last good snapshot, the effective RPO (flagged when over
-    ``max_age_hours``), the reason."""
+    ``max_age_hours``), the operator's validation (only when one ran: ``passed in 0.12 s``), the
+    reason."""
     picked = report.seed is not None  # some snapshots were picked at random: say which, and how
+    validated = any(r.validation is not None for r in report.tenants)
     return [
         {
             "tenant": r.tenant_id,
@@ -301,6 +310,7 @@ def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[
             "rate": units.rate(r.bytes_per_second),
             "last good": r.last_good_snapshot_id or "none",
             "RPO": rpo_text(r, max_age_hours),
+            **({"validation": r.validation.short() if r.validation else "-"} if validated else {}),
             "reason": r.reason or "",
         }
         for r in report.tenants
@@ -331,6 +341,9 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         )
         lines.append(f"- **tenant {r.tenant_id} failed** ({good}): {r.reason}")
         lines += [f"  - kept for inspection: `{path}`" for path in r.kept_copies]
+        if r.validation is not None and r.validation.status != "passed" and r.validation.output:
+            lines += [f"  - the validation's output ({r.validation.short()}), its last lines:", "", "    ```",
+                      *(f"    {line}" for line in r.validation.output.splitlines()), "    ```", ""]
     passed = [r for r in report.tenants if r.status == "ok"]
     if passed:
         oldest = max(r.last_good_age_seconds or 0.0 for r in passed)

@@ -16,7 +16,8 @@ in its own module, and nothing drawn is missing::
     │   ├── InstantSpellingError          backends.errors  an --as-of that is not an ISO 8601 time (also ValueError)
     │   ├── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant (as of a time)
     │   ├── SnapshotChoiceError           tasks.errors     a snapshot id and --as-of both given
-    │   └── ShareSpellingError            tasks.errors     a --sample that is neither 5% nor 10G (also ValueError)
+    │   ├── ShareSpellingError            tasks.errors     a --sample that is neither 5% nor 10G (also ValueError)
+    │   └── ValidationHookError           tasks.errors     the operator's validation cannot run as given
     ├── BackendError                      backends.errors  the store could not serve a request
     │   ├── TransientBackendError         backends.errors  throttling, 5xx, timeouts, dropped connections: retried
     │   └── PermanentBackendError         backends.errors  fails on the first attempt: not retried
@@ -43,6 +44,9 @@ in its own module, and nothing drawn is missing::
     │   └── NothingToAbortError           tasks.errors     abort with no marker
     ├── ChecksumMismatchError             tasks.errors     a blob's blake3 differs from the manifest
     ├── RestoredCopyCheckError            tasks.errors     a restored copy fails its check (SQLite, tables, HNSW)
+    │   └── ValidationFailedError         tasks.errors     it fails the operator's own validation
+    │       ├── ValidationTimedOutError   tasks.errors     the validation ran past its time limit; killed
+    │       └── ValidatorChangedCopyError tasks.errors     the validation changed the copy's bytes
     ├── ScratchDirError                   tasks.errors     a drill's scratch dir cannot be used
     ├── DestinationIOError                tasks.errors     writing the data dir failed (disk full, EIO)
     ├── RollbackFailedError               tasks.errors     a failed restore could not be undone; marker kept
@@ -59,9 +63,13 @@ Every message says what was found and what to do next.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memrestore.backends.errors import BadInputError, RestoreError, shown
 from memrestore.tasks import units
+
+if TYPE_CHECKING:
+    from memrestore.tasks.validation import Validation, ValidationResult
 
 
 class SnapshotNotFoundError(BadInputError):
@@ -350,6 +358,62 @@ class RestoredCopyCheckError(RestoreError):
     """A restored copy, staged before a commit or a drill's, is not what the snapshot promised:
     the SQLite checkpoint fails ``quick_check``/``integrity_check`` or lacks a table the manifest
     names, or an HNSW file is missing or has a size other than the backend's."""
+
+
+class ValidationHookError(BadInputError):
+    """The operator's validation (tasks/validation.py) cannot run as given: a template placeholder
+    that is not one, a program not found or not executable, a callable misspelled or not
+    importable. Refused before anything is fetched; the message says what is wrong with the hook."""
+
+
+def _output_ends(result: "ValidationResult") -> str:
+    """The last lines of a validation's output, on one line, for a message."""
+    from memrestore.tasks.validation import MESSAGE_LINES
+
+    lines = [line.strip() for line in result.output.splitlines() if line.strip()][-MESSAGE_LINES:]
+    return f" Its output ends: {' | '.join(lines)}." if lines else " It printed nothing."
+
+
+class ValidationFailedError(RestoredCopyCheckError):
+    """The copy fails the operator's own validation: their command exited non-zero, their
+    callable returned False or a reason, or raised. ``result`` is the ValidationResult."""
+
+    def __init__(self, validation: "Validation", result: "ValidationResult", root: Path, snapshot_id: str,
+                 what: str = "staged") -> None:
+        self.result, self.path, self.snapshot_id = result, root, snapshot_id
+        super().__init__(
+            f"the {what} copy of snapshot {snapshot_id!r} in {root} fails the operator's validation: "
+            f"{result.reason} ({units.duration(result.seconds)}).{_output_ends(result)} {self._hint()}"
+        )
+
+    def _hint(self) -> str:
+        return ("The service cannot use this copy: restore an older snapshot, or fix the validation "
+                "(--validate-command, --validate-callable) if it is what is wrong.")
+
+
+class ValidationTimedOutError(ValidationFailedError):
+    """The operator's validation ran past its time limit; its process group was killed."""
+
+    def _hint(self) -> str:
+        return ("Raise --validate-timeout if the check needs longer, or find why it hangs; until it "
+                "answers in time, this copy counts as failed.")
+
+
+class ValidatorChangedCopyError(ValidationFailedError):
+    """The operator's validation changed the copy's bytes (or removed or replaced a file of it):
+    what a restore commits must be the snapshot's, so the copy is refused."""
+
+    def __init__(self, validation: "Validation", result: "ValidationResult", root: Path, snapshot_id: str,
+                 changed: list[str], what: str = "staged") -> None:
+        self.result, self.path, self.snapshot_id, self.changed = result, root, snapshot_id, changed
+        RestoredCopyCheckError.__init__(
+            self,
+            f"the operator's validation ({validation.describe()}) changed the {what} copy of snapshot "
+            f"{snapshot_id!r} in {root}: {'; '.join(changed)}. What a restore commits must be the "
+            "snapshot's own bytes, so this copy is refused. Make the validator open the copy read-only "
+            "(SQLite: mode=ro&immutable=1, as memrestore.tasks.validators.open_read_only does) and "
+            "write nothing into it.",
+        )
 
 
 class ScratchDirError(RestoreError):

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from memrestore.tasks import units
 from memrestore.tasks.plan import RestoreMode, RestorePlan
 from memrestore.tasks.stage import StagedItem
+from memrestore.tasks.validation import ValidationResult
 
 #: A restore that moved bytes, and its plan (a dry run); ``verified`` is the ``verify`` command's.
 DONE = ("restored", "planned", "verified")
@@ -60,6 +61,8 @@ class RestoreOutcome(BaseModel):
     #: How the staged copy was checked before the commit (tasks/checks.py), and how long it took.
     check: str | None = None
     check_seconds: float | None = None
+    #: The operator's own validation of the staged copy (tasks/validation.py), when one ran.
+    validation: ValidationResult | None = None
     #: What the restore replaced and deleted from the data dir (a dry run: what it would).
     removed: list[RemovedEntry] = []
     #: Why a restore did not happen (NOT_DONE): the refusal or error, as its run's state says it.
@@ -85,9 +88,10 @@ def build_outcome(
     check: str | None = None,
     check_seconds: float | None = None,
     removed: list[tuple[str, int]] = (),
+    validation: ValidationResult | None = None,
 ) -> RestoreOutcome:
-    """Combine the plan with what staging found (``staged`` is None for a dry run) and what the
-    restore replaced (``removed``: names and bytes)."""
+    """Combine the plan with what staging found (``staged`` is None for a dry run), what the
+    restore replaced (``removed``: names and bytes) and how the operator's validation went."""
     by_key = {s.item.content_key: s for s in staged or []}
     items = []
     for item in plan.items:
@@ -118,6 +122,7 @@ def build_outcome(
         check=check,
         check_seconds=round(check_seconds, 3) if check_seconds is not None else None,
         removed=[RemovedEntry(name=name, bytes=size) for name, size in removed],
+        validation=validation,
     )
 
 
@@ -223,6 +228,11 @@ def summary_markdown(outcome: RestoreOutcome) -> str:
         if outcome.check is not None:
             lines.append(f"- staged copy checked before the commit: {outcome.check}"
                          + (f" in {units.duration(outcome.check_seconds)}" if outcome.check_seconds is not None else ""))
+        if outcome.validation is not None:
+            lines.append(f"- staged copy validated before the commit: {outcome.validation.hooks} "
+                         f"{outcome.validation.short()}"
+                         + (f" (left beside it, removed: {', '.join(outcome.validation.removed)})"
+                            if outcome.validation.removed else ""))
     else:
         lines.append(f"- stopped after {units.duration(outcome.seconds)}")
     lines += [f"- warning: {w}" for w in outcome.warnings]
@@ -249,6 +259,12 @@ def human_summary(outcome: RestoreOutcome) -> str:
         took = f" in {units.duration(outcome.check_seconds)}" if outcome.check_seconds is not None else ""
         lines.append(f"  staged copy checked before the commit: {outcome.check}{took}"
                      if outcome.check != "none" else "  staged copy not checked before the commit (--check none)")
+    if outcome.validation is not None:
+        lines.append(f"  staged copy validated before the commit: {outcome.validation.hooks} "
+                     f"{outcome.validation.short()}")
+        if outcome.validation.removed:
+            lines.append(f"  the validation left {', '.join(outcome.validation.removed)} beside the copy's files: "
+                         "removed, not committed")
     lines += ["  " + line for line in removed_lines(outcome)]
     return "\n".join(lines)
 

@@ -11,7 +11,8 @@
    run ends here, with the plan.
 6. Stage every blob into ``.restore-staging/`` and verify its blake3 (or, resuming a restore that
    was interrupted mid-commit, hash again what it staged or moved).
-7. Check the staged copy (SQLite, the manifest's tables, FORMAT.md's layout).
+7. Check the staged copy (SQLite, the manifest's tables, FORMAT.md's layout); then the operator's
+   own validation of it, when one is set (tasks/validation.py; its hook is checked before step 1).
 8. Commit: set aside what the restore replaces, move the tenant in.
 9. Clean up: drop the staging, the marker, then the old data.
 10. The outcome.
@@ -56,6 +57,7 @@ from memrestore.tasks.preflight import preflight
 from memrestore.tasks.stage import StagedItem, recheck_item, stage_item
 from memrestore.tasks.transfer import Transfer
 from memrestore.tasks.validate import validate
+from memrestore.tasks.validation import Validation, ValidationResult, check_hook, validate_staged
 
 T = TypeVar("T")
 
@@ -85,6 +87,8 @@ class RestoreRequest(BaseModel):
     streams: int = DEFAULT_STREAMS
     limit_rate: int | None = Field(default=None, description="Bytes a second for this restore alone.")
     check: CheckLevel = CheckLevel.QUICK
+    validation: Validation | None = Field(default=None, description="The operator's own validation of the staged "
+                                                                    "copy, after the check (None: none).")
 
 
 class Narrator:
@@ -102,6 +106,8 @@ class Narrator:
     def fetched(self, received: int, seconds: float, items: int, verified: int) -> None: ...
 
     def checked(self, level: CheckLevel, seconds: float, tables: int) -> None: ...
+
+    def validated(self, result: ValidationResult) -> None: ...
 
     def failed(self, plan: RestorePlan, exc: BaseException) -> None: ...
 
@@ -163,6 +169,9 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
     which the data dir is as it was) or, told to stop, the interrupt."""
     started = time.monotonic()
     backend = backend if backend is not None else open_backend(request.backend)
+    validation = request.validation if request.validation is not None and request.validation.active else None
+    if validation is not None:
+        check_hook(validation)  # a hook that cannot run is refused before anything is read
     if manifest is None:
         manifest = steps.call(fetch_manifest, backend, request.tenant_id, request.snapshot, request.as_of)
         narrator.fetched_manifest(manifest, request.as_of)
@@ -177,12 +186,16 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
         if request.dry_run:
             return build_outcome("planned", plan, mode, data_dir, None, time.monotonic() - started,
                                  removed=replaced_by(data_dir, plan.tenant_id, mode))
+        validated = None
         try:
             if phase in (None, Phase.STAGING):
                 staged = _stage(backend, plan, request, phase is not None, steps, narrator, limit)
                 check_seconds = steps.call(check_staged, plan, data_dir, request.check)
                 narrator.checked(request.check, check_seconds, len(plan.table_names))
-            else:  # interrupted mid-commit: staged and verified already
+                if validation is not None:
+                    validated = steps.call(validate_staged, plan, data_dir, validation)
+                    narrator.validated(validated)
+            else:  # interrupted mid-commit: staged, verified (and validated) already
                 narrator.rechecking(phase)
                 staged, check_seconds = steps.map(recheck_item, plan.items, data_dir), None
             steps.call(commit_staged, hold, plan.tenant_id, mode)
@@ -195,7 +208,8 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
             raise
         steps.call(clean_up, hold)
     outcome = build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
-                            request.check.value if check_seconds is not None else None, check_seconds, hold.removed)
+                            request.check.value if check_seconds is not None else None, check_seconds, hold.removed,
+                            validated)
     narrator.restored(outcome)
     return outcome
 

@@ -45,7 +45,7 @@ REPORT_KEY = "memrestore_reports"
 SLOW_FIRST = ("test_fleet", "test_packaging", "test_process_hygiene", "test_serve", "test_bench_smoke",
               "test_ui_browser", "test_ui_restore", "test_ui_drill", "test_ui_drill_trend", "test_ui_as_of", "test_crash",
               "test_wal_checkpoint",
-              "test_replace_tenant", "test_listing", "test_concurrency", "test_precommit_check",
+              "test_replace_tenant", "test_listing", "test_concurrency", "test_precommit_check", "test_validation_hooks",
               "test_hostile", "test_streams")
 #: Modules whose tests are handed to the workers one by one. Every other module runs whole on one
 #: worker, so that its module-scoped fixtures are set up once, as without xdist (a Prefect server

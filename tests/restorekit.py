@@ -43,6 +43,7 @@ from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.restore import RestoreRequest, restore
 from memrestore.tasks.validate import validate
+from memrestore.tasks.validation import Validation, check_hook
 from tests.conftest import REPORT_KEY, tree
 
 TENANT = 1
@@ -324,14 +325,14 @@ class Child:
 
 def execute(backend: Backend, plan: RestorePlan, data_dir: Path, mode: RestoreMode, resume: bool = False, *,
             streams: int = DEFAULT_STREAMS, limit_rate: int | str | None = None,
-            check: CheckLevel = CheckLevel.NONE) -> RestoreOutcome:
+            check: CheckLevel = CheckLevel.NONE, validation: Validation | None = None) -> RestoreOutcome:
     """Restore ``plan``'s snapshot (one that ``validate`` made of a manifest in ``backend``) with
     the composer's plain steps, as a drill's tenant does: the request made of the plan's snapshot
     and destination, so the restore reads and validates the manifest again itself."""
     request = RestoreRequest(
         backend=backend.url, tenant_id=plan.tenant_id, snapshot=plan.snapshot_id, data_dir=Path(data_dir),
         mode=mode, destination=plan.destination_state, resume=resume, streams=streams,
-        limit_rate=parse_rate(limit_rate) if limit_rate is not None else None, check=check)
+        limit_rate=parse_rate(limit_rate) if limit_rate is not None else None, check=check, validation=validation)
     return restore(request, backend=backend)
 
 
@@ -343,18 +344,23 @@ def drill_plain(
     scratch_dir: str | Path | None = None,
     keep_failed: bool = False,
     now: float | None = None,
+    validation: Validation | None = None,
     pick: SnapshotPick = SnapshotPick.LATEST,
     window_days: float = DEFAULT_WINDOW_DAYS,
     seed: int | None = None,
 ) -> DrillReport:
     """The drill as plain function calls, one tenant after another, with no Prefect at all. The
     ``restore-drill`` flow does the same with several tenants at once, each in a task run of its
-    own, and artifacts and events (and picks each tenant's first snapshot the same way)."""
+    own, and artifacts and events (and picks each tenant's first snapshot the same way). A
+    ``validation`` hook that cannot run is refused first."""
+    if validation is not None and validation.active:
+        check_hook(validation)
     now = time.time() if now is None else now
     seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
     listing = list_snapshots(backend)
     root, created = open_scratch_root(scratch_dir)
-    attempt = attempt_plain(backend, root, logging.getLogger("tests.drill"), keep_failed=keep_failed)
+    attempt = attempt_plain(backend, root, logging.getLogger("tests.drill"), keep_failed=keep_failed,
+                            validation=validation)
     results = []
     try:
         for tenant_id in tenants_to_drill(listing, tenants):

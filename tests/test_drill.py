@@ -565,8 +565,8 @@ def test_drill_parameters_are_typed_for_the_ui_form():
     schema = parameter_schema(restore_drill).model_dump()
     props = schema["properties"]
     assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency",
-                           "via_deployment", "child_timeout_seconds", "streams", "limit_rate", "pick", "window_days",
-                           "seed", "sample"]
+                           "via_deployment", "child_timeout_seconds", "streams", "limit_rate", "validation",
+                           "pick", "window_days", "seed", "sample"]
     assert schema["required"] == ["backend"]
     pick = schema["definitions"][props["pick"]["$ref"].rsplit("/", 1)[1]]
     assert pick["enum"] == ["latest", "random-within-window"] and props["pick"]["default"] == "latest"
@@ -659,7 +659,8 @@ def test_cli_drill_json_exit_status_and_kept_copies(backend, tmp_path):
     t = _by_tenant(report)
     assert set(t[1]) == {"tenant_id", "snapshot_id", "status", "reason", "restore_seconds", "snapshot_age_seconds",
                          "bytes", "last_good_snapshot_id", "last_good_age_seconds", "kept_copies", "lost_runs",
-                         "rpo_over_max_age", "picked_by", "newest_age_seconds"}
+                         "rpo_over_max_age", "validation", "picked_by", "newest_age_seconds"}
+    assert t[1]["validation"] is None  # no --validate-...: tests/test_validation_hooks.py
     assert t[1]["picked_by"] == "latest" and report["seed"] is None and report["sample"] is None
     assert [r["tenant_id"] for r in report["tenants"]] == [4, 9, 2, 1]  # worst first
     assert [t[i]["status"] for i in (1, 2, 4, 9)] == ["ok", "failed", "failed", "failed"]

@@ -12,9 +12,19 @@ import pytest
 from memrestore.flows.form_words import FIELDS, in_form_words
 from memrestore.tasks import errors
 from memrestore.tasks.marker import MarkerInfo, Phase
+from memrestore.tasks.validation import Validation, ValidationResult, command_words
 from memrestore.tasks.dead_restores import what_is_left
 
 D = Path("/srv/memory")
+
+
+def _raised(call) -> Exception:
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the error a refusal is built from
+        return exc
+    raise AssertionError("nothing was raised")
+
 
 CASES = [
     (errors.DataDirNotEmptyError(D, ["tenant_3"], 3),
@@ -31,6 +41,11 @@ CASES = [
      f"finish it with a new run with resume on or undo it with `memrestore abort --data-dir {D}`"),
     (errors.RollbackFailedError(D, OSError("disk"), OSError("disk")),
      f"run `memrestore abort --data-dir {D}` to put the previous contents back, or a new run with resume on"),
+    (_raised(lambda: command_words("check {tenant}")), "validation's command 'check {tenant}' names {tenant}"),
+    (errors.ValidationTimedOutError(Validation(command="c"), ValidationResult(status="timed_out", seconds=5.0,
+                                                                             reason="command `c` ran past it"),
+                                    D, "s1"),
+     "Raise validation's timeout_seconds if the check needs longer"),
 ]
 
 

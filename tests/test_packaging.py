@@ -78,7 +78,9 @@ def test_the_wheel_installs_beside_other_flows_and_tasks_packages(tmp_path, pref
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "ph"),
            "PREFECT_API_URL": prefect_api, "MEMRESTORE_NO_CACHE": "1"}
     _run([memrestore, "restore", "--backend", backend.url, "--tenant", "3", "--snapshot", "latest",
-          "--data-dir", data_dir, "--mode", "new_cluster", "--embedding-model", "minilm", "--json"],
+          "--data-dir", data_dir, "--mode", "new_cluster", "--embedding-model", "minilm", "--json",
+          # The example validator, imported from the installed package by the validation's process.
+          "--validate-callable", "memrestore.tasks.validators:commit_log_readable"],
          cwd=elsewhere, env=env, timeout=300)
     restored = tree(data_dir)
     assert "tenant_3/data.sqlite" in restored and "tenant_3/hnsw/minilm.bin" in restored

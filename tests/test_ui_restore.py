@@ -1,5 +1,6 @@
 """How a restore speaks in the Prefect UI, seen in Chromium as an operator sees it (issue 23): the
-run form (every field described, optional ones typed as they are), a refused restore's run page
+run form (every field described, optional ones typed as they are, the operator's validation
+among them: issue 21), a refused restore's run page
 (its state and the reason, without opening a log) and its artifacts, a restore's logs and its live
 progress in MiB and MiB/s with the time left.
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from memrestore.backends import LocalBackend
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.flows.restore import Destination
+from memrestore.tasks.validation import Validation
 from tests.prefect_server import PrefectServer, serving
 from tests.procs import wait_until
 from tests.test_ui_browser import (  # noqa: F401  (browser_page: the fixture)
@@ -31,6 +33,8 @@ from tests.test_ui_browser import (  # noqa: F401  (browser_page: the fixture)
 )
 
 ONE_MODEL = (("minilm", 384),)
+#: The validator memrestore ships: the form's validation field takes it.
+EXAMPLE_VALIDATOR = "memrestore.tasks.validators:commit_log_readable"
 #: The runs' log level as an operator's (the test session's is WARNING: tests/conftest.py).
 OPERATOR_LOGS = {"PREFECT_LOGGING_LEVEL": "INFO"}
 
@@ -89,6 +93,8 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
         # Every nested field of destination has its description on the form.
         for name, field in Destination.model_fields.items():
             assert page.get_by_text(field.description, exact=True).is_visible(), f"destination's {name} has no description"
+        for name, field in Validation.model_fields.items():  # and of validation, the operator's own
+            assert page.get_by_text(field.description, exact=True).is_visible(), f"validation's {name} has no description"
         # No type switch ("int | None", "str | None") stands before an optional field.
         assert page.get_by_text(re.compile(r'Property is type "None"')).count() == 0
         assert page.get_by_role("button", name="None", exact=True).count() == 0
@@ -98,6 +104,8 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
         page.get_by_label("tombstone_floor (Optional)", exact=True).fill("10")
         page.get_by_label("embedding_model (Optional)", exact=True).fill("minilm")
         page.get_by_label("limit_rate (Optional)", exact=True).fill("2M")
+        page.get_by_label("callable (Optional)", exact=True).fill(EXAMPLE_VALIDATOR)
+        page.screenshot(path=str(tmp_path / "form-filled.png"), full_page=True)
         flow_run_id = submit_and_open_run(page, prefect_server, deployment_id, data_dir)
         progress = _progress_descriptions(prefect_server, flow_run_id, "restore-progress-tenant-9")
         state = run_page_final_state(page, prefect_server, flow_run_id)
@@ -108,6 +116,7 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
     run, artifacts = run_artifacts(prefect_server, flow_run_id)
     assert run.parameters["limit_rate"] == "2M"
     assert run.parameters["destination"] == {"wire_version": "1.0", "tombstone_floor": 10, "embedding_model": "minilm"}
+    assert run.parameters["validation"] == {"callable": EXAMPLE_VALIDATOR, "timeout_seconds": 120}
     assert run.name == "tenant-9-snap-9-new_cluster"
     # The live progress: MiB and MiB/s (as --limit-rate is spelled), and the time left, never MB.
     assert any(re.fullmatch(r"[\d.]+ (KiB|MiB) of 12\.\d MiB received, [\d.]+ (KiB|MiB)/s, .+ left", d)
@@ -123,6 +132,7 @@ def test_the_form_describes_every_field_and_takes_optional_values_as_typed(
     assert "'latest' of tenant 9 is snapshot snap-9: created 2023-11-14 22:13:20 UTC" in text, text
     assert re.search(r"fetched 12\.\d MiB in .+, [\d.]+ (KiB|MiB)/s; all 2 match the manifest's blake3", text), text
     assert "staged copy checked (quick): SQLite quick_check ok" in text, text
+    assert f"the staged copy of snapshot snap-9 passed the validation (callable {EXAMPLE_VALIDATOR})" in text, text
     assert f"{data_dir}/tenant_9/data.sqlite, {data_dir}/tenant_9/hnsw/minilm.bin" in text, text
     assert not any(line.startswith("Finished in state") for line in lines), text
 

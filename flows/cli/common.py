@@ -98,3 +98,40 @@ AsOfOpt = typer.Option(
     help="The tenant as it was at TIME: its newest snapshot created at or before it (ties and order as "
          "for latest). ISO 8601: 2026-12-07T14:00:00Z, 2026-12-07T15:00+01:00, 2026-12-07; without a "
          "zone, UTC.")
+
+
+def _validate_command(value: Optional[str]) -> Optional[str]:
+    """A ``--validate-command`` whose template cannot work is a usage error (exit 2)."""
+    if value is not None:
+        from memrestore.tasks.errors import ValidationHookError
+        from memrestore.tasks.validation import command_words
+
+        try:
+            command_words(value)
+        except ValidationHookError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+# restore and drill (and serve, for its deployments): the operator's own validation of a copy.
+ValidateCommandOpt = typer.Option(
+    None, "--validate-command", callback=_validate_command, metavar="TEMPLATE",
+    help="Run this command on the restored copy (a restore's staged copy, before the commit; a drill's "
+         "copy, after its checks); exit status 0 passes. Placeholders: {data_dir} (a data dir holding only "
+         "this tenant), {tenant_dir}, {tenant_id}, {snapshot_id}, {sqlite_path}. No shell.")
+ValidateCallableOpt = typer.Option(
+    None, "--validate-callable", metavar="MODULE:FUNCTION",
+    help="Call this Python function on the restored copy, in a process of its own: None or True passes, "
+         "False, a reason or an exception fails (e.g. memrestore.tasks.validators:commit_log_readable).")
+ValidateTimeoutOpt = typer.Option(
+    None, "--validate-timeout", min=0.001, metavar="SECONDS",
+    help="Each validation's time limit (default 120); past it, its process group is killed and the copy fails.")
+
+
+def validation_of(command: Optional[str], callable_: Optional[str], timeout: Optional[float]):
+    """The options as a tasks.validation.Validation; --validate-timeout alone is a usage error."""
+    from memrestore.tasks.validation import Validation
+
+    if timeout is not None and not (command or callable_):
+        raise typer.BadParameter("only with --validate-command or --validate-callable", param_hint="--validate-timeout")
+    return Validation(command=command, callable=callable_, **({"timeout_seconds": timeout} if timeout else {}))

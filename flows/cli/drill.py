@@ -16,9 +16,13 @@ from memrestore.flows.cli.common import (
     JsonOpt,
     LimitRateOpt,
     StreamsOpt,
+    ValidateCallableOpt,
+    ValidateCommandOpt,
+    ValidateTimeoutOpt,
     VerboseOpt,
     errors_as_messages,
     out,
+    validation_of,
     warn,
 )
 from memrestore.flows.cli.run_flow import connect_prefect, importing_prefect, quiet_prefect
@@ -39,17 +43,28 @@ def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -
     for callout in report.callouts:
         out.print(f"[bold yellow]trend:[/] {callout}", highlight=False, soft_wrap=True)
     picked = ("picked by",) if report.seed is not None else ()
-    columns = ("tenant", "status", "snapshot", *picked, "age", "RTO", "size", "rate", "last good", "RPO")
+    validated = any(r.validation is not None for r in report.tenants)
+    columns = ("tenant", "status", "snapshot", *picked, "age", "RTO", "size", "rate", "last good", "RPO") + (
+        ("validation",) if validated else ())
     table = Table(*columns, box=None)
     for r, row in zip(report.tenants, table_rows(report, max_age_hours)):
         status = "ok" if r.status == "ok" else "[bold red]FAILED[/]"
         rpo = f"[bold red]{row['RPO']}[/]" if r.rpo_over_max_age or r.last_good_snapshot_id is None else row["RPO"]
-        table.add_row(str(r.tenant_id), status, *(row[c] for c in columns[2:-1]), rpo)
+        cells = [str(r.tenant_id), status, *(row[c] for c in columns[2:8]), rpo]
+        if validated:
+            cells.append(row["validation"] if r.validation is None or r.validation.status == "passed"
+                         else f"[bold red]{row['validation']}[/]")
+        table.add_row(*cells)
     out.print(table, highlight=False)
     for r in report.failures:
         out.print(f"tenant {r.tenant_id}: {r.reason}", highlight=False, soft_wrap=True, markup=False)
         for path in r.kept_copies:
             out.print(f"  kept for inspection: {path}", highlight=False, soft_wrap=True, markup=False)
+        if r.validation is not None and r.validation.status != "passed" and r.validation.output:
+            out.print(f"  the validation's output ({r.validation.short()}), its last lines:", highlight=False,
+                      soft_wrap=True, markup=False)
+            for line in r.validation.output.splitlines():
+                out.print(f"    {line}", highlight=False, soft_wrap=True, markup=False)
     for r in report.tenants:
         for lost in r.lost_runs:
             out.print(f"tenant {r.tenant_id}: a run of its drill was lost, {lost}", highlight=False, soft_wrap=True,
@@ -160,12 +175,16 @@ def drill(
     window: Optional[str] = WindowOpt,
     seed: Optional[int] = SeedOpt,
     sample: Optional[str] = SampleOpt,
+    validate_command: Optional[str] = ValidateCommandOpt,
+    validate_callable: Optional[str] = ValidateCallableOpt,
+    validate_timeout: Optional[float] = ValidateTimeoutOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Restore each tenant's latest (or picked) snapshot into scratch, check it, report.
     Exit 1 if a tenant (or a sampled blob) failed."""
     picking = pick_parameters(pick, window, seed, sample)  # usage errors, before Prefect starts
+    validation = validation_of(validate_command, validate_callable, validate_timeout)
     quiet_prefect(verbose)
     connect_prefect()
     with importing_prefect():
@@ -190,6 +209,8 @@ def drill(
             optional["child_timeout_seconds"] = child_timeout
         if limit_rate is not None:
             optional["limit_rate"] = limit_rate
+        if validation.active:
+            optional["validation"] = validation
         state = restore_drill(
             streams=streams,
             backend=backend,

@@ -23,12 +23,16 @@ from memrestore.flows.cli.common import (
     JsonOpt,
     LimitRateOpt,
     StreamsOpt,
+    ValidateCallableOpt,
+    ValidateCommandOpt,
+    ValidateTimeoutOpt,
     VerboseOpt,
     as_of_instant,
     err,
     errors_as_messages,
     fail,
     out,
+    validation_of,
     warn,
 )
 from memrestore.flows.cli.run_flow import importing_prefect, run_flow, running_flows
@@ -267,6 +271,9 @@ def restore(
     check: CheckLevel = typer.Option(
         CheckLevel.QUICK, "--check", help="Check the staged copy before the commit: quick (SQLite quick_check "
         "and the manifest's tables), full (integrity_check), or none."),
+    validate_command: Optional[str] = ValidateCommandOpt,
+    validate_callable: Optional[str] = ValidateCallableOpt,
+    validate_timeout: Optional[float] = ValidateTimeoutOpt,
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Do not ask before wipe_and_restore deletes what the data dir holds (only a "
         "terminal is asked)."),
@@ -280,6 +287,7 @@ def restore(
     wipe_and_restore (delete everything in the data dir; on a terminal, asks first).
     """
     snapshot, instant, note = _snapshot_choice(snapshot, as_of)
+    validation = validation_of(validate_command, validate_callable, validate_timeout)
     if mode is RestoreMode.WIPE_AND_RESTORE and not (dry_run or resume or yes):
         _confirm_wipe(data_dir.absolute(), tenant)
     with running_flows(verbose):
@@ -309,6 +317,7 @@ def restore(
                 limit_rate=limit_rate,
                 check=check,
                 as_of=instant,
+                validation=validation,
             ))
         _print_outcome(result, as_json)
         if note:

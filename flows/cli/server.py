@@ -10,7 +10,18 @@ from typing import Optional
 
 import typer
 
-from memrestore.flows.cli.common import JsonOpt, VerboseOpt, err, errors_as_messages, fail, out
+from memrestore.flows.cli.common import (
+    JsonOpt,
+    ValidateCallableOpt,
+    ValidateCommandOpt,
+    ValidateTimeoutOpt,
+    VerboseOpt,
+    err,
+    errors_as_messages,
+    fail,
+    out,
+    validation_of,
+)
 from memrestore.flows.cli.drill import KeepFailedOpt, MaxAgeOpt, ScratchDirOpt, TenantsOpt, drill_parameters
 from memrestore.flows.cli.run_flow import quiet_prefect
 
@@ -34,9 +45,13 @@ def serve(
     max_age_hours: Optional[float] = MaxAgeOpt,
     scratch_dir: Optional[Path] = ScratchDirOpt,
     keep_failed: bool = KeepFailedOpt,
+    validate_command: Optional[str] = ValidateCommandOpt,
+    validate_callable: Optional[str] = ValidateCallableOpt,
+    validate_timeout: Optional[float] = ValidateTimeoutOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
+    validation = validation_of(validate_command, validate_callable, validate_timeout)
     quiet_prefect(verbose)  # no PREFECT_API_URL: flows.ops.serve takes the shared local server itself
     with errors_as_messages(verbose):
         from memrestore.flows.ops.serve import serve as serve_deployments
@@ -46,6 +61,7 @@ def serve(
             drill_cron=drill_cron,
             **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
             log=lambda line: err.print(line, highlight=False, soft_wrap=True),
+            validation=validation,
         )
 
 

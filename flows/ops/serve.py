@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
     from memrestore.flows.ops.serve_stop import ServeStop
+    from memrestore.tasks.validation import Validation
 
 ON_DEMAND = "on-demand"
 NIGHTLY = "nightly"
@@ -43,13 +44,19 @@ DRILL_SCHEDULE_SLUG = "nightly-drill"
 TAGS = ["memrestore"]
 
 
-def on_demand_deployment(backend: str | None = None) -> RunnerDeployment:
-    """``restore-snapshot/on-demand``: no schedule; ``backend``, when given, prefills the form."""
+def _validation_parameter(validation: Validation | None) -> dict:
+    """The operator's validation as a deployment's parameter, when one is set."""
+    return {"validation": validation.model_dump(mode="json")} if validation is not None and validation.active else {}
+
+
+def on_demand_deployment(backend: str | None = None, validation: Validation | None = None) -> RunnerDeployment:
+    """``restore-snapshot/on-demand``: no schedule; ``backend`` and ``validation``, when given,
+    prefill the form (each run validates its staged copy with it, unless the form changes it)."""
     from prefect.types.entrypoint import EntrypointType
 
     from memrestore.flows.restore import restore_snapshot
 
-    parameters = {"backend": backend} if backend else {}
+    parameters = ({"backend": backend} if backend else {}) | _validation_parameter(validation)
     deployment = restore_snapshot.to_deployment(
         name=ON_DEMAND,
         parameters=parameters,
@@ -94,6 +101,7 @@ def drill_parameters(
     max_age_hours: float | None = None,
     scratch_dir: str | None = None,
     keep_failed: bool = False,
+    validation: Validation | None = None,
 ) -> dict:
     """The nightly drill's parameters; what is not given keeps the flow's default."""
     params: dict = {"backend": backend}
@@ -105,7 +113,7 @@ def drill_parameters(
         params["scratch_dir"] = scratch_dir
     if keep_failed:
         params["keep_failed"] = True
-    return params
+    return params | _validation_parameter(validation)
 
 
 def nightly_deployment(
@@ -115,6 +123,7 @@ def nightly_deployment(
     max_age_hours: float | None = None,
     scratch_dir: str | None = None,
     keep_failed: bool = False,
+    validation: Validation | None = None,
 ) -> RunnerDeployment:
     """``restore-drill/nightly``: the drill of ``backend`` on ``cron`` (UTC)."""
     from prefect.schedules import Cron
@@ -125,7 +134,7 @@ def nightly_deployment(
     return restore_drill.to_deployment(
         name=NIGHTLY,
         schedules=[Cron(cron, timezone=DRILL_TIMEZONE, slug=DRILL_SCHEDULE_SLUG)],
-        parameters=drill_parameters(backend, tenants, max_age_hours, scratch_dir, keep_failed),
+        parameters=drill_parameters(backend, tenants, max_age_hours, scratch_dir, keep_failed, validation),
         tags=TAGS,
         description="Restore every tenant's latest snapshot into scratch, check it, report, clean up.",
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -179,13 +188,20 @@ def serve(
     scratch_dir: str | None = None,
     keep_failed: bool = False,
     log: Callable[[str], None] = print,
+    validation: Validation | None = None,
 ) -> None:
     """Serve ``restore-snapshot/on-demand`` and, when ``backend`` is given, ``restore-drill/nightly``
     until interrupted (SIGINT or SIGTERM). The drill needs a backend: without one only the on-demand
-    deployment is served (and a nightly schedule served earlier is left as it is)."""
+    deployment is served (and a nightly schedule served earlier is left as it is). ``validation``,
+    the operator's own, goes into both (the on-demand form's default, the drill's parameter); a
+    hook that cannot run is refused before anything is served."""
     from prefect.settings import PREFECT_UI_URL
 
     from memrestore.flows.ops.serve_stop import ServeStop
+    from memrestore.tasks.validation import check_hook
+
+    if validation is not None and validation.active:
+        check_hook(validation)
 
     stopper: ServeStop | None = None
     if threading.current_thread() is threading.main_thread():
@@ -197,10 +213,13 @@ def serve(
         from memrestore.flows.ops.alerts import ensure_crashed_restore_automation
 
         ensure_crashed_restore_automation(log)
-        deployments = [on_demand_deployment(backend)]
+        deployments = [on_demand_deployment(backend, validation)]
         if backend:
             deployments.append(nightly_deployment(
-                backend, drill_cron, tenants, max_age_hours, scratch_dir, keep_failed))
+                backend, drill_cron, tenants, max_age_hours, scratch_dir, keep_failed, validation))
+        if validation is not None and validation.active:
+            log(f"every restore and drill validates its copy with {validation.describe()}, "
+                f"{validation.timeout_seconds:g} s at most")
         for d in deployments:
             when = f"cron {drill_cron!r} ({DRILL_TIMEZONE})" if d.schedules else "on demand"
             log(f"serving {d.flow_name}/{d.name}: {when}")
