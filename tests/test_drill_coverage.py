@@ -399,3 +399,17 @@ def test_the_trend_page_shows_the_called_out_and_the_slowest_tenants_and_says_wh
     assert [r.split("|")[1].strip() for r in rows[:3]] == ["7", "60", "59"]  # called out, then the slowest
     assert "50 of 60 tenants shown (called out, then the slowest)" in page
     assert page.count("](data:image/svg+xml;base64,") == 1
+
+
+def test_serve_puts_the_pick_and_the_sample_into_the_nightly_drills_parameters():
+    """``memrestore serve --pick random-within-window --window 14d --sample 5%``: the nightly
+    deployment's parameters, so that each scheduled run (and the UI's form) has them."""
+    from memrestore.flows.cli.drill import pick_parameters
+    from memrestore.flows.ops.serve import nightly_deployment
+
+    coverage = pick_parameters("random-within-window", "14d", None, "5%")
+    nightly = nightly_deployment("file:///srv/backups", coverage=coverage)
+    assert nightly.parameters == {"backend": "file:///srv/backups", "pick": "random-within-window",
+                                  "window_days": 14.0, "sample": "5%"}
+    assert nightly_deployment("file:///srv/backups", coverage=pick_parameters("latest", None, None, None)).parameters \
+        == {"backend": "file:///srv/backups"}

@@ -78,7 +78,8 @@ def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -
     out.print(f"{report.ok} ok, {report.failed} failed", highlight=False)
 
 
-# The drill's options that ``serve`` takes too, for the nightly drill it schedules.
+# The drill's options that ``serve`` takes too, for the nightly drill it schedules (the pick's
+# and the sample's below as well).
 TenantsOpt = typer.Option(
     None, "--tenant", min=0, help="Drill this tenant (repeatable); default: every tenant in the backend.")
 MaxAgeOpt = typer.Option(
@@ -126,7 +127,7 @@ def pick_parameters(pick: str, window: Optional[str], seed: Optional[int], sampl
     if pick == "latest" and (window is not None or seed is not None):
         raise typer.BadParameter("only with --pick random-within-window",
                                  param_hint="--window" if window is not None else "--seed")
-    parameters: dict = {"pick": pick}
+    parameters: dict = {} if pick == "latest" else {"pick": pick}  # latest: the flow's default
     if window is not None:
         parameters["window_days"] = window_days(window)
     if seed is not None:
