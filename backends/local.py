@@ -46,6 +46,13 @@ _NEVER = {errno.ENAMETOOLONG, errno.EISDIR, errno.ELOOP, errno.EINVAL, errno.ENX
 _SINK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
+def _wanted(size: int, done: int) -> int:
+    """Bytes to reserve from a rate limit for the next read of an object of ``size`` bytes,
+    ``done`` of them read: what is left, at most a chunk (none at the end, where the read that
+    finds it reads nothing)."""
+    return max(0, min(READ_CHUNK, size - done))
+
+
 class LocalBackend:
     """Snapshots under ``root``: ``root/<snapshot_id>/manifest.json`` and content objects."""
 
@@ -173,18 +180,20 @@ class LocalBackend:
 
     def download(self, key: str, sink: Sink, on_bytes: ProgressFn | None = None,
                  limit: RateLimit | None = None) -> int:
-        """The object's bytes to ``sink``, each chunk first reserved from ``limit`` if one is given."""
-        fd, _ = self._open_regular(key)
+        """The object's bytes to ``sink``, each chunk first reserved from ``limit`` if one is given
+        (as many bytes as are left of the object's size, at most a chunk: a small object or a
+        last short chunk reserves what it reads, not a whole chunk it would wait for)."""
+        fd, size = self._open_regular(key)
         total = 0
         with open(fd, "rb", buffering=0, closefd=True) as f:
             if isinstance(sink, FileSink) and hasattr(os, "copy_file_range"):
-                total, done = self._copy_in_kernel(fd, sink, on_bytes, limit)
+                total, done = self._copy_in_kernel(fd, sink, on_bytes, limit, size)
                 if done:
                     return total
                 f.seek(total)
             while True:
                 try:
-                    chunk = metered(limit, READ_CHUNK, lambda: f.read(READ_CHUNK), len)
+                    chunk = metered(limit, _wanted(size, total), lambda: f.read(READ_CHUNK), len)
                 except OSError as exc:
                     raise self._as_backend_error(exc, key) from exc
                 if not chunk:
@@ -196,14 +205,15 @@ class LocalBackend:
 
     @staticmethod
     def _copy_in_kernel(fd: int, sink: FileSink, on_bytes: ProgressFn | None,
-                        limit: RateLimit | None = None) -> tuple[int, bool]:
+                        limit: RateLimit | None = None, size: int | None = None) -> tuple[int, bool]:
         """Have the kernel copy the object into a file sink: the bytes go from page cache to page
         cache, never through Python (half the time of reading and writing them here, measured in
         BENCHMARKS.md). Returns (bytes copied, whether that was all of it)."""
         total = 0
         while True:
             try:
-                n = metered(limit, COPY_CHUNK, lambda: sink.copy_from(fd, total, COPY_CHUNK), int)
+                want = COPY_CHUNK if size is None else _wanted(size, total)
+                n = metered(limit, want, lambda: sink.copy_from(fd, total, COPY_CHUNK), int)
             except OSError as exc:
                 if exc.errno in _SINK_FULL:
                     raise

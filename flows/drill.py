@@ -16,6 +16,13 @@ named for its backend and the time it was scheduled for (``drill-s3-backups-memo
 and publishes its artifacts under keys of the backend's (tasks/drill_report.artifact_key), so that
 each backend has one history of reports.
 
+Which snapshot each tenant's drill tries first is the ``pick`` (the latest, or one at random
+within a window: tasks/drill.py's pick_first). With ``sample``, the drill also hashes a share of
+every stored blob of the tenants in scope (flows/sample_verify.py; a failed blob is an event, and
+fails the run, as a failed tenant does). Each drill is compared with the earlier drills of its
+deployment (tasks/drill_trend.py): a ``drill-trend`` artifact, its call-outs at the top of the
+summary too.
+
 The run ends Failed when any tenant failed, and still carries the report: it returns a Failed
 state whose data is the report, so the report is the run's persisted result either way. Read it
 with :func:`drill_report` on the state (``restore_drill(..., return_state=True)``); a plain call
@@ -43,15 +50,21 @@ from memrestore.backends import SnapshotListing, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.streams import RateLimit, parse_rate
 from memrestore.flows.ops.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
+from memrestore.flows.sample_verify import ShareParam, sampled_verify_step
 from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
+    DEFAULT_WINDOW_DAYS,
     DRILL_FAILED_EVENT,
     MAX_DRILL_CONCURRENCY,
+    MAX_WINDOW_DAYS,
     ManifestsById,
+    SnapshotPick,
     attempt_plain,
     drill_candidates,
+    drill_seed,
     drill_tenant,
     list_snapshots_task,
+    pick_first,
     tenants_to_drill,
 )
 from memrestore.tasks.drill_report import (
@@ -71,6 +84,8 @@ from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
+from memrestore.tasks.drill_trend import publish_trend
+from memrestore.tasks.share import parse_share
 from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
 from memrestore.tasks.validation import Validation, check_hook
 
@@ -91,10 +106,13 @@ def _drill_in_this_run(
     streams: int = DEFAULT_STREAMS,
     limit: RateLimit | None = None,
     validation: Validation | None = None,
+    start: int = 0,
+    picked_by: str = SnapshotPick.LATEST.value,
 ) -> TenantDrillResult:
     """Drill one tenant inside the current task or flow run: restore, check (and validate, when
-    a ``validation`` is set) and delete each snapshot tried, on ``streams`` streams, under the
-    drill's shared rate ``limit``; each attempt a line of the run's log."""
+    a ``validation`` is set) and delete each snapshot tried from ``candidates[start]`` on (chosen
+    as ``picked_by`` says), on ``streams`` streams, under the drill's shared rate ``limit``; each
+    attempt a line of the run's log."""
     return drill_tenant(
         tenant_id,
         candidates,
@@ -105,6 +123,8 @@ def _drill_in_this_run(
         max_age_hours=max_age_hours,
         keep_failed=keep_failed,
         unreadable=unreadable,
+        start=start,
+        picked_by=picked_by,
     )
 
 
@@ -144,6 +164,8 @@ def drill_tenant_flow(
     streams: StreamsParam = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     validation: Validation = Validation(),
+    start_at: Annotated[int, Field(ge=0)] = 0,
+    picked_by: str = SnapshotPick.LATEST.value,
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
     snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
@@ -165,6 +187,8 @@ def drill_tenant_flow(
             drill gives each run its share of the drill's cap. Empty: no cap.
         validation: The operator's own validation of each restored copy (a command and/or a
             Python callable, on this run's machine); a copy that fails it fails the tenant.
+        start_at: Which of the snapshots to try first (0: the latest); the drill's pick chose it.
+        picked_by: How that snapshot was chosen, in the report's words.
     """
     limit = RateLimit(parse_rate(limit_rate)) if limit_rate is not None else None
     if validation.active:
@@ -175,7 +199,8 @@ def drill_tenant_flow(
         store, read = open_backend(backend), retrying(fetch_manifest)  # here too: no task run per read
         candidates = ManifestsById(snapshots, lambda sid: read(store, tenant_id, sid))
         result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0,
-                                    streams, limit, validation)
+                                    streams, limit, validation, min(start_at, max(len(snapshots) - 1, 0)),
+                                    picked_by)
     finally:
         close_scratch_root(root, created)
     # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
@@ -191,15 +216,20 @@ def _fleet_outcomes(
     child_parameters: dict,
     child_timeout_seconds: float,
     log: Callable[[str], None],
+    first: Callable[[list[SnapshotManifest]], tuple[int, str]] = lambda _: (0, SnapshotPick.LATEST.value),
 ) -> Iterator[tuple[int, TenantDrillResult]]:
     """A fleet drill's outcomes: tenants with nothing to restore at once, the others from one run
     each of ``deployment``. Raises FleetError now, before any run, if the deployment is missing."""
     nothing: list[tuple[int, TenantDrillResult]] = []
     parameters: dict[int, dict] = {}
     for tenant_id in chosen:
-        snapshots = [m.snapshot_id for m in drill_candidates(listing, tenant_id)]
+        candidates = drill_candidates(listing, tenant_id)
+        snapshots = [m.snapshot_id for m in candidates]
         if snapshots:
+            start, picked_by = first(candidates)
             parameters[tenant_id] = {**child_parameters, "tenant_id": tenant_id, "snapshots": snapshots}
+            if start:
+                parameters[tenant_id].update(start_at=start, picked_by=picked_by)
         else:
             nothing.append((tenant_id, no_snapshot_result(tenant_id, child_parameters["backend"],
                                                           len(listing.unreadable))))
@@ -261,6 +291,10 @@ def restore_drill(
     streams: StreamsParam = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     validation: Validation = Validation(),
+    pick: SnapshotPick = SnapshotPick.LATEST,
+    window_days: Annotated[float, Field(gt=0, le=MAX_WINDOW_DAYS)] = DEFAULT_WINDOW_DAYS,
+    seed: Annotated[int, Field(ge=0)] | None = None,
+    sample: ShareParam | None = None,
 ) -> dict | State:
     """Prove that every tenant's backups restore: restore each latest snapshot into scratch,
     check it, measure it, delete it; walk back to older snapshots when the latest fails.
@@ -284,12 +318,29 @@ def restore_drill(
         validation: The operator's own validation of each restored copy, after the drill's
             checks: a command and/or a Python callable. A copy that fails it fails the tenant
             (and the drill walks back); the report shows its result, seconds and output. Empty: none.
+        pick: Which snapshot of each tenant to restore: latest, or random-within-window (one
+            drawn among those of the last window_days, so that over nights every generation kept
+            is restored). The walk back goes on from it when it fails.
+        window_days: With random-within-window: how far back to draw from, in days (more than 0,
+            at most 365; 0.5 is 12 hours).
+        seed: With random-within-window: the draw's seed; the same seed draws the same snapshots
+            (the report gives each drill's). Empty: a fresh one each drill.
+        sample: Also hash this share of every stored blob of the tenants (their older snapshots
+            too) against the manifests, without restoring: a percent of the bytes (5%) or a byte
+            count (10G), a different slice each night. Empty: no sampled verify.
     """
     logger = get_run_logger()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
+    if sample is not None:
+        parse_share(sample)  # refused before any restore too
     if validation.active:  # a hook that cannot run is refused before any restore (a fleet's: on its workers)
         check_hook(validation, here=not via_deployment)
     drilled_at = time.time()
+    seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
+
+    def first(candidates: list[SnapshotManifest]) -> tuple[int, str]:
+        return pick_first(candidates, pick, now=drilled_at, window_days=window_days, seed=seed or 0)
+
     listing = list_snapshots_task(backend)
     for sid, why in sorted(listing.unreadable.items()):
         logger.warning("skipping snapshot %s whose manifest cannot be read: %s", sid, why)
@@ -310,16 +361,17 @@ def restore_drill(
         if rate is not None:  # one bucket cannot span workers: each run at once gets its share
             child["limit_rate"] = str(max(1024, rate // children_at_once(via_deployment, len(chosen))))
         outcomes: Iterator[tuple[int, Any]] = _fleet_outcomes(
-            via_deployment, listing, chosen, child, child_timeout_seconds, logger.warning,
+            via_deployment, listing, chosen, child, child_timeout_seconds, logger.warning, first,
         )
     else:
         root, created = open_scratch_root(scratch_dir)
         limit = RateLimit(rate) if rate is not None else None  # one bucket, every tenant's streams
 
         def submit(tenant_id: int) -> PrefectFuture:
+            candidates = drill_candidates(listing, tenant_id)
             return drill_tenant_task.submit(
-                backend, tenant_id, drill_candidates(listing, tenant_id), str(root), drilled_at,
-                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, validation,
+                backend, tenant_id, candidates, str(root), drilled_at,
+                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, validation, *first(candidates),
             )
 
         outcomes = _bounded(submit, chosen, concurrency)
@@ -340,17 +392,46 @@ def restore_drill(
         if root is not None:
             close_scratch_root(root, created)
 
-    report = build_report([results[t] for t in chosen], listing.unreadable)
+    report = build_report([results[t] for t in chosen], listing.unreadable, seed=seed)
+    if sample is not None:  # under the drill's cap, which the restores, all done, no longer share
+        report.sample = sampled_verify_step(backend, sample, chosen, None, RateLimit(rate) if rate else None,
+                                            listing, drilled_at)
+    report.callouts = _trend(report, backend, drilled_at)
+    for callout in report.callouts:
+        logger.warning("trend: %s", callout)
     publish_report_task(report, backend, drilled_at, max_age_hours)
     data = report.model_dump(mode="json")
+    problems = []
     if report.failed:
         failed = ", ".join(str(r.tenant_id) for r in report.failures)
+        problems.append(f"{report.failed} of {len(chosen)} tenants failed the restore drill (tenants {failed})")
+    if report.sample is not None and report.sample.failed:
+        problems.append(f"{len(report.sample.failed)} blob(s) failed the sampled verify "
+                        f"(see the {artifact_key('sample', backend)} artifact)")
+    if problems:
         return Failed(
-            message=f"{report.failed} of {len(chosen)} tenants failed the restore drill (tenants {failed}); "
+            message=f"{'; '.join(problems)}; "
             f"see the {artifact_key('summary', backend)} and {artifact_key('report', backend)} artifacts",
             data=data,
         )
     return data
+
+
+@task(name="drill-trend", cache_policy=NO_CACHE, persist_result=False)
+def _trend_task(report: DrillReport, backend: str, drilled_at: float, deployment_id: Any, this_run: Any) -> list[str]:
+    """Compare the drill with the earlier ones of its deployment: tasks/drill_trend.py."""
+    return publish_trend(report, backend, drilled_at, deployment_id, this_run)
+
+
+def _trend(report: DrillReport, backend: str, drilled_at: float) -> list[str]:
+    """The trend's call-outs; a trend that cannot be read (the API refusing the artifacts' query)
+    is a warning, never the drill's failure: the drill itself is done."""
+    run = FlowRunContext.get().flow_run
+    try:
+        return _trend_task(report, backend, drilled_at, run.deployment_id, run.id)
+    except Exception as exc:  # noqa: BLE001 - the report stands without its trend
+        get_run_logger().warning("the trend against earlier drills could not be made: %s", exc)
+        return []
 
 
 def drill_report(state: State) -> DrillReport:

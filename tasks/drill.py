@@ -14,6 +14,11 @@ flow makes each tenant one ``drill-tenant`` task run (in a fleet, one ``drill-te
 and restores inside it, with no ``restore-snapshot`` subflow: a subflow per restore cost ~1.7 s
 of orchestration per tenant against ~25 ms of restore work (BENCHMARKS.md, row 5).
 
+Which snapshot a drill tries first is a :class:`SnapshotPick`: the latest (the default), or, as
+AWS Backup's restore testing offers (``RANDOM_WITHIN_WINDOW``), one drawn at random among the
+snapshots of the last days (:func:`pick_first`), so that over nights every retained generation is
+restored, not only the newest. The walk back goes on from the one picked to older ones.
+
 Each snapshot tried is restored into a scratch copy of its own (tasks/drill_scratch.py), deleted once
 checked unless the tenant failed and ``keep_failed`` is set. With a ``validation`` (the operator's
 own, tasks/validation.py), each copy that passed the drill's checks is then validated
@@ -23,7 +28,10 @@ kept for the report.
 
 from __future__ import annotations
 
+import enum
 import logging
+import random
+import secrets
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, overload
@@ -68,6 +76,14 @@ MAX_WALK_BACK = 10
 DRILL_FAILED_EVENT = "memrestore.drill.failed"
 MICROS_PER_SECOND = 1_000_000
 SECONDS_PER_HOUR = 3600
+SECONDS_PER_DAY = 86_400
+#: The window a random pick draws from when none is given, and the longest: AWS Backup's
+#: restore testing takes 1-365 days, and defaults to 30.
+DEFAULT_WINDOW_DAYS = 30.0
+MAX_WINDOW_DAYS = 365.0
+#: A drill's seed when none is given is drawn below this (and reported, so that a night's picks
+#: can be drawn again with ``--seed``).
+SEED_BOUND = 2**31
 
 
 
@@ -150,6 +166,56 @@ def stale_last_good_reason(manifest: SnapshotManifest, age_seconds: float, max_a
     )
 
 
+# -- which snapshot first ------------------------------------------------------------------------
+
+
+class SnapshotPick(str, enum.Enum):
+    """Which of a tenant's snapshots a drill restores first (the walk back goes on from it)."""
+
+    #: The newest (by ``created_at_unix_micros``): the one a restore of ``latest`` takes today.
+    LATEST = "latest"
+    #: One drawn at random among those created within the window (the last ``window_days``), so
+    #: that over nights every retained generation is restored. None so recent: the latest.
+    RANDOM_WITHIN_WINDOW = "random-within-window"
+
+
+def drill_seed(seed: int | None) -> int:
+    """The seed of a drill's random picks: the one given, or a fresh one (reported with the
+    drill, so that the same picks can be drawn again)."""
+    return secrets.randbelow(SEED_BOUND) if seed is None else seed
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def pick_first(
+    candidates: Sequence[SnapshotManifest],
+    pick: SnapshotPick,
+    *,
+    now: float,
+    window_days: float = DEFAULT_WINDOW_DAYS,
+    seed: int = 0,
+) -> tuple[int, str]:
+    """Where in ``candidates`` (newest first, :func:`drill_candidates`) the drill starts, and how
+    that snapshot was chosen, in the report's words (``latest``; ``random within 30 d, seed 7:
+    3rd newest of 5``).
+
+    A random pick is drawn from ``random.Random`` seeded with the drill's ``seed`` and the
+    tenant, so one seed gives each tenant a pick of its own and the same picks every time; each
+    snapshot created within the window (at or after ``now - window_days``) is equally likely.
+    """
+    if pick is SnapshotPick.LATEST or not candidates:
+        return 0, SnapshotPick.LATEST.value
+    floor_micros = (now - window_days * SECONDS_PER_DAY) * MICROS_PER_SECOND
+    within = [i for i, m in enumerate(candidates) if m.created_at_unix_micros >= floor_micros]
+    if not within:
+        return 0, f"latest (none within {window_days:g} d)"
+    index = random.Random(f"{seed}/{candidates[0].tenant_id}").choice(within)
+    return index, f"random within {window_days:g} d, seed {seed}: {_ordinal(index + 1)} newest of {len(within)}"
+
+
 # -- one attempt, one tenant ---------------------------------------------------------------------
 
 #: Restore ``manifest`` (mode new_cluster) into the empty directory given; raise on failure.
@@ -200,19 +266,27 @@ def drill_tenant(
     keep_failed: bool = False,
     walk_back: int = MAX_WALK_BACK,
     unreadable: int = 0,
+    start: int = 0,
+    picked_by: str = SnapshotPick.LATEST.value,
 ) -> TenantDrillResult:
-    """Drill one tenant: try its latest snapshot, walk back while they fail, judge the age.
+    """Drill one tenant: try its snapshot at ``start`` (the latest, unless a random pick chose
+    another: :func:`pick_first`, whose words ``picked_by`` are), walk back to older ones while
+    they fail, judge the age.
 
-    ``candidates`` are newest first (:func:`drill_candidates`). Every scratch copy is deleted once
-    judged, except a failed one when ``keep_failed`` is set; the reason names a copy's files only
-    when the copy is kept (a deleted one is said to be deleted).
+    ``candidates`` are newest first (:func:`drill_candidates`). The age limit is the latest's
+    whichever snapshot is tried; the recovery point is judged against it only when the drill
+    started from the latest (a random pick tests no newer snapshot, so it cannot tell what a
+    restore today would lose). Every scratch copy is deleted once judged, except a failed one
+    when ``keep_failed`` is set; the reason names a copy's files only when the copy is kept (a
+    deleted one is said to be deleted).
     """
     if not candidates:
         return no_snapshot_result(tenant_id, backend_url, unreadable)
-    latest = candidates[0]
-    age = snapshot_age_seconds(latest, now)
-    first = attempt(latest)
-    stale = stale_reason(tenant_id, age, max_age_hours)
+    newest_age = snapshot_age_seconds(candidates[0], now)
+    picked = candidates[start]
+    age = snapshot_age_seconds(picked, now)
+    first = attempt(picked)
+    stale = stale_reason(tenant_id, newest_age, max_age_hours)
     kept: list[str] = []
 
     def judged(result: AttemptResult, failed: bool) -> str | None:
@@ -227,9 +301,9 @@ def drill_tenant(
     reasons = [] if first.ok else [why or "the restore failed"]
     if stale:
         reasons.append(stale)
-    last_good = latest if first.ok else None
+    last_good = picked if first.ok else None
     if last_good is None:
-        older = candidates[1:]
+        older = candidates[start + 1:]
         for manifest in older[:walk_back]:
             result = attempt(manifest)
             judged(result, failed=not result.ok)
@@ -237,19 +311,23 @@ def drill_tenant(
                 last_good = manifest
                 break
         else:
+            back = "" if start == 0 else f" from {picked.snapshot_id} back"
             if len(older) > walk_back:
+                newest = "newest " if start == 0 else ""
                 reasons.append(
-                    f"none of the {walk_back + 1} newest snapshots of tenant {tenant_id} restores "
+                    f"none of the {walk_back + 1} {newest}snapshots of tenant {tenant_id}{back} restores "
                     f"cleanly ({len(older) - walk_back} older ones were not tried)."
                 )
             else:
-                reasons.append(f"no snapshot of tenant {tenant_id} restores cleanly ({len(candidates)} tried).")
+                reasons.append(f"no snapshot of tenant {tenant_id}{back} restores cleanly "
+                               f"({len(candidates) - start} tried).")
     rpo = snapshot_age_seconds(last_good, now) if last_good else None
-    if last_good is not None and last_good is not latest and over_max_age(rpo, max_age_hours):
+    judged_rpo = start == 0 and over_max_age(rpo, max_age_hours)
+    if last_good is not None and last_good is not picked and judged_rpo:
         reasons.append(stale_last_good_reason(last_good, rpo, max_age_hours))
     return TenantDrillResult(
         tenant_id=tenant_id,
-        snapshot_id=latest.snapshot_id,
+        snapshot_id=picked.snapshot_id,
         status="failed" if reasons else "ok",
         reason=" ".join(reasons) or None,
         restore_seconds=first.restore_seconds,
@@ -258,7 +336,9 @@ def drill_tenant(
         last_good_snapshot_id=last_good.snapshot_id if last_good else None,
         last_good_age_seconds=rpo,
         kept_copies=kept,
-        rpo_over_max_age=over_max_age(rpo, max_age_hours),
+        rpo_over_max_age=judged_rpo,
+        picked_by=picked_by,
+        newest_age_seconds=newest_age,
         validation=first.validation,
     )
 

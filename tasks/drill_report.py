@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from memrestore.backends.errors import RestoreError
 from memrestore.tasks import units
+from memrestore.tasks.sample_verify import SampleReport
 from memrestore.tasks.validation import ValidationResult
 
 #: The longest backend label in a run name or an artifact key: enough for a bucket and a prefix
@@ -55,8 +56,9 @@ class TenantDrillResult(BaseModel):
     """One tenant's line of the drill report (the ``--json`` output's ``tenants`` items).
 
     ``snapshot_id``, ``restore_seconds``, ``snapshot_age_seconds`` and ``bytes`` are about the
-    latest snapshot; ``last_good_*`` about the newest one that restored and checked clean (the
-    latest itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
+    snapshot tried first: the latest, unless a random pick chose another (``picked_by``);
+    ``last_good_*`` about the newest one that restored and checked clean (the one tried first
+    itself when it did). ``restore_seconds`` (the RTO) is the restore's wall time as the
     drill saw it, so it includes the run's own overhead and any contention with the tenants
     drilled alongside; it is None when the restore failed. ``kept_copies`` are scratch copies
     kept with ``keep_failed`` (a reason never names a copy that was deleted). ``lost_runs``
@@ -81,8 +83,16 @@ class TenantDrillResult(BaseModel):
     kept_copies: list[str] = []
     lost_runs: list[str] = []
     #: True when a maximum age was set and the effective RPO (the last good snapshot's age) is
-    #: over it; False when it is within it, or when there is no limit or no good snapshot.
+    #: over it; False when it is within it, or when there is no limit or no good snapshot, or when
+    #: the drill started from a random pick (it tested no newer snapshot).
     rpo_over_max_age: bool = False
+    #: How ``snapshot_id`` was chosen (tasks/drill.py's pick_first): ``latest``, or ``random within
+    #: 30 d, seed 7: 3rd newest of 5``.
+    picked_by: str = "latest"
+    #: The age of the tenant's newest snapshot, whichever was tried: how fresh its backups are
+    #: (the age limit and the trend's "keeps growing" are judged on it). None in reports from
+    #: before it was added, and when the tenant has no snapshot.
+    newest_age_seconds: float | None = None
     validation: ValidationResult | None = None
 
     @property
@@ -103,6 +113,14 @@ class DrillReport(BaseModel):
     ok: int
     failed: int
     unreadable: dict[str, str] = {}
+    #: The seed of the drill's random picks (None when every tenant's latest was tried): a drill
+    #: given this seed (``--seed``) draws the same snapshots again.
+    seed: int | None = None
+    #: The drill's sampled verify (tasks/sample_verify.py), when it ran one.
+    sample: SampleReport | None = None
+    #: What the trend calls out (tasks/drill_trend.py): a tenant whose RTO doubled, whose newest
+    #: snapshot keeps getting older. Empty with no earlier drill to compare with.
+    callouts: list[str] = []
 
     @property
     def failures(self) -> list[TenantDrillResult]:
@@ -159,11 +177,13 @@ def worst_first(result: TenantDrillResult) -> tuple:
     return (result.status == "ok", rpo is not None, -(rpo or 0.0), result.tenant_id)
 
 
-def build_report(results: Iterable[TenantDrillResult], unreadable: Mapping[str, str] | None = None) -> DrillReport:
+def build_report(results: Iterable[TenantDrillResult], unreadable: Mapping[str, str] | None = None,
+                 seed: int | None = None) -> DrillReport:
     """The report of ``results``, sorted worst first (:func:`worst_first`)."""
     results = sorted(results, key=worst_first)
     failed = sum(r.status == "failed" for r in results)
-    return DrillReport(tenants=results, ok=len(results) - failed, failed=failed, unreadable=dict(unreadable or {}))
+    return DrillReport(tenants=results, ok=len(results) - failed, failed=failed, unreadable=dict(unreadable or {}),
+                       seed=seed)
 
 
 def no_snapshot_result(tenant_id: int, backend_url: str, unreadable: int = 0) -> TenantDrillResult:
@@ -271,16 +291,19 @@ def rpo_text(result: TenantDrillResult, max_age_hours: float | None) -> str:
 
 
 def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[dict]:
-    """One row per tenant, worst first: status, latest snapshot and its age, its restore's
+    """One row per tenant, worst first: status, the snapshot tried first (and how it was picked,
+    when the drill picked at random), its age, its restore's
     duration (RTO), size and rate, the last good snapshot, the effective RPO (flagged when over
     ``max_age_hours``), the operator's validation (only when one ran: ``passed in 0.12 s``), the
     reason."""
+    picked = report.seed is not None  # some snapshots were picked at random: say which, and how
     validated = any(r.validation is not None for r in report.tenants)
     return [
         {
             "tenant": r.tenant_id,
             "status": r.status,
             "snapshot": r.snapshot_id or "-",
+            **({"picked by": r.picked_by} if picked else {}),
             "age": units.age(r.snapshot_age_seconds),
             "RTO": units.duration(r.restore_seconds),
             "size": units.size(r.bytes),
@@ -307,6 +330,10 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         f"- backend: `{backend_url}`",
         f"- drilled at {when}; maximum snapshot age: {limit}",
     ]
+    if report.seed is not None:
+        lines.append(f"- snapshots picked at random (the table's *picked by*), seed {report.seed}: "
+                     f"`--seed {report.seed}` draws the same ones again")
+    lines[2:2] = [f"- **{callout}**" for callout in report.callouts]
     for r in report.failures:
         good = (
             f"last good snapshot `{r.last_good_snapshot_id}`, RPO {rpo_text(r, max_age_hours)}"
@@ -327,6 +354,10 @@ def summary_markdown(report: DrillReport, backend_url: str, drilled_at: float, m
         if r.lost_runs:
             lines.append(f"- tenant {r.tenant_id}: {len(r.lost_runs)} run(s) of its drill were lost on the way:")
             lines += [f"  - {lost}" for lost in r.lost_runs]
+    if report.sample is not None:
+        first, *rest = report.sample.lines()
+        lines.append(f"- {first}" if report.sample.ok else f"- **{first}**")
+        lines += [f"  - {line}" for line in rest]
     for sid, why in sorted(report.unreadable.items()):
         lines.append(f"- warning: snapshot `{sid}` was skipped, its manifest is unreadable: {why}")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ in its own module, and nothing drawn is missing::
     │   ├── InstantSpellingError          backends.errors  an --as-of that is not an ISO 8601 time (also ValueError)
     │   ├── SnapshotNotFoundError         tasks.errors     no such snapshot, or none for the tenant (as of a time)
     │   ├── SnapshotChoiceError           tasks.errors     a snapshot id and --as-of both given
+    │   ├── ShareSpellingError            tasks.errors     a --sample that is neither 5% nor 10G (also ValueError)
     │   └── ValidationHookError           tasks.errors     the operator's validation cannot run as given
     ├── BackendError                      backends.errors  the store could not serve a request
     │   ├── TransientBackendError         backends.errors  throttling, 5xx, timeouts, dropped connections: retried
@@ -73,6 +74,10 @@ if TYPE_CHECKING:
 
 class SnapshotNotFoundError(BadInputError):
     """The asked-for snapshot does not exist, or the tenant has none."""
+
+
+class ShareSpellingError(BadInputError, ValueError):
+    """A sampled verify's share that is neither a percent (``5%``) nor a byte count (``10G``)."""
 
 
 class SnapshotChoiceError(BadInputError):

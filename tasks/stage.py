@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from memrestore.backends import Backend
 from memrestore.backends.base import RangedBackend
+from memrestore.backends.streams import RateLimit
 from memrestore.tasks import interrupt, progress
 from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
 from memrestore.tasks.crash_points import crash_point
@@ -197,11 +198,12 @@ def _verify_against_manifest(item: PlanItem, actual: str) -> bool:
     return True
 
 
-def hash_item(item: PlanItem, backend: Backend) -> StagedItem:
-    """Download ``item`` and hash it, writing nothing (``memrestore verify``); its bytes are
-    reported to the listener watching (:func:`progress.watching`)."""
+def hash_item(item: PlanItem, backend: Backend, limit: RateLimit | None = None) -> StagedItem:
+    """Download ``item`` and hash it, writing nothing (``memrestore verify``, the sampled verify);
+    its bytes are reported to the listener watching (:func:`progress.watching`), each read first
+    reserved from ``limit`` when one is given."""
     writer = _HashingWriter()
-    size = backend.download(item.content_key, writer, progress.current().advance)
+    size = backend.download(item.content_key, writer, progress.current().advance, limit=limit)
     actual = writer.hasher.hexdigest()
     verified = _verify_against_manifest(item, actual)
     return StagedItem(item=item, bytes=size, checksum=actual, verified=verified)

@@ -43,7 +43,7 @@ REPORT_KEY = "memrestore_reports"
 #: Prefect servers, heartbeats, a fresh venv, the quick benchmark). Started last, any of them would
 #: be the run's tail, the other workers idle meanwhile. Modules not named here follow in file order.
 SLOW_FIRST = ("test_fleet", "test_packaging", "test_process_hygiene", "test_serve", "test_bench_smoke",
-              "test_ui_browser", "test_ui_restore", "test_ui_drill", "test_ui_as_of", "test_crash",
+              "test_ui_browser", "test_ui_restore", "test_ui_drill", "test_ui_drill_trend", "test_ui_as_of", "test_crash",
               "test_wal_checkpoint",
               "test_replace_tenant", "test_listing", "test_concurrency", "test_precommit_check", "test_validation_hooks",
               "test_hostile", "test_streams")

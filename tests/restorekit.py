@@ -26,7 +26,16 @@ from memrestore.backends import Backend, LocalBackend, list_snapshots
 from memrestore.backends.streams import DEFAULT_STREAMS, parse_rate
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.marker import OURS_PREFIX
-from memrestore.tasks.drill import attempt_plain, drill_candidates, drill_tenant, tenants_to_drill
+from memrestore.tasks.drill import (
+    DEFAULT_WINDOW_DAYS,
+    SnapshotPick,
+    attempt_plain,
+    drill_candidates,
+    drill_seed,
+    drill_tenant,
+    pick_first,
+    tenants_to_drill,
+)
 from memrestore.tasks.drill_report import DrillReport, build_report
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.modes import CheckLevel
@@ -350,31 +359,35 @@ def drill_plain(
     keep_failed: bool = False,
     now: float | None = None,
     validation: Validation | None = None,
+    pick: SnapshotPick = SnapshotPick.LATEST,
+    window_days: float = DEFAULT_WINDOW_DAYS,
+    seed: int | None = None,
 ) -> DrillReport:
     """The drill as plain function calls, one tenant after another, with no Prefect at all. The
     ``restore-drill`` flow does the same with several tenants at once, each in a task run of its
-    own, and artifacts and events. A ``validation`` hook that cannot run is refused first."""
+    own, and artifacts and events (and picks each tenant's first snapshot the same way). A
+    ``validation`` hook that cannot run is refused first."""
     if validation is not None and validation.active:
         check_hook(validation)
     now = time.time() if now is None else now
+    seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
     listing = list_snapshots(backend)
     root, created = open_scratch_root(scratch_dir)
     attempt = attempt_plain(backend, root, logging.getLogger("tests.drill"), keep_failed=keep_failed,
                             validation=validation)
+    results = []
     try:
-        results = [
-            drill_tenant(
-                tenant_id,
-                drill_candidates(listing, tenant_id),
-                attempt,
+        for tenant_id in tenants_to_drill(listing, tenants):
+            candidates = drill_candidates(listing, tenant_id)
+            start, picked_by = pick_first(candidates, pick, now=now, window_days=window_days, seed=seed or 0)
+            results.append(drill_tenant(
+                tenant_id, candidates, attempt,
                 backend_url=backend.url, now=now, max_age_hours=max_age_hours,
-                keep_failed=keep_failed, unreadable=len(listing.unreadable),
-            )
-            for tenant_id in tenants_to_drill(listing, tenants)
-        ]
+                keep_failed=keep_failed, unreadable=len(listing.unreadable), start=start, picked_by=picked_by,
+            ))
     finally:
         close_scratch_root(root, created)
-    return build_report(results, listing.unreadable)
+    return build_report(results, listing.unreadable, seed=seed)
 
 
 @contextmanager

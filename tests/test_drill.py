@@ -515,7 +515,7 @@ def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_
         assert tenant_run.state.is_failed() and tenant_run.state.message == t[i].reason, tenant_run.state
         assert tenant_run.run_count == 1
     others = [r for r in task_runs if r.name not in tenant_runs]  # named <task>-<3 hex digits>
-    assert sorted(r.name.rsplit("-", 1)[0] for r in others) == ["drill-report", "list-snapshots"]
+    assert sorted(r.name.rsplit("-", 1)[0] for r in others) == ["drill-report", "drill-trend", "list-snapshots"]
     assert all(r.state.is_completed() for r in others)
     # Each failed attempt is a warning of its tenant's run (the walk back: t2-bad, then t2-good),
     # in units, naming no file of a copy that is deleted.
@@ -533,7 +533,8 @@ def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_
     # The artifacts' keys are the backend's: one history per backend, whatever ran the drill.
     progress_key = artifact_key("progress", backend.url)
     by_run_and_key = {(a.flow_run_id, a.key): a for a in artifacts if a.key}
-    assert {key for _, key in by_run_and_key} == {report_key, summary_key, progress_key}
+    assert {key for _, key in by_run_and_key} == {report_key, summary_key, progress_key,
+                                                  artifact_key("trend", backend.url), artifact_key("metrics", backend.url)}
     rows = json.loads(by_run_and_key[(drill_run, report_key)].data)
     assert [(r["tenant"], r["status"], r["snapshot"]) for r in rows] == [
         (9, "failed", "-"), (5, "failed", "t5-trunc"), (3, "failed", "t3-stale"), (2, "failed", "t2-bad"),
@@ -564,8 +565,12 @@ def test_drill_parameters_are_typed_for_the_ui_form():
     schema = parameter_schema(restore_drill).model_dump()
     props = schema["properties"]
     assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency",
-                           "via_deployment", "child_timeout_seconds", "streams", "limit_rate", "validation"]
+                           "via_deployment", "child_timeout_seconds", "streams", "limit_rate", "validation",
+                           "pick", "window_days", "seed", "sample"]
     assert schema["required"] == ["backend"]
+    pick = schema["definitions"][props["pick"]["$ref"].rsplit("/", 1)[1]]
+    assert pick["enum"] == ["latest", "random-within-window"] and props["pick"]["default"] == "latest"
+    assert props["window_days"]["default"] == 30 and props["window_days"]["maximum"] == 365
     assert props["concurrency"]["minimum"] == 1 and props["concurrency"]["default"] == 4
     assert all(props[p].get("description") for p in props)
 
@@ -654,8 +659,9 @@ def test_cli_drill_json_exit_status_and_kept_copies(backend, tmp_path):
     t = _by_tenant(report)
     assert set(t[1]) == {"tenant_id", "snapshot_id", "status", "reason", "restore_seconds", "snapshot_age_seconds",
                          "bytes", "last_good_snapshot_id", "last_good_age_seconds", "kept_copies", "lost_runs",
-                         "rpo_over_max_age", "validation"}
+                         "rpo_over_max_age", "validation", "picked_by", "newest_age_seconds"}
     assert t[1]["validation"] is None  # no --validate-...: tests/test_validation_hooks.py
+    assert t[1]["picked_by"] == "latest" and report["seed"] is None and report["sample"] is None
     assert [r["tenant_id"] for r in report["tenants"]] == [4, 9, 2, 1]  # worst first
     assert [t[i]["status"] for i in (1, 2, 4, 9)] == ["ok", "failed", "failed", "failed"]
     assert t[2]["reason"].startswith("checksum mismatch") and t[2]["last_good_snapshot_id"] == "t2-good"

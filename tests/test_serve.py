@@ -167,7 +167,8 @@ def test_prefect_yaml_deploys_both_to_a_process_pool_and_a_worker_runs_them(tmp_
         assert nightly.entrypoint == "memrestore.flows.drill.restore_drill"
         [schedule] = nightly.schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 3 * * *", "UTC", True)
-        assert nightly.parameters == {"backend": backend.url} and nightly.paused is False
+        assert nightly.parameters == {"backend": backend.url, "pick": "latest", "window_days": 30}
+        assert nightly.paused is False
 
         data_dir = tmp_path / "data"
         run = client.create_flow_run_from_deployment(on_demand.id, parameters={

@@ -6,6 +6,7 @@ This module is the app and its wiring; the commands live by subject:
 
 - flows/cli/restore.py: ``snapshots``, ``restore``, ``verify``, ``abort``, ``demo``;
 - flows/cli/drill.py: ``drill``;
+- flows/cli/sample_verify.py: ``sample-verify``;
 - flows/cli/server.py: ``serve`` and ``server status|start|stop``;
 - flows/cli/common.py: the consoles, the shared options, errors as one message;
 - flows/cli/run_flow.py: Prefect set up and connected before it is imported, flows run;
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from memrestore.flows.cli import drill, restore, server
+from memrestore.flows.cli import drill, restore, sample_verify, server
 
 app = typer.Typer(
     add_completion=False,
@@ -33,6 +34,7 @@ app = typer.Typer(
 for command in (restore.snapshots, restore.restore, restore.verify, restore.abort, restore.demo,
                 server.serve, drill.drill):
     app.command()(command)
+app.command("sample-verify")(sample_verify.sample_verify)
 
 server_app = typer.Typer(
     no_args_is_help=True,

@@ -1,9 +1,11 @@
-"""The ``drill`` command: every tenant's latest snapshot restored into scratch, checked and
-reported (the restore-drill flow, flows/drill.py), and the report printed."""
+"""The ``drill`` command: every tenant's latest snapshot (or one picked at random within a window)
+restored into scratch, checked and reported (the restore-drill flow, flows/drill.py), and the
+report printed: the trend's call-outs first, the sampled verify's lines last."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -38,8 +40,11 @@ def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -
     if as_json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
+    for callout in report.callouts:
+        out.print(f"[bold yellow]trend:[/] {callout}", highlight=False, soft_wrap=True)
+    picked = ("picked by",) if report.seed is not None else ()
     validated = any(r.validation is not None for r in report.tenants)
-    columns = ("tenant", "status", "snapshot", "age", "RTO", "size", "rate", "last good", "RPO") + (
+    columns = ("tenant", "status", "snapshot", *picked, "age", "RTO", "size", "rate", "last good", "RPO") + (
         ("validation",) if validated else ())
     table = Table(*columns, box=None)
     for r, row in zip(report.tenants, table_rows(report, max_age_hours)):
@@ -64,10 +69,17 @@ def _print_drill(report, as_json: bool, max_age_hours: Optional[float] = None) -
         for lost in r.lost_runs:
             out.print(f"tenant {r.tenant_id}: a run of its drill was lost, {lost}", highlight=False, soft_wrap=True,
                       markup=False)
+    if report.seed is not None:
+        out.print(f"snapshots picked at random with seed {report.seed} (--seed {report.seed} draws the same again)",
+                  highlight=False)
+    if report.sample is not None:
+        for line in report.sample.lines():
+            out.print(f"{line}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"{report.ok} ok, {report.failed} failed", highlight=False)
 
 
-# The drill's options that ``serve`` takes too, for the nightly drill it schedules.
+# The drill's options that ``serve`` takes too, for the nightly drill it schedules (the pick's
+# and the sample's below as well).
 TenantsOpt = typer.Option(
     None, "--tenant", min=0, help="Drill this tenant (repeatable); default: every tenant in the backend.")
 MaxAgeOpt = typer.Option(
@@ -76,6 +88,60 @@ ScratchDirOpt = typer.Option(
     None, "--scratch-dir", help="Where copies are restored, checked and deleted (default: a new temp dir).")
 KeepFailedOpt = typer.Option(
     False, "--keep-failed", help="Keep a failed tenant's restored copy in the scratch dir for inspection.")
+PickOpt = typer.Option(
+    "latest", "--pick", metavar="latest|random-within-window",
+    help="Which snapshot of each tenant to restore: the latest, or one drawn at random among those of the "
+         "last --window (over nights, every generation kept gets restored). The walk back goes on from it.")
+WindowOpt = typer.Option(
+    None, "--window", metavar="DAYS",
+    help="With --pick random-within-window: how far back to draw from: 30d (the default), 12h, or days.")
+SeedOpt = typer.Option(
+    None, "--seed", min=0, help="With --pick random-within-window: the draw's seed (the report gives each "
+                                "drill's); the same seed draws the same snapshots. Default: a fresh one.")
+SampleOpt = typer.Option(
+    None, "--sample", metavar="SHARE",
+    help="Also hash this share of every stored blob of the tenants (older snapshots too) against the "
+         "manifests, without restoring: 5% of the bytes or 10G; a different slice each night.")
+
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dh]?)\s*$")
+
+
+def window_days(text: Optional[str]) -> Optional[float]:
+    """``30d``, ``12h`` or a plain number of days, as days; a usage error otherwise."""
+    if text is None:
+        return None
+    match = _WINDOW.match(text)
+    days = float(match.group(1)) / (24 if match.group(2) == "h" else 1) if match else 0.0
+    if not match or not 0 < days <= 365:
+        raise typer.BadParameter(f"{text!r}: give a window of more than 0 and at most 365 days: 30d, 12h or 7",
+                                 param_hint="--window")
+    return days
+
+
+def pick_parameters(pick: str, window: Optional[str], seed: Optional[int], sample: Optional[str]) -> dict:
+    """The pick, window, seed and sample options as the restore-drill flow's parameters (usage
+    errors, exit 2, for what cannot work)."""
+    picks = ("latest", "random-within-window")
+    if pick not in picks:
+        raise typer.BadParameter(f"{pick!r} is not one of {', '.join(picks)}", param_hint="--pick")
+    if pick == "latest" and (window is not None or seed is not None):
+        raise typer.BadParameter("only with --pick random-within-window",
+                                 param_hint="--window" if window is not None else "--seed")
+    parameters: dict = {} if pick == "latest" else {"pick": pick}  # latest: the flow's default
+    if window is not None:
+        parameters["window_days"] = window_days(window)
+    if seed is not None:
+        parameters["seed"] = seed
+    if sample is not None:
+        from memrestore.tasks.errors import ShareSpellingError
+        from memrestore.tasks.share import parse_share
+
+        try:
+            parse_share(sample)
+        except ShareSpellingError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--sample") from None
+        parameters["sample"] = sample
+    return parameters
 
 
 def drill_parameters(tenant: Optional[list[int]], max_age_hours: Optional[float], scratch_dir: Optional[Path],
@@ -106,13 +172,19 @@ def drill(
         help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
     streams: int = StreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
+    pick: str = PickOpt,
+    window: Optional[str] = WindowOpt,
+    seed: Optional[int] = SeedOpt,
+    sample: Optional[str] = SampleOpt,
     validate_command: Optional[str] = ValidateCommandOpt,
     validate_callable: Optional[str] = ValidateCallableOpt,
     validate_timeout: Optional[float] = ValidateTimeoutOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Restore each tenant's latest snapshot into scratch, check it, report. Exit 1 if any tenant failed."""
+    """Restore each tenant's latest (or picked) snapshot into scratch, check it, report.
+    Exit 1 if a tenant (or a sampled blob) failed."""
+    picking = pick_parameters(pick, window, seed, sample)  # usage errors, before Prefect starts
     validation = validation_of(validate_command, validate_callable, validate_timeout)
     quiet_prefect(verbose)
     connect_prefect()
@@ -146,7 +218,8 @@ def drill(
             **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
             return_state=True,
             **optional,
+            **picking,
         )
         report = drill_report(state)
     _print_drill(report, as_json, max_age_hours)
-    raise typer.Exit(1 if report.failed else 0)
+    raise typer.Exit(1 if report.failed or (report.sample is not None and report.sample.failed) else 0)

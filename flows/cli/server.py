@@ -22,7 +22,18 @@ from memrestore.flows.cli.common import (
     out,
     validation_of,
 )
-from memrestore.flows.cli.drill import KeepFailedOpt, MaxAgeOpt, ScratchDirOpt, TenantsOpt, drill_parameters
+from memrestore.flows.cli.drill import (
+    KeepFailedOpt,
+    MaxAgeOpt,
+    PickOpt,
+    SampleOpt,
+    ScratchDirOpt,
+    SeedOpt,
+    TenantsOpt,
+    WindowOpt,
+    drill_parameters,
+    pick_parameters,
+)
 from memrestore.flows.cli.run_flow import quiet_prefect
 
 
@@ -48,10 +59,15 @@ def serve(
     validate_command: Optional[str] = ValidateCommandOpt,
     validate_callable: Optional[str] = ValidateCallableOpt,
     validate_timeout: Optional[float] = ValidateTimeoutOpt,
+    pick: str = PickOpt,
+    window: Optional[str] = WindowOpt,
+    seed: Optional[int] = SeedOpt,
+    sample: Optional[str] = SampleOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Serve restore-snapshot/on-demand and restore-drill/nightly to the Prefect API until stopped."""
     validation = validation_of(validate_command, validate_callable, validate_timeout)
+    coverage = pick_parameters(pick, window, seed, sample)
     quiet_prefect(verbose)  # no PREFECT_API_URL: flows.ops.serve takes the shared local server itself
     with errors_as_messages(verbose):
         from memrestore.flows.ops.serve import serve as serve_deployments
@@ -62,6 +78,7 @@ def serve(
             **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
             log=lambda line: err.print(line, highlight=False, soft_wrap=True),
             validation=validation,
+            coverage=coverage,
         )
 
 

@@ -1,5 +1,5 @@
-"""The Prefect automations of memrestore: one pages someone when a restore drill fails, one marks
-a restore whose process died Crashed.
+"""The Prefect automations of memrestore: one pages someone when a restore drill fails, one when a
+sampled verify finds a blob that does not hash right, one marks a restore whose process died Crashed.
 
 The ``restore-drill`` flow emits one ``memrestore.drill.failed`` event per failed tenant, its
 resource ``memrestore.tenant.<id>`` and its payload the tenant's line of the drill report. This
@@ -11,6 +11,10 @@ notification block: Slack, Microsoft Teams, PagerDuty, Opsgenie, email, a custom
 
     block_id = SlackWebhook(url="https://hooks.slack.com/services/...").save("memrestore-pager")
     drill_failed_automation(block_id).create()
+
+A sampled verify (the drill's ``sample``, or ``memrestore sample-verify``) emits one
+``memrestore.verify.failed`` per failed blob, its payload the blob's key, the snapshots that hold
+it and why: :func:`blob_failed_automation` notifies on each the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 
 from memrestore.tasks.drill import DRILL_FAILED_EVENT
+from memrestore.tasks.sample_verify import SAMPLE_FAILED_EVENT
 
 AUTOMATION_NAME = "memrestore: restore drill failed"
 
@@ -53,6 +58,33 @@ def drill_failed_automation(block_document_id: UUID, name: str = AUTOMATION_NAME
             within=timedelta(0),
         ),
         actions=[SendNotification(block_document_id=block_document_id, subject=SUBJECT, body=BODY)],
+    )
+
+
+BLOB_AUTOMATION_NAME = "memrestore: stored blob failed its sampled verify"
+BLOB_SUBJECT = "memrestore: a stored blob of {{ event.resource.name }} failed its sampled verify"
+BLOB_BODY = """\
+a blob of {{ event.resource.name }} does not verify: {{ event.payload.reason }}
+key: {{ event.payload.key }}
+snapshots that hold it (each would fail a restore): {{ event.payload.snapshot_ids | join(", ") }}
+backend: {{ event.resource["memrestore.backend"] }}
+at: {{ event.occurred }}"""
+
+
+def blob_failed_automation(block_document_id: UUID, name: str = BLOB_AUTOMATION_NAME) -> Automation:
+    """An automation (not yet created: call ``.create()``) that sends a notification through the
+    block ``block_document_id`` for every ``memrestore.verify.failed`` event: one per blob."""
+    return Automation(
+        name=name,
+        description="One notification per stored blob that fails a memrestore sampled verify.",
+        trigger=EventTrigger(
+            expect={SAMPLE_FAILED_EVENT},
+            match={"prefect.resource.id": "memrestore.tenant.*"},
+            posture="Reactive",
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[SendNotification(block_document_id=block_document_id, subject=BLOB_SUBJECT, body=BLOB_BODY)],
     )
 
 

@@ -124,8 +124,10 @@ def nightly_deployment(
     scratch_dir: str | None = None,
     keep_failed: bool = False,
     validation: Validation | None = None,
+    coverage: dict | None = None,
 ) -> RunnerDeployment:
-    """``restore-drill/nightly``: the drill of ``backend`` on ``cron`` (UTC)."""
+    """``restore-drill/nightly``: the drill of ``backend`` on ``cron`` (UTC); ``coverage``: its
+    ``pick``, ``window_days``, ``seed`` and ``sample`` parameters, those given."""
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
@@ -134,7 +136,8 @@ def nightly_deployment(
     return restore_drill.to_deployment(
         name=NIGHTLY,
         schedules=[Cron(cron, timezone=DRILL_TIMEZONE, slug=DRILL_SCHEDULE_SLUG)],
-        parameters=drill_parameters(backend, tenants, max_age_hours, scratch_dir, keep_failed, validation),
+        parameters=drill_parameters(backend, tenants, max_age_hours, scratch_dir, keep_failed, validation)
+        | (coverage or {}),
         tags=TAGS,
         description="Restore every tenant's latest snapshot into scratch, check it, report, clean up.",
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -189,12 +192,14 @@ def serve(
     keep_failed: bool = False,
     log: Callable[[str], None] = print,
     validation: Validation | None = None,
+    coverage: dict | None = None,
 ) -> None:
     """Serve ``restore-snapshot/on-demand`` and, when ``backend`` is given, ``restore-drill/nightly``
     until interrupted (SIGINT or SIGTERM). The drill needs a backend: without one only the on-demand
     deployment is served (and a nightly schedule served earlier is left as it is). ``validation``,
     the operator's own, goes into both (the on-demand form's default, the drill's parameter); a
-    hook that cannot run is refused before anything is served."""
+    hook that cannot run is refused before anything is served. ``coverage``: the drill's pick and
+    sampled verify parameters (:func:`nightly_deployment`)."""
     from prefect.settings import PREFECT_UI_URL
 
     from memrestore.flows.ops.serve_stop import ServeStop
@@ -216,7 +221,7 @@ def serve(
         deployments = [on_demand_deployment(backend, validation)]
         if backend:
             deployments.append(nightly_deployment(
-                backend, drill_cron, tenants, max_age_hours, scratch_dir, keep_failed, validation))
+                backend, drill_cron, tenants, max_age_hours, scratch_dir, keep_failed, validation, coverage))
         if validation is not None and validation.active:
             log(f"every restore and drill validates its copy with {validation.describe()}, "
                 f"{validation.timeout_seconds:g} s at most")
