@@ -22,8 +22,9 @@ from pathlib import Path
 
 from memrestore.backends import LocalBackend
 from memrestore.backends.demo_snapshots import write_sample_snapshot
-from memrestore.tasks.execute import execute
+from memrestore.tasks.modes import CheckLevel
 from memrestore.tasks.plan import DestinationState, RestoreMode
+from memrestore.tasks.restore import RestoreRequest, restore
 from memrestore.tasks.validate import validate
 from memrestore.tasks.validation import Validation, _hash
 
@@ -44,7 +45,9 @@ def main(argv: list[str]) -> int:
             for kind, validation in kinds.items():
                 data = work / "data"
                 started = time.monotonic()
-                execute(backend, plan, data, RestoreMode.NEW_CLUSTER, validation=validation)
+                restore(RestoreRequest(backend=backend.url, tenant_id=1, snapshot="big", data_dir=data,
+                                       mode=RestoreMode.NEW_CLUSTER, check=CheckLevel.NONE, validation=validation),
+                        backend=backend, manifest=manifest)
                 seconds[kind].append(time.monotonic() - started)
                 print(f"round {r + 1}: restore {kind} validation: {seconds[kind][-1]:.3f} s", flush=True)
                 if validation is None:

@@ -49,7 +49,7 @@ from memrestore.tasks.validate import plan_items
 #: failed drill's); flows/ops/alerts.py's blob_failed_automation notifies on it.
 SAMPLE_FAILED_EVENT = "memrestore.verify.failed"
 #: Blobs hashed at once: a few reads in flight keep a far store busy without taking every core
-#: from the service (the restore stages four at once too: tasks/execute.py's ITEM_CONCURRENCY).
+#: from the service (the restore stages four at once too: tasks/restore.py's ITEM_CONCURRENCY).
 HASH_CONCURRENCY = 4
 #: Objects sized at once (HEADs on S3), as the snapshot listing sizes them.
 SIZE_CONCURRENCY = 16
