@@ -86,7 +86,7 @@ def _drill_in_this_run(
     max_age_hours: float | None,
     keep_failed: bool,
     unreadable: int,
-    streams: int = DEFAULT_STREAMS,
+    streams: int | None = DEFAULT_STREAMS,
     limit: RateLimit | None = None,
 ) -> TenantDrillResult:
     """Drill one tenant inside the current task or flow run: restore, check and delete each
@@ -137,7 +137,7 @@ def drill_tenant_flow(
     max_age_hours: Annotated[float, Field(ge=0)] | None = None,
     scratch_dir: str | None = None,
     keep_failed: bool = False,
-    streams: StreamsParam = DEFAULT_STREAMS,
+    streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
@@ -156,6 +156,7 @@ def drill_tenant_flow(
             temp dir.
         keep_failed: Keep a failed copy in the scratch dir for inspection.
         streams: How many GETs the tenant's restore keeps in flight across its blobs (S3).
+            Empty (the default): found as it runs, from a few up to as many as pay.
         limit_rate: A cap on this run's download rate, bytes a second (50M, 1G, 500k). A fleet
             drill gives each run its share of the drill's cap. Empty: no cap.
     """
@@ -250,7 +251,7 @@ def restore_drill(
     concurrency: Annotated[int, Field(ge=1, le=MAX_DRILL_CONCURRENCY)] = DEFAULT_DRILL_CONCURRENCY,
     via_deployment: str | None = None,
     child_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_CHILD_TIMEOUT_SECONDS,
-    streams: StreamsParam = DEFAULT_STREAMS,
+    streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
 ) -> dict | State:
     """Prove that every tenant's backups restore: restore each latest snapshot into scratch,
@@ -269,6 +270,7 @@ def restore_drill(
         child_timeout_seconds: With via_deployment: how long a tenant's run may take once a worker
             has it before it is given up as lost (and run once more).
         streams: How many GETs each tenant's restore keeps in flight across its blobs (S3).
+            Empty (the default): found as each runs, from a few up to as many as pay.
         limit_rate: A cap on the drill's total download rate, bytes a second (50M, 1G, 500k),
             shared by the tenants it restores at once; with via_deployment, split evenly among
             the runs the deployment lets run at once. Empty: no cap.

@@ -54,7 +54,7 @@ from memrestore.tasks.preflight import preflight_task
 from memrestore.tasks.progress import bytes_artifact
 from memrestore.tasks.sequence import is_interrupt
 from memrestore.tasks.stage import StagedItem, hash_item_task, recheck_item_task, stage_item_task
-from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
+from memrestore.tasks.transfer import DEFAULT_CEILING, DEFAULT_STREAMS, RateParam, StreamsParam, Transfer
 from memrestore.tasks.validate import hash_plan, validate_task
 
 
@@ -160,10 +160,11 @@ async def restore_snapshot(
     require_checksums: bool = False,
     dry_run: bool = False,
     resume: bool = False,
-    streams: StreamsParam = DEFAULT_STREAMS,
+    streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     check: CheckLevel = CheckLevel.QUICK,
     as_of: str | None = None,
+    max_streams: StreamsParam = DEFAULT_CEILING,
 ) -> dict | State:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -180,7 +181,9 @@ async def restore_snapshot(
         dry_run: Fetch, validate and preflight; print the plan; write nothing.
         resume: Continue an interrupted restore of the same snapshot.
         streams: How many GETs the restore keeps in flight across all of its blobs (S3; large
-            blobs come down as ranged parts). More fill a far link; a local folder ignores it.
+            blobs come down as ranged parts). Empty (the default): found as the restore runs,
+            starting with a few and adding more while the throughput grows, up to max_streams.
+            A local folder ignores it.
         limit_rate: A cap on the restore's total download rate, bytes a second: 50M, 1G, 500k
             (powers of 1024). Empty: no cap.
         check: How the staged copy is checked before the commit moves anything: quick (SQLite's
@@ -188,6 +191,8 @@ async def restore_snapshot(
         as_of: Restore the tenant as it was at this time: its newest snapshot created at or
             before it, with snapshot "latest". ISO 8601 (2026-12-07T14:00:00Z); without a zone,
             UTC. None (the default): the newest of all.
+        max_streams: The most streams the restore may find worth keeping in flight, when
+            streams is empty.
     """
     quiet_task_chatter()
     log = RunLog(tenant_id, snapshot, mode, data_dir, dry_run)
@@ -196,7 +201,7 @@ async def restore_snapshot(
     try:
         with _steps_client():
             outcome = _restore(backend, tenant_id, data_dir, mode, snapshot, destination, require_checksums,
-                               dry_run, resume, streams, limit_rate, check, as_of, log, known)
+                               dry_run, resume, streams, limit_rate, check, as_of, log, known, max_streams)
     except RestoreError as exc:
         message = log.words(str(exc))
         log.not_done(message)
@@ -257,6 +262,7 @@ def _restore(
     as_of: str | None,
     log: RunLog,
     known: dict,
+    max_streams: int = DEFAULT_CEILING,
 ) -> RestoreOutcome:
     """The restore-snapshot flow's steps, up to its outcome; each told to ``log``, the plan kept in
     ``known`` once it is read (for the outcome of a restore that does not happen)."""
@@ -287,13 +293,14 @@ def _restore(
                 return _results(recheck_item_task.map(plan.items, unmapped(data_dir)))
             # The blobs share the restore's streams and rate limit; the UI watches the bytes.
             begun = time.monotonic()
-            with Transfer(streams, rate) as transfer, bytes_artifact(
+            with Transfer(streams, rate, max_streams=max_streams) as transfer, bytes_artifact(
                     f"restore-progress-tenant-{plan.tenant_id}",
                     sum(item.size or 0 for item in plan.items), lambda: transfer.received):
                 staged = _results(stage_item_task.map(
                     unmapped(backend), plan.items, unmapped(data_dir), unmapped(phase is not None),
                     unmapped(transfer)))
             log.fetched(transfer.received, time.monotonic() - begun, len(staged), sum(s.verified for s in staged))
+            known["streams"] = transfer.streams_used()
             return staged
 
         def check_staged() -> float | None:
@@ -311,7 +318,8 @@ def _restore(
         ), on_failure=lambda exc: _emit("memrestore.restore.failed", tenant_id, plan.snapshot_id,
                                          {"reason": str(exc)}))
     outcome = build_outcome("restored", plan, mode, Path(data_dir), staged, time.monotonic() - started,
-                            check.value if check_seconds is not None else None, check_seconds, hold.removed)
+                            check.value if check_seconds is not None else None, check_seconds, hold.removed,
+                            streams=known.get("streams"))
     _emit(
         "memrestore.restore.completed",
         tenant_id,

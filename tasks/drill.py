@@ -266,9 +266,9 @@ def drill_tenant(
 # -- a whole drill with no Prefect ----------------------------------------------------------------
 
 
-def restore_plain(backend: Backend, streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None) -> RestoreFn:
+def restore_plain(backend: Backend, streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None) -> RestoreFn:
     """Restore with plain function calls (:func:`tasks.execute.execute`), each restore on
-    ``streams`` streams of its own, all of them under ``limit`` (the drill's, shared by the
+    ``streams`` streams of its own (None: as many as its pool finds pay), all of them under ``limit`` (the drill's, shared by the
     tenants it restores at once) when one is given."""
 
     def restore(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
@@ -290,7 +290,7 @@ def check_plain(backend: Backend) -> CheckFn:
 
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
-    streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
+    streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
     flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.

@@ -83,4 +83,5 @@ def execute(
             commit=lambda: commit_staged(hold, plan.tenant_id, mode),
         ))
     return build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
-                         check.value if check_seconds is not None else None, check_seconds, hold.removed)
+                         check.value if check_seconds is not None else None, check_seconds, hold.removed,
+                         streams=transfer.streams_used())

@@ -239,8 +239,10 @@ def test_streams_and_limit_rate_are_typed_parameters_of_every_restoring_flow(flo
 
     module, name = flow_path.split(":")
     props = parameter_schema(getattr(importlib.import_module(module), name)).model_dump()["properties"]
-    assert props["streams"]["minimum"] == 1 and props["streams"]["maximum"] == MAX_STREAMS
-    assert props["streams"]["default"] == streams_module.DEFAULT_STREAMS
+    # An int of 1 to MAX_STREAMS, or empty (the default): the pool finds the count as it goes.
+    streams = props["streams"]
+    assert {"maximum": MAX_STREAMS, "minimum": 1, "type": "integer"} in streams["anyOf"]
+    assert {"type": "null"} in streams["anyOf"] and streams["default"] is None is streams_module.DEFAULT_STREAMS
     rate = props["limit_rate"]
     patterns = [rate.get("pattern")] + [alt.get("pattern") for alt in rate.get("anyOf", [])]
     assert streams_module.RATE_PATTERN in patterns

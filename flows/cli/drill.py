@@ -89,7 +89,7 @@ def drill(
     child_timeout: Optional[float] = typer.Option(
         None, "--child-timeout", min=1, metavar="SECONDS",
         help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
-    streams: int = StreamsOpt,
+    streams: Optional[int] = StreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
