@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    for tool, rows_needing in (("rclone", {"3", "7"}), ("b3sum", {"6"})):
+    for tool, rows_needing in (("rclone", {"3", "7", "9", "10", "11", "12"}), ("b3sum", {"6"})):
         if rows & rows_needing and shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed: run `make system-deps` (or apt-get install {tool})")
 
