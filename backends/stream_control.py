@@ -7,8 +7,10 @@ MB/s, and the restore is only as fast as the number of GETs it keeps in flight (
 "Choosing --streams": 46 MB/s on 8 streams, 167 on 48, through the same proxy). So the restore
 starts with :data:`START` streams and climbs, as TCP's slow start does:
 
-* every step, the count doubles (up to the ceiling, ``--max-streams``), and the first window after
-  it is not judged (new connections, each request's first-byte wait);
+* every step, the count doubles (up to the ceiling, ``--max-streams``), or quadruples when the last
+  step paid nearly in full (each added stream brought as much as each one before: connections
+  each capped, as a far store's are), and the first window after it is not judged (new
+  connections, each request's first-byte wait);
 * the next window is: if the throughput grew by at least :data:`GAIN_SHARE` of what the added
   streams would give on a link of capped connections (25% for a doubling), it climbs again;
   if not, the added streams bought nothing and are shed: back to the count before, and there it
@@ -38,18 +40,21 @@ START = 4
 DEFAULT_CEILING = 48
 #: The share of the ideal gain a step must show to be kept: doubling the streams must add 25%.
 GAIN_SHARE = 0.25
+#: The share of the ideal gain above which the next step is a leap (x4, not x2): the link gives
+#: every connection the same, so the climb need not take a window per doubling.
+LEAP_SHARE = 0.75
 #: This process's CPU seconds per wall second, as a share of the cores it may use, above which
 #: the CPU is the limit.
 CPU_BUSY = 0.85
 #: A window lasts at least this long, and until each stream has had READS_PER_WINDOW reads (so
 #: that the 1 MiB reads a byte count moves by are a small part of it), at most MAX_WINDOW.
-MIN_WINDOW = 0.75
+MIN_WINDOW = 0.6
 READS_PER_WINDOW = 4
 MAX_WINDOW = 4.0
 #: The window after a change is a warm-up, not judged: this long.
-WARMUP_WINDOW = 0.5
-#: Windows judged at a settled count before one more step up is tried.
-REPROBE_WINDOWS = 10
+WARMUP_WINDOW = 0.4
+#: Windows judged at a settled count before one more step up is tried (then twice as many, ...).
+REPROBE_WINDOWS = 5
 
 
 def usable_cores() -> int:
@@ -124,10 +129,13 @@ class StreamControl:
             return self.streams
         rate = sample.rate
         below, self._below = self._below, None
+        factor = 2
         if below is not None:  # the window after a step up: did it pay?
             was, was_rate = below
-            wanted = was_rate * (1 + GAIN_SHARE * (self.streams / was - 1))
-            if rate < wanted:
+            ideal = was_rate * (self.streams / was - 1)
+            if rate >= was_rate + LEAP_SHARE * ideal:
+                factor = 4
+            if rate < was_rate + GAIN_SHARE * ideal:
                 self.reason = "no gain"
                 if self._retrying:  # a step tried again that still does not pay: try less often
                     self._reprobe *= 2
@@ -146,7 +154,7 @@ class StreamControl:
         self._retrying = self._settled
         self._settled = False
         self._below = (self.streams, rate)
-        return self._set(min(self.ceiling, self.streams * 2))
+        return self._set(min(self.ceiling, self.streams * factor))
 
     def _settle(self) -> None:
         self._settled = True
