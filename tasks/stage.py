@@ -39,6 +39,11 @@ PART_SUFFIX = ".part"
 #: 0.26-0.38 s here, against 0.41-0.58 s in 1 MiB reads each into new bytes hashed on one core,
 #: and b3sum's 0.66-0.79 s (it memory-maps: page faults, on this VM), BENCHMARKS.md.
 HASH_CHUNK = 8 * 1024 * 1024
+#: The buffer a staged file hashes its bytes back through: the spans it reads back are a kernel
+#: copy's (1 MiB: ``backends.local.COPY_CHUNK``) or a ranged part's reads, so a larger one would
+#: only hold memory (four blobs at once, 8 MiB each, took an S3 restore's peak RSS from 176 to
+#: 196 MiB at 48 streams).
+HASH_BACK_CHUNK = 1024 * 1024
 #: Largest single write to a staged file: a 1 MiB chunk goes in as eight writes. The kernel sizes
 #: the page-cache pages it allocates to the write (large folios), and large ones cost many times
 #: more to fill here: 2 GiB written by four threads took 2.9-4.7 s of system time in 1 MiB
@@ -190,7 +195,7 @@ class _StagedFile:
 
     def _hash_back(self, start: int, end: int) -> None:
         if self._buffer is None:
-            self._buffer = bytearray(HASH_CHUNK)
+            self._buffer = bytearray(HASH_BACK_CHUNK)
         hash_range(self.fd, start, end, self._hasher, self._buffer)
 
     def hexdigest(self) -> str:
