@@ -18,8 +18,8 @@ starts with :data:`START` streams and climbs, as TCP's slow start does:
 * it stays too when this process's CPU is the limit (CPU seconds per wall second at
   :data:`CPU_BUSY` of the cores it may run on): more streams would only cost more CPU; and at the
   ceiling;
-* a window in which a stream found no part waiting (the restore's last parts, small blobs) says
-  nothing of the link: it is not judged;
+* a window in which a stream waited for a part (the pool looks every 0.1 s; a quarter of the looks
+  or more) says nothing of the link (the restore's last parts, small blobs): it is not judged;
 * once settled, it tries one step up again after :data:`REPROBE_WINDOWS` windows, and after
   twice as many each time the step did not pay, so that a link that got better is found.
 
@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 #: Streams a restore starts with: what the peers keep in flight on one file (rclone: 4).
 START = 4
 #: The ceiling unless told (``--max-streams``): every stream holds a connection and a read buffer,
-#: and at 48 a restore of 2 GiB peaked at 189 MiB of RSS (BENCHMARKS.md, "Choosing --streams").
+#: and at 48 a restore of 1 GiB through the far links peaked at 168-176 MiB of RSS (BENCHMARKS.md,
+#: rows 11 and 12; 189 MiB for 2 GiB at 48 fixed streams in "Choosing --streams").
 DEFAULT_CEILING = 48
 #: The share of the ideal gain a step must show to be kept: doubling the streams must add 25%.
 GAIN_SHARE = 0.25

@@ -3,7 +3,8 @@ limit shared by all of its streams (or by every restore of a drill).
 
 A far object store gives each connection a bounded rate (~80-100 MB/s on AWS S3) and makes every
 request wait 20-100 ms for its first byte, so a restore is only as fast as the number of requests
-it keeps in flight. :class:`StreamPool` keeps ``streams`` of them in flight until the last byte:
+it keeps in flight. :class:`StreamPool` keeps ``streams`` of them in flight until the last byte
+(by default as many as ``backends.stream_control`` finds pay, measured as the restore runs):
 each blob is cut into parts (ranged GETs, :data:`PART_SIZE`), and whichever stream is free takes
 the next part of the blob that has the fewest parts in flight. So blobs of like size come down
 side by side, each at its hash's frontier, and a lone large blob left at the end gets every

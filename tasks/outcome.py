@@ -236,7 +236,7 @@ def summary_markdown(outcome: RestoreOutcome) -> str:
         unverified = sum(not i.verified for i in outcome.items)
         lines += [
             f"- {len(outcome.items)} items, {units.size(outcome.total_bytes)} in "
-            f"{units.duration(outcome.seconds)}{_rate(outcome)}",
+            f"{units.duration(outcome.seconds)}{_rate(outcome)}{_streams(outcome)}",
             f"- verified: {len(outcome.items) - unverified} of {len(outcome.items)}",
         ]
         if outcome.check is not None:
