@@ -385,3 +385,15 @@ def test_a_fleet_drill_splits_its_cap_among_the_runs_its_deployment_lets_run_at_
     assert children_at_once(f"drill-tenant/{unlimited}", 7) == 7
     with pytest.raises(FleetError, match="not found"):
         children_at_once("drill-tenant/no-such-deployment", 3)
+
+
+@pytest.mark.parametrize("value", ["0", str(MAX_STREAMS + 1)])
+def test_the_cli_refuses_a_bad_ceiling_of_streams_as_a_usage_error(tmp_path, value):
+    proc = memrestore("restore", "--backend", str(tmp_path), "--tenant", "1", "--snapshot", "latest",
+                      "--data-dir", str(tmp_path / "data"), "--mode", "new_cluster", "--max-streams", value,
+                      timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    import re
+
+    assert "--max-streams" in " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split()), proc.stderr
+    assert "No such option" not in proc.stderr and not (tmp_path / "data").exists()
