@@ -70,7 +70,7 @@ from memrestore.tasks.fetch import fetch_manifest
 from memrestore.tasks.progress import ProgressArtifact
 from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
-from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
+from memrestore.tasks.transfer import DEFAULT_CEILING, DEFAULT_STREAMS, RateParam, StreamsParam
 
 T = TypeVar("T")
 
@@ -88,6 +88,7 @@ def _drill_in_this_run(
     unreadable: int,
     streams: int | None = DEFAULT_STREAMS,
     limit: RateLimit | None = None,
+    max_streams: int = DEFAULT_CEILING,
 ) -> TenantDrillResult:
     """Drill one tenant inside the current task or flow run: restore, check and delete each
     snapshot tried, on ``streams`` streams, under the drill's shared rate ``limit``; each attempt
@@ -95,7 +96,8 @@ def _drill_in_this_run(
     return drill_tenant(
         tenant_id,
         candidates,
-        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed),
+        attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed,
+                      max_streams),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -139,6 +141,7 @@ def drill_tenant_flow(
     keep_failed: bool = False,
     streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
+    max_streams: StreamsParam = DEFAULT_CEILING,
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
     snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
@@ -159,6 +162,8 @@ def drill_tenant_flow(
             Empty (the default): found as it runs, from a few up to as many as pay.
         limit_rate: A cap on this run's download rate, bytes a second (50M, 1G, 500k). A fleet
             drill gives each run its share of the drill's cap. Empty: no cap.
+        max_streams: The most streams the tenant's restore may find worth keeping in flight,
+            when streams is empty.
     """
     limit = RateLimit(parse_rate(limit_rate)) if limit_rate is not None else None
     now = time.time() if drilled_at is None else drilled_at
@@ -167,7 +172,7 @@ def drill_tenant_flow(
         store, read = open_backend(backend), retrying(fetch_manifest)  # here too: no task run per read
         candidates = ManifestsById(snapshots, lambda sid: read(store, tenant_id, sid))
         result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0,
-                                    streams, limit)
+                                    streams, limit, max_streams)
     finally:
         close_scratch_root(root, created)
     # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
@@ -253,6 +258,7 @@ def restore_drill(
     child_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_CHILD_TIMEOUT_SECONDS,
     streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
+    max_streams: StreamsParam = DEFAULT_CEILING,
 ) -> dict | State:
     """Prove that every tenant's backups restore: restore each latest snapshot into scratch,
     check it, measure it, delete it; walk back to older snapshots when the latest fails.
@@ -274,6 +280,8 @@ def restore_drill(
         limit_rate: A cap on the drill's total download rate, bytes a second (50M, 1G, 500k),
             shared by the tenants it restores at once; with via_deployment, split evenly among
             the runs the deployment lets run at once. Empty: no cap.
+        max_streams: The most streams each tenant's restore may find worth keeping in flight,
+            when streams is empty.
     """
     logger = get_run_logger()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
@@ -292,7 +300,8 @@ def restore_drill(
     if via_deployment:  # the children restore on the workers' disks: no scratch dir here
         root, created = None, False
         child = {"backend": backend, "drilled_at": drilled_at, "max_age_hours": max_age_hours,
-                 "scratch_dir": scratch_dir, "keep_failed": keep_failed, "streams": streams}
+                 "scratch_dir": scratch_dir, "keep_failed": keep_failed, "streams": streams,
+                 "max_streams": max_streams}
         if rate is not None:  # one bucket cannot span workers: each run at once gets its share
             child["limit_rate"] = str(max(1024, rate // children_at_once(via_deployment, len(chosen))))
         outcomes: Iterator[tuple[int, Any]] = _fleet_outcomes(
@@ -305,7 +314,7 @@ def restore_drill(
         def submit(tenant_id: int) -> PrefectFuture:
             return drill_tenant_task.submit(
                 backend, tenant_id, drill_candidates(listing, tenant_id), str(root), drilled_at,
-                max_age_hours, keep_failed, len(listing.unreadable), streams, limit,
+                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, max_streams,
             )
 
         outcomes = _bounded(submit, chosen, concurrency)

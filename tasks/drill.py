@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from memrestore.backends import Backend, SnapshotListing, list_snapshots, open_backend
 from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
 from memrestore.tasks.checks import CheckLevel, check_restored, hnsw_sizes
 from memrestore.tasks.drill_report import (
@@ -266,14 +267,15 @@ def drill_tenant(
 # -- a whole drill with no Prefect ----------------------------------------------------------------
 
 
-def restore_plain(backend: Backend, streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None) -> RestoreFn:
+def restore_plain(backend: Backend, streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None,
+                  max_streams: int = DEFAULT_CEILING) -> RestoreFn:
     """Restore with plain function calls (:func:`tasks.execute.execute`), each restore on
-    ``streams`` streams of its own (None: as many as its pool finds pay), all of them under ``limit`` (the drill's, shared by the
+    ``streams`` streams of its own (None: as many as its pool finds pay, up to ``max_streams``), all of them under ``limit`` (the drill's, shared by the
     tenants it restores at once) when one is given."""
 
     def restore(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
         plan = validate(manifest, drill_destination(manifest), backend.url)
-        with Transfer(streams, limit=limit) as transfer:
+        with Transfer(streams, limit=limit, max_streams=max_streams) as transfer:
             # No pre-commit check: the drill checks the restored copy in full (check_plain).
             return execute(backend, plan, data_dir, RestoreMode.NEW_CLUSTER, transfer=transfer,
                            check=CheckLevel.NONE)
@@ -291,6 +293,7 @@ def check_plain(backend: Backend) -> CheckFn:
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter = _log,
     streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
+    max_streams: int = DEFAULT_CEILING,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
     flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`.
@@ -302,7 +305,7 @@ def attempt_plain(
     a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
     (:func:`drill_tenant` deletes it otherwise).
     """
-    restore, check = restore_plain(backend, streams, limit), check_plain(backend)
+    restore, check = restore_plain(backend, streams, limit, max_streams), check_plain(backend)
 
     def attempt(manifest: SnapshotManifest) -> AttemptResult:
         def on_retry(step: str):

@@ -564,7 +564,7 @@ def test_drill_parameters_are_typed_for_the_ui_form():
     schema = parameter_schema(restore_drill).model_dump()
     props = schema["properties"]
     assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency",
-                           "via_deployment", "child_timeout_seconds", "streams", "limit_rate"]
+                           "via_deployment", "child_timeout_seconds", "streams", "limit_rate", "max_streams"]
     assert schema["required"] == ["backend"]
     assert props["concurrency"]["minimum"] == 1 and props["concurrency"]["default"] == 4
     assert all(props[p].get("description") for p in props)

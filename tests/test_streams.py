@@ -388,10 +388,13 @@ def test_a_fleet_drill_splits_its_cap_among_the_runs_its_deployment_lets_run_at_
 
 
 @pytest.mark.parametrize("value", ["0", str(MAX_STREAMS + 1)])
-def test_the_cli_refuses_a_bad_ceiling_of_streams_as_a_usage_error(tmp_path, value):
-    proc = memrestore("restore", "--backend", str(tmp_path), "--tenant", "1", "--snapshot", "latest",
-                      "--data-dir", str(tmp_path / "data"), "--mode", "new_cluster", "--max-streams", value,
-                      timeout=120)
+@pytest.mark.parametrize("command", ["restore", "drill"])
+def test_the_cli_refuses_a_bad_ceiling_of_streams_as_a_usage_error(tmp_path, command, value):
+    common = ["--backend", str(tmp_path)]
+    if command == "restore":
+        common += ["--tenant", "1", "--snapshot", "latest", "--data-dir", str(tmp_path / "data"),
+                   "--mode", "new_cluster"]
+    proc = memrestore(command, *common, "--max-streams", value, timeout=120)
     assert proc.returncode == 2, proc.stderr
     import re
 

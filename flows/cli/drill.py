@@ -13,6 +13,7 @@ from memrestore.flows.cli.common import (
     BackendOpt,
     JsonOpt,
     LimitRateOpt,
+    MaxStreamsOpt,
     StreamsOpt,
     VerboseOpt,
     errors_as_messages,
@@ -90,6 +91,7 @@ def drill(
         None, "--child-timeout", min=1, metavar="SECONDS",
         help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
     streams: Optional[int] = StreamsOpt,
+    max_streams: int = MaxStreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
@@ -121,6 +123,7 @@ def drill(
             optional["limit_rate"] = limit_rate
         state = restore_drill(
             streams=streams,
+            max_streams=max_streams,
             backend=backend,
             **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
             return_state=True,
