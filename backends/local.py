@@ -28,6 +28,9 @@ READ_CHUNK = 1024 * 1024
 #: progress is reported, and the sink starts writing to disk, between calls. 1, 2, 8 and 32 MiB
 #: measured alike; the read size keeps the steps (and the crash tests' chunk counts) the same.
 COPY_CHUNK = READ_CHUNK
+#: Read size for a sink that only reads the bytes (``verify``'s hashing), with no rate limit: a
+#: few large reads into one buffer, each hashed on every core, go at b3sum's pace (BENCHMARKS.md).
+WHOLE_READ = 8 * 1024 * 1024
 
 #: A file changed less than this long before a listing gets no version (see ``ManifestRef``):
 #: file times tick coarsely (a kernel tick of a few ms; a second on some file systems and NFS
@@ -182,7 +185,9 @@ class LocalBackend:
                  limit: RateLimit | None = None) -> int:
         """The object's bytes to ``sink``, each chunk first reserved from ``limit`` if one is given
         (as many bytes as are left of the object's size, at most a chunk: a small object or a
-        last short chunk reserves what it reads, not a whole chunk it would wait for)."""
+        last short chunk reserves what it reads, not a whole chunk it would wait for). The chunks
+        are views of one buffer, read into again for the next: ``sink.write`` uses (writes,
+        hashes) its chunk before it returns, and keeps no reference to it."""
         fd, size = self._open_regular(key)
         total = 0
         with open(fd, "rb", buffering=0, closefd=True) as f:
@@ -191,17 +196,18 @@ class LocalBackend:
                 if done:
                     return total
                 f.seek(total)
+            buffer = memoryview(bytearray(WHOLE_READ if limit is None and not isinstance(sink, FileSink) else READ_CHUNK))
             while True:
                 try:
-                    chunk = metered(limit, _wanted(size, total), lambda: f.read(READ_CHUNK), len)
+                    n = metered(limit, _wanted(size, total), lambda: f.readinto(buffer), int)
                 except OSError as exc:
                     raise self._as_backend_error(exc, key) from exc
-                if not chunk:
+                if not n:
                     return total
-                sink.write(chunk)  # a sink's own OSError (disk full) is not ours to map
-                total += len(chunk)
+                sink.write(buffer[:n])  # a sink's own OSError (disk full) is not ours to map
+                total += n
                 if on_bytes is not None:
-                    on_bytes(len(chunk))
+                    on_bytes(n)
 
     @staticmethod
     def _copy_in_kernel(fd: int, sink: FileSink, on_bytes: ProgressFn | None,

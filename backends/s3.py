@@ -302,11 +302,18 @@ class S3Backend:
             with StreamPool() as own:
                 return self.download_at(key, sink, on_bytes, own, content_checked=content_checked)
         size, etag = self._head(key)
-        write = _reporting(sink.write_at, on_bytes)
-        part_size = _streams.part_size(size, pool.streams)
+
+        def counted(n: int) -> None:  # the pool judges its streams by the bytes they bring
+            pool.count(n)
+            if on_bytes is not None:
+                on_bytes(n)
+
+        write = _reporting(sink.write_at, counted)
+        # Sized for the most streams the pool may run, so that its count can change as it goes.
+        part_size = _streams.part_size(size, pool.ceiling)
         spans = [(start, min(start + part_size, size)) for start in range(0, size, part_size)] or [(0, 0)]
 
-        buffer_size = _streams.read_size(pool.streams)
+        buffer_size = _streams.read_size(pool.ceiling)
 
         def part(start: int, end: int):
             return lambda stop: self._stream(key, start, end, size, etag, write, stop, content_checked,

@@ -3,7 +3,8 @@ limit shared by all of its streams (or by every restore of a drill).
 
 A far object store gives each connection a bounded rate (~80-100 MB/s on AWS S3) and makes every
 request wait 20-100 ms for its first byte, so a restore is only as fast as the number of requests
-it keeps in flight. :class:`StreamPool` keeps ``streams`` of them in flight until the last byte:
+it keeps in flight. :class:`StreamPool` keeps ``streams`` of them in flight until the last byte
+(by default as many as ``backends.stream_control`` finds pay, measured as the restore runs):
 each blob is cut into parts (ranged GETs, :data:`PART_SIZE`), and whichever stream is free takes
 the next part of the blob that has the fewest parts in flight. So blobs of like size come down
 side by side, each at its hash's frontier, and a lone large blob left at the end gets every
@@ -26,20 +27,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
 from memrestore.backends.errors import RateSpellingError
+from memrestore.backends.stream_control import DEFAULT_CEILING, Sample, StreamControl
 
 MiB = 1024 * 1024
 T = TypeVar("T")
 
-#: Streams a restore keeps in flight unless told otherwise, chosen with the far-store benchmark
-#: (BENCHMARKS.md, "Choosing --streams"): through a proxy that caps each connection at 6 MB/s and
-#: delays each request 20 ms, a 2 GiB restore went at 46, 88, 139 and 167 MB/s with 8, 16, 32 and
-#: 48 streams, and peak RSS was 136, 150, 172 and 189 MiB; on loopback SeaweedFS, 32 streams took
-#: 4.4-4.9 s in the flow against 3.9-4.3 s for 4 (CPU for more requests and parts hashed back, on
-#: a machine whose two cores the server shares). 32 fills a link whose connections are each slow,
-#: as a far store's are, more than the peers an operator would pick instead (the AWS CLI and
-#: boto3: 10 requests; rclone: 4 files x 4 streams; 8-10 seen in flight), and keeps peak RSS at
-#: 170-175 MiB, under 200. A store on the same host or LAN may do better with ``--streams 4``.
-DEFAULT_STREAMS = 32
+#: Streams a restore keeps in flight unless told otherwise: None, the closed loop of
+#: ``backends.stream_control`` (start with a few, add while the throughput grows, up to a ceiling).
+#: Before it, a fixed 32 chosen on one proxy profile (BENCHMARKS.md, "Choosing --streams"): through
+#: a proxy that caps each connection at 6 MB/s and delays each request 20 ms, a 2 GiB restore went
+#: at 46, 88, 139 and 167 MB/s with 8, 16, 32 and 48 streams, and peak RSS was 136, 150, 172 and
+#: 189 MiB; on loopback SeaweedFS, 32 streams took 4.4-4.9 s in the flow against 3.9-4.3 s for 4.
+DEFAULT_STREAMS: int | None = None
 #: The most a restore may ask for. Every stream holds a connection and a read buffer, the buffers
 #: sharing READ_BUFFERS between them beyond 32 streams (:func:`read_size`), so that peak memory
 #: stays flat.
@@ -182,26 +181,47 @@ class _Job:
 
 
 class StreamPool:
-    """``streams`` threads that run parts, shared by every blob of a restore.
+    """Threads that run parts, shared by every blob of a restore: ``streams`` of them, or, with
+    none given, as many as a :class:`~backends.stream_control.StreamControl` decides while the
+    restore runs (starting with a few, up to ``ceiling``).
 
     :meth:`run` hands in one blob's parts and returns once all of them are done (raising the first
     failure, once none of its parts is still running). Several threads may call it at once (a
     restore stages several blobs at a time): a free stream takes the next part of the job with the
     fewest parts running, the oldest first among equals. The threads start on first use and end at
-    :meth:`close` (or the end of a ``with`` block).
+    :meth:`close` (or the end of a ``with`` block). A backend reports each read's bytes with
+    :meth:`count`: the control judges the streams by them.
     """
 
-    def __init__(self, streams: int = DEFAULT_STREAMS, limit: RateLimit | None = None) -> None:
-        if not 1 <= streams <= MAX_STREAMS:
+    def __init__(self, streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None, *,
+                 ceiling: int = DEFAULT_CEILING, control: StreamControl | None = None) -> None:
+        if streams is not None and not 1 <= streams <= MAX_STREAMS:
             raise ValueError(f"streams must be 1 to {MAX_STREAMS}, not {streams!r}")
-        self.streams = streams
+        if not 1 <= ceiling <= MAX_STREAMS:
+            raise ValueError(f"the ceiling of streams must be 1 to {MAX_STREAMS}, not {ceiling!r}")
+        if streams is None and control is None:
+            control = StreamControl(ceiling=ceiling, read_size=read_size(ceiling))
+        #: The closed loop deciding the count; None when it was given (``--streams``).
+        self.control = control if streams is None else None
+        #: The most streams this pool may run: what its read buffers and parts are sized for.
+        self.ceiling = streams if streams is not None else self.control.ceiling
+        #: The streams wanted now (the control changes it as it goes).
+        self.streams = streams if streams is not None else self.control.streams
         self.limit = limit
+        #: The most streams that ran at once, and (seconds since the first part, count, why) at
+        #: each change of the count.
+        self.peak = 0
+        self.history: list[tuple[float, int, str]] = []
         self._cond = threading.Condition()
         self._jobs: list[_Job] = []
         self._workers: list[threading.Thread] = []
         self._idle = 0
         self._order = 0
         self._closed = False
+        self._bytes = 0
+        self._started: float | None = None
+        self._monitor: threading.Thread | None = None
+        self._quit = threading.Event()  # the control's thread ends
 
     def __enter__(self) -> "StreamPool":
         return self
@@ -209,14 +229,28 @@ class StreamPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def final(self) -> int:
+        """The streams in force at the end (or now): no more than ever ran at once."""
+        return min(self.streams, self.peak)
+
+    def count(self, nbytes: int) -> None:
+        """Bytes one read of a part brought in (the control's measure)."""
+        with self._cond:
+            self._bytes += nbytes
+
     def close(self) -> None:
         """Stop the threads once the parts they are running return."""
         with self._cond:
             self._closed = True
+            self._quit.set()
             self._cond.notify_all()
             workers = list(self._workers)
+            monitor = self._monitor
         for worker in workers:
             worker.join()
+        if monitor is not None:
+            monitor.join()
 
     def run(self, parts: Sequence[Part]) -> None:
         """Run ``parts`` on the pool's streams; return when every one has finished. On a failure
@@ -227,6 +261,13 @@ class StreamPool:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the stream pool is closed")
+            if self._started is None:
+                self._started = time.monotonic()
+                self.history.append((0.0, self.streams, "start" if self.control else "fixed"))
+                if self.control is not None:
+                    self._monitor = threading.Thread(target=self._steer, name="memrestore-stream-control",
+                                                     daemon=True)
+                    self._monitor.start()
             job = _Job(list(parts), self._order)
             self._order += 1
             self._jobs.append(job)
@@ -255,6 +296,7 @@ class StreamPool:
             self._workers.append(worker)
             self._idle += 1
             worker.start()
+        self.peak = max(self.peak, len(self._workers))
 
     def _take(self) -> tuple[_Job, Part] | None:
         """The next part to run (under the lock), or None when there is none."""
@@ -270,6 +312,10 @@ class StreamPool:
     def _work(self) -> None:
         with self._cond:
             while True:
+                if len(self._workers) > self.streams:  # the count went down: this stream ends
+                    self._workers.remove(threading.current_thread())
+                    self._idle -= 1
+                    return
                 taken = self._take()
                 if taken is None:
                     if self._closed:
@@ -296,3 +342,32 @@ class StreamPool:
                 else:
                     job.finished += 1
                 self._cond.notify_all()
+
+    #: How often the control's thread looks at the pool (a window is several of these).
+    TICK = 0.1
+
+    def _steer(self) -> None:
+        """The control's thread: every TICK, whether a stream is idle for want of a part; at the
+        end of each window, the window's bytes, wall and CPU seconds to the control, and the
+        count it answers set."""
+        control = self.control
+        at, cpu, counted = time.monotonic(), time.process_time(), self._bytes
+        ticks = idle_ticks = 0
+        while not self._quit.wait(self.TICK):
+            with self._cond:
+                ticks += 1
+                waiting = any(j.waiting for j in self._jobs)
+                idle_ticks += self._idle > 0 or (not waiting and len(self._workers) < self.streams)
+                now, received = time.monotonic(), self._bytes
+            sample = Sample(now - at, received - counted, time.process_time() - cpu, starved=idle_ticks * 4 > ticks)
+            if not control.window_done(sample):
+                continue
+            streams = control.decide(sample)
+            with self._cond:
+                if streams != self.streams:
+                    self.streams = streams
+                    self.history.append((round(now - self._started, 2), streams, control.reason))
+                    self._grow()
+                    self._cond.notify_all()
+            at, cpu, counted = time.monotonic(), time.process_time(), self._bytes
+            ticks = idle_ticks = 0

@@ -18,7 +18,7 @@ from typing import Callable
 from benchmarks.data import MiB, SERVED_MODEL, SnapshotSpec, content_paths, ensure_snapshot, even_snapshot
 from benchmarks.measure import Command, Series, interleave
 from benchmarks.servers import PREFECT_QUIET
-from benchmarks.sizes import FAR_ROWS, Sizes
+from benchmarks.sizes import FAR_ROWS, LINK_ROWS, Sizes
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / ".data"
@@ -127,6 +127,8 @@ class Bench:
             specs.append(s.big)
         if "4" in rows:
             specs += [s.rss_small, s.rss_large]
+        if rows & LINK_ROWS:
+            specs.append(s.links)
         for spec in specs:
             ensure_snapshot(self.local_root, spec, self.log)
         if "5" in rows:
@@ -138,7 +140,8 @@ class Bench:
                 self.log(f"built {built} drill snapshots in {self.drill_root}")
 
     def connect_s3(self, s3_env: dict[str, str]) -> None:
-        """Talk to the S3 server of ``s3_env``: a client, the bucket, the big snapshot in it."""
+        """Talk to the S3 server of ``s3_env``: a client, the bucket, the big snapshot in it (when
+        this run's rows built it)."""
         import boto3
         from botocore.config import Config
 
@@ -155,15 +158,17 @@ class Bench:
             if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
         self.s3_client = client
-        self.upload_big(client)
+        if (self.local_root / self.sizes.big.snapshot_id / "manifest.json").exists():  # built for these rows
+            self.upload_big(client)
 
-    def upload_big(self, client) -> None:
-        """Put the big snapshot in the bucket, content first and manifest last, unless the same
-        objects are already there (SeaweedFS keeps its data in the cache dir across runs)."""
+    def upload_big(self, client, spec: SnapshotSpec | None = None) -> None:
+        """Put the big snapshot (or ``spec``'s) in the bucket, content first and manifest last,
+        unless the same objects are already there (SeaweedFS keeps its data in the cache dir
+        across runs)."""
         from memrestore.backends.s3 import S3Backend
 
         backend = S3Backend(BUCKET, "", client=client)
-        spec = self.sizes.big
+        spec = spec or self.sizes.big
         manifest = (self.local_root / spec.snapshot_id / "manifest.json").read_bytes()
         try:
             same = client.get_object(Bucket=BUCKET, Key=f"{spec.snapshot_id}/manifest.json")["Body"].read() == manifest

@@ -37,11 +37,13 @@ class CommandFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a command: wall seconds, peak RSS of the process tree, and its stdout."""
+    """One run of a command: wall seconds, peak RSS of the process tree, its stdout, and the CPU
+    seconds (user + system) of the command and the children it waited for."""
 
     seconds: float
     max_rss_bytes: int
     stdout: str
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class Command:
     ok_exit_codes: tuple[int, ...] = (0,)
 
 
-#: Debian's ``time`` package; ``%M`` is the maximum resident set size in KiB.
+#: Debian's ``time`` package; ``%M`` is the maximum resident set size in KiB, ``%U`` and ``%S``
+#: the user and system CPU seconds.
 TIME = "/usr/bin/time"
 
 
@@ -70,7 +73,7 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd:
         raise CommandFailed(f"{TIME} is missing: install Debian's `time` package (make system-deps)")
     with tempfile.NamedTemporaryFile(prefix="bench-rss-", suffix=".txt") as rss_file:
         started = time.perf_counter()
-        proc = subprocess.run([TIME, "-f", "%M", "-o", rss_file.name, *argv],
+        proc = subprocess.run([TIME, "-f", "%M %U %S", "-o", rss_file.name, *argv],
                               env=dict(env) if env is not None else None, cwd=cwd,
                               stdin=subprocess.DEVNULL, capture_output=True)
         seconds = time.perf_counter() - started
@@ -80,7 +83,9 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd:
             f"{' '.join(map(str, argv))} exited {proc.returncode}:\n"
             f"{proc.stderr.decode(errors='replace')[-3000:]}{proc.stdout.decode(errors='replace')[-3000:]}"
         )
-    return Run(seconds=seconds, max_rss_bytes=int(report[-1]) * 1024, stdout=proc.stdout.decode(errors="replace"))
+    rss_kib, user, system = report[-1].split()
+    return Run(seconds=seconds, max_rss_bytes=int(rss_kib) * 1024, stdout=proc.stdout.decode(errors="replace"),
+               cpu_seconds=float(user) + float(system))
 
 
 def run_command(command: Command, settle: float = 0.0) -> Run:
@@ -111,6 +116,10 @@ class Series:
     @property
     def max_rss_bytes(self) -> int:
         return max(r.max_rss_bytes for r in self.runs)
+
+    @property
+    def median_cpu_seconds(self) -> float:
+        return statistics.median(r.cpu_seconds for r in self.runs)
 
 
 def interleave(a: Command, b: Command, pairs: int, log: Callable[[str], None] = print,

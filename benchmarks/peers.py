@@ -3,6 +3,7 @@ function restores of the drill's baseline. Each runs as its own process, so that
 its memory measured from outside exactly as ``memrestore`` is::
 
     python -m benchmarks.peers boto3-download BUCKET DEST KEY...
+    python -m benchmarks.peers boto3-crt-download BUCKET DEST KEY...
     python -m benchmarks.peers execute-many BACKEND DATA_ROOT SNAPSHOT_ID... --embedding-model M
 """
 
@@ -23,6 +24,34 @@ def boto3_download(bucket: str, dest: Path, keys: list[str]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for key in keys:
         client.download_file(bucket, key, str(dest / key.rsplit("/", 1)[-1]))
+
+
+def boto3_crt_download(bucket: str, dest: Path, keys: list[str]) -> None:
+    """As :func:`boto3_download`, through the AWS Common Runtime's S3 client (``boto3[crt]``):
+    its own connections, sized from a throughput target (its default), and its own parts.
+
+    boto3's own way in, ``TransferConfig(preferred_transfer_client="crt")``, builds the CRT client
+    with TLS always on (boto3/crt.py: ``'use_ssl': True``), so it cannot reach a plain-http
+    endpoint such as this benchmark's SeaweedFS and its proxy (the connection is closed: tried).
+    So the transfer manager is built here as boto3 builds it, from the same s3transfer.crt parts,
+    with TLS only for an https endpoint; then, as ``download_file`` does inside, one object after
+    the other."""
+    import boto3
+    import botocore.session
+    from boto3.s3.transfer import TransferConfig
+    from s3transfer.crt import (BotocoreCRTCredentialsWrapper, BotocoreCRTRequestSerializer, CRTTransferManager,
+                                create_s3_crt_client)
+
+    client = boto3.session.Session().client("s3")
+    endpoint, region = client.meta.endpoint_url, client.meta.region_name
+    provider = BotocoreCRTCredentialsWrapper(client._get_credentials()).to_crt_credentials_provider()
+    crt = create_s3_crt_client(region=region, crt_credentials_provider=provider, use_ssl=endpoint.startswith("https:"))
+    serializer = BotocoreCRTRequestSerializer(botocore.session.get_session(),
+                                              {"region_name": region, "endpoint_url": endpoint})
+    dest.mkdir(parents=True, exist_ok=True)
+    with CRTTransferManager(crt, serializer, config=TransferConfig(preferred_transfer_client="crt")) as manager:
+        for key in keys:
+            manager.download(bucket, key, str(dest / key.rsplit("/", 1)[-1])).result()
 
 
 def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
@@ -52,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("bucket")
     p.add_argument("dest", type=Path)
     p.add_argument("keys", nargs="+")
+    p = sub.add_parser("boto3-crt-download")
+    p.add_argument("bucket")
+    p.add_argument("dest", type=Path)
+    p.add_argument("keys", nargs="+")
     p = sub.add_parser("execute-many")
     p.add_argument("backend")
     p.add_argument("data_root", type=Path)
@@ -60,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.what == "boto3-download":
         boto3_download(args.bucket, args.dest, args.keys)
+    elif args.what == "boto3-crt-download":
+        boto3_crt_download(args.bucket, args.dest, args.keys)
     else:
         execute_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
 

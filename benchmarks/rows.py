@@ -10,9 +10,10 @@ from typing import Callable
 from benchmarks.bench import BUCKET, Bench, remove, warm
 from benchmarks.data import SERVED_MODEL, content_paths
 from benchmarks.farstore import far_rows
+from benchmarks.links import LINKS, link_row
 from benchmarks.measure import Command, CommandFailed
 from benchmarks.report import Row
-from benchmarks.sizes import ALL_ROWS, FAR_ROWS, size_text, spec_size
+from benchmarks.sizes import ALL_ROWS, FAR_ROWS, LINK_ROWS, size_text, spec_size
 
 
 def row0_fixed_cost(bench: Bench) -> Row:
@@ -160,6 +161,16 @@ def run_rows(bench: Bench, rows: set[str]) -> tuple[list[Row], bool]:
             except CommandFailed as exc:
                 bench.log(f"rows 7 and 8 failed: {exc}")
                 results += [Row.failed(n, str(exc)) for n in sorted(rows & FAR_ROWS)]
+                failed = True
+        if number in rows and number in LINK_ROWS:
+            link = next(link for link in LINKS if link.number == number)
+            bench.log(f"row {number} ({link.name} link)")
+            try:
+                bench.upload_big(bench.s3_client, bench.sizes.links)
+                results.append(link_row(bench, link, bench.sizes.links, remove))
+            except CommandFailed as exc:
+                bench.log(f"row {number} failed: {exc}")
+                results.append(Row.failed(number, str(exc)))
                 failed = True
         if number in rows and number in SINGLE_ROWS:
             bench.log(f"row {number}")

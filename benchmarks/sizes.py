@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from benchmarks.data import GiB, MiB, SnapshotSpec, even_snapshot
 from benchmarks.farstore import FarStore
 
-ALL_ROWS = ("0", "1", "2", "3", "4", "5", "6", "7", "8")
+ALL_ROWS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
 #: Rows that read the big snapshot from S3 (SeaweedFS), and those that read it from a far store.
-S3_ROWS = {"2", "3", "7", "8"}
+S3_ROWS = {"2", "3", "7", "8", "9", "10", "11", "12"}
 FAR_ROWS = {"7", "8"}
+#: The link profiles' rows (benchmarks/links.py): loopback, near, far, very far.
+LINK_ROWS = {"9", "10", "11", "12"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Sizes:
     settle: float
     #: Rows 7 and 8: how far the far store is, and row 8's cap.
     far: FarStore
+    #: Rows 9 to 12: the snapshot every link's row restores.
+    links: SnapshotSpec
 
 
 FULL = Sizes(
@@ -43,6 +47,9 @@ FULL = Sizes(
     # 6 MB/s a connection: the AWS CLI's 10 connections take ~36 s for 2 GiB, and 32 streams
     # (~190 MB/s) leave this machine's two cores room (BENCHMARKS.md: the proxy's CPU per run).
     far=FarStore(rate=6_000_000, delay=0.02, limit="64M", limit_bytes=64 * MiB),
+    # 1 GiB in four blobs of 256 MiB: the AWS CLI's 10 connections at 3 MB/s (the very far link)
+    # take ~36 s for it; on loopback, a few seconds, well above a command's fixed cost.
+    links=even_snapshot("snap-1g", 4, 1 * GiB),
 )
 QUICK = Sizes(
     tiny=even_snapshot("tiny-64k", 4, 64 * 1024),
@@ -54,6 +61,7 @@ QUICK = Sizes(
     pairs=1,
     settle=0.0,
     far=FarStore(rate=4_000_000, delay=0.02, limit="2M", limit_bytes=2 * MiB),
+    links=even_snapshot("quick-links", 4, 8 * MiB),
 )
 
 

@@ -1,6 +1,6 @@
 """What the operator's validation costs a restore beyond the validator's own work (issue 21): the
 copy made read-only, the validator's process started and waited for, every file hashed again
-afterwards (tasks/validation.py). A local restore (tasks/execute.execute, from a folder on the
+afterwards (tasks/validation.py). A local restore (tasks/restore.py with its plain steps, from a folder on the
 same disk: the case where the re-hash weighs most, since nothing else is slow) of one snapshot,
 without a validation and with ``--validate-command true`` (a validator that does nothing), A B A
 B, and a re-hash alone of the same bytes::

@@ -86,7 +86,7 @@ from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.drill_trend import publish_trend
 from memrestore.tasks.share import parse_share
-from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
+from memrestore.tasks.transfer import DEFAULT_CEILING, DEFAULT_STREAMS, RateParam, StreamsParam
 from memrestore.tasks.validation import Validation, check_hook
 
 T = TypeVar("T")
@@ -103,11 +103,12 @@ def _drill_in_this_run(
     max_age_hours: float | None,
     keep_failed: bool,
     unreadable: int,
-    streams: int = DEFAULT_STREAMS,
+    streams: int | None = DEFAULT_STREAMS,
     limit: RateLimit | None = None,
     validation: Validation | None = None,
     start: int = 0,
     picked_by: str = SnapshotPick.LATEST.value,
+    max_streams: int = DEFAULT_CEILING,
 ) -> TenantDrillResult:
     """Drill one tenant inside the current task or flow run: restore, check (and validate, when
     a ``validation`` is set) and delete each snapshot tried from ``candidates[start]`` on (chosen
@@ -117,7 +118,7 @@ def _drill_in_this_run(
         tenant_id,
         candidates,
         attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed,
-                      validation),
+                      validation, max_streams),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -161,11 +162,12 @@ def drill_tenant_flow(
     max_age_hours: Annotated[float, Field(ge=0)] | None = None,
     scratch_dir: str | None = None,
     keep_failed: bool = False,
-    streams: StreamsParam = DEFAULT_STREAMS,
+    streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     validation: Validation = Validation(),
     start_at: Annotated[int, Field(ge=0)] = 0,
     picked_by: str = SnapshotPick.LATEST.value,
+    max_streams: StreamsParam = DEFAULT_CEILING,
 ) -> dict | State:
     """Drill one tenant where this run executes (a worker, in a fleet drill): restore its latest
     snapshot into scratch, check it, delete it; walk back to older ones when it fails. The result
@@ -183,12 +185,15 @@ def drill_tenant_flow(
             temp dir.
         keep_failed: Keep a failed copy in the scratch dir for inspection.
         streams: How many GETs the tenant's restore keeps in flight across its blobs (S3).
+            Empty (the default): found as it runs, from a few up to as many as pay.
         limit_rate: A cap on this run's download rate, bytes a second (50M, 1G, 500k). A fleet
             drill gives each run its share of the drill's cap. Empty: no cap.
         validation: The operator's own validation of each restored copy (a command and/or a
             Python callable, on this run's machine); a copy that fails it fails the tenant.
         start_at: Which of the snapshots to try first (0: the latest); the drill's pick chose it.
         picked_by: How that snapshot was chosen, in the report's words.
+        max_streams: The most streams the tenant's restore may find worth keeping in flight,
+            when streams is empty.
     """
     limit = RateLimit(parse_rate(limit_rate)) if limit_rate is not None else None
     if validation.active:
@@ -200,7 +205,7 @@ def drill_tenant_flow(
         candidates = ManifestsById(snapshots, lambda sid: read(store, tenant_id, sid))
         result = _drill_in_this_run(backend, tenant_id, candidates, root, now, max_age_hours, keep_failed, 0,
                                     streams, limit, validation, min(start_at, max(len(snapshots) - 1, 0)),
-                                    picked_by)
+                                    picked_by, max_streams)
     finally:
         close_scratch_root(root, created)
     # Failed when the tenant failed, its result (JSON) the run's persisted result either way, which
@@ -288,13 +293,14 @@ def restore_drill(
     concurrency: Annotated[int, Field(ge=1, le=MAX_DRILL_CONCURRENCY)] = DEFAULT_DRILL_CONCURRENCY,
     via_deployment: str | None = None,
     child_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_CHILD_TIMEOUT_SECONDS,
-    streams: StreamsParam = DEFAULT_STREAMS,
+    streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     validation: Validation = Validation(),
     pick: SnapshotPick = SnapshotPick.LATEST,
     window_days: Annotated[float, Field(gt=0, le=MAX_WINDOW_DAYS)] = DEFAULT_WINDOW_DAYS,
     seed: Annotated[int, Field(ge=0)] | None = None,
     sample: ShareParam | None = None,
+    max_streams: StreamsParam = DEFAULT_CEILING,
 ) -> dict | State:
     """Prove that every tenant's backups restore: restore each latest snapshot into scratch,
     check it, measure it, delete it; walk back to older snapshots when the latest fails.
@@ -312,6 +318,7 @@ def restore_drill(
         child_timeout_seconds: With via_deployment: how long a tenant's run may take once a worker
             has it before it is given up as lost (and run once more).
         streams: How many GETs each tenant's restore keeps in flight across its blobs (S3).
+            Empty (the default): found as each runs, from a few up to as many as pay.
         limit_rate: A cap on the drill's total download rate, bytes a second (50M, 1G, 500k),
             shared by the tenants it restores at once; with via_deployment, split evenly among
             the runs the deployment lets run at once. Empty: no cap.
@@ -328,6 +335,8 @@ def restore_drill(
         sample: Also hash this share of every stored blob of the tenants (their older snapshots
             too) against the manifests, without restoring: a percent of the bytes (5%) or a byte
             count (10G), a different slice each night. Empty: no sampled verify.
+        max_streams: The most streams each tenant's restore may find worth keeping in flight,
+            when streams is empty.
     """
     logger = get_run_logger()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
@@ -355,7 +364,8 @@ def restore_drill(
     if via_deployment:  # the children restore on the workers' disks: no scratch dir here
         root, created = None, False
         child = {"backend": backend, "drilled_at": drilled_at, "max_age_hours": max_age_hours,
-                 "scratch_dir": scratch_dir, "keep_failed": keep_failed, "streams": streams}
+                 "scratch_dir": scratch_dir, "keep_failed": keep_failed, "streams": streams,
+                 "max_streams": max_streams}
         if validation.active:
             child["validation"] = validation.model_dump(mode="json")
         if rate is not None:  # one bucket cannot span workers: each run at once gets its share
@@ -371,7 +381,7 @@ def restore_drill(
             candidates = drill_candidates(listing, tenant_id)
             return drill_tenant_task.submit(
                 backend, tenant_id, candidates, str(root), drilled_at,
-                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, validation, *first(candidates),
+                max_age_hours, keep_failed, len(listing.unreadable), streams, limit, validation, *first(candidates), max_streams,
             )
 
         outcomes = _bounded(submit, chosen, concurrency)

@@ -30,6 +30,7 @@ FIELDS = {
     "--dry-run": "dry_run",
     "--resume": "resume",
     "--streams": "streams",
+    "--max-streams": "max_streams",
     "--limit-rate": "limit_rate",
     "--check": "check",
     "--validate-command": "validation's command",

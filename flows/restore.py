@@ -48,7 +48,7 @@ from memrestore.tasks.outcome import RestoreOutcome, build_outcome, not_done_out
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.restore import ITEM_CONCURRENCY, RestoreRequest, is_interrupt, restore
 from memrestore.tasks.stage import hash_item
-from memrestore.tasks.transfer import DEFAULT_STREAMS, RateParam, StreamsParam
+from memrestore.tasks.transfer import DEFAULT_CEILING, DEFAULT_STREAMS, RateParam, StreamsParam
 from memrestore.tasks.validate import hash_plan
 from memrestore.tasks.validation import Validation
 
@@ -128,11 +128,12 @@ async def restore_snapshot(
     require_checksums: bool = False,
     dry_run: bool = False,
     resume: bool = False,
-    streams: StreamsParam = DEFAULT_STREAMS,
+    streams: StreamsParam | None = DEFAULT_STREAMS,
     limit_rate: RateParam | None = None,
     check: CheckLevel = CheckLevel.QUICK,
     as_of: str | None = None,
     validation: Validation = Validation(),
+    max_streams: StreamsParam = DEFAULT_CEILING,
 ) -> dict | State:
     """Restore one tenant's snapshot from a backup backend into a data dir.
 
@@ -149,7 +150,9 @@ async def restore_snapshot(
         dry_run: Fetch, validate and preflight; print the plan; write nothing.
         resume: Continue an interrupted restore of the same snapshot.
         streams: How many GETs the restore keeps in flight across all of its blobs (S3; large
-            blobs come down as ranged parts). More fill a far link; a local folder ignores it.
+            blobs come down as ranged parts). Empty (the default): found as the restore runs,
+            starting with a few and adding more while the throughput grows, up to max_streams.
+            A local folder ignores it.
         limit_rate: A cap on the restore's total download rate, bytes a second: 50M, 1G, 500k
             (powers of 1024). Empty: no cap.
         check: How the staged copy is checked before the commit moves anything: quick (SQLite's
@@ -160,6 +163,8 @@ async def restore_snapshot(
         validation: The operator's own validation of the staged copy, after check and before
             the commit: a command and/or a Python callable; a copy that fails it is refused,
             the data dir left as it was. Empty: none.
+        max_streams: The most streams the restore may find worth keeping in flight, when
+            streams is empty.
     """
     quiet_task_chatter()
     log = RunLog(tenant_id, snapshot, mode, data_dir, dry_run)
@@ -170,7 +175,7 @@ async def restore_snapshot(
             as_of=parse_instant(as_of) if as_of else None,  # the form sends an emptied field as ""
             destination=destination.state(), require_checksums=require_checksums, dry_run=dry_run,
             resume=resume, streams=streams, limit_rate=parse_rate(limit_rate) if limit_rate is not None else None,
-            check=check, validation=validation)
+            check=check, validation=validation, max_streams=max_streams)
         with _steps_client():
             outcome = restore(request, TaskRuns(), log)
     except RestoreError as exc:

@@ -157,6 +157,8 @@ class RunLog(Narrator):
             return
         where = ", ".join(i.destination for i in outcome.items)
         rate = f", {units.rate(outcome.bytes_per_second)}" if outcome.bytes_per_second else ""
+        if outcome.streams_peak is not None:
+            rate += f", on {outcome.streams_peak} streams at most ({outcome.streams_final} at the end)"
         self.logger.info(f"restored snapshot {outcome.snapshot_id} of tenant {outcome.tenant_id} in "
                          f"{units.duration(outcome.seconds)}{rate}: {where}")
 

@@ -69,6 +69,12 @@ class RestoreOutcome(BaseModel):
     reason: str | None = None
     #: What the data dir holds after a restore that did not happen.
     data_dir_holds: str | None = None
+    #: The streams (concurrent GETs) the restore ran: the most at once, and those in force at its
+    #: end (``backends.streams.StreamPool``); None when it read without them (a local folder).
+    streams_peak: int | None = None
+    streams_final: int | None = None
+    #: The rate the bytes came down at, MB/s (10^6 bytes a second), as the benchmark writes it.
+    mb_per_second: float | None = None
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -89,9 +95,12 @@ def build_outcome(
     check_seconds: float | None = None,
     removed: list[tuple[str, int]] = (),
     validation: ValidationResult | None = None,
+    streams: tuple[int, int] | None = None,
 ) -> RestoreOutcome:
     """Combine the plan with what staging found (``staged`` is None for a dry run), what the
-    restore replaced (``removed``: names and bytes) and how the operator's validation went."""
+    restore replaced (``removed``: names and bytes), how the operator's validation went, and
+    ``streams``: the most streams the transfer ran at once and those at its end
+    (``Transfer.streams_used``)."""
     by_key = {s.item.content_key: s for s in staged or []}
     items = []
     for item in plan.items:
@@ -108,7 +117,7 @@ def build_outcome(
             )
         )
     sizes = [i.bytes for i in items]
-    return RestoreOutcome(
+    outcome = RestoreOutcome(
         status=status,
         tenant_id=plan.tenant_id,
         snapshot_id=plan.snapshot_id,
@@ -123,7 +132,12 @@ def build_outcome(
         check_seconds=round(check_seconds, 3) if check_seconds is not None else None,
         removed=[RemovedEntry(name=name, bytes=size) for name, size in removed],
         validation=validation,
+        streams_peak=streams[0] if streams else None,
+        streams_final=streams[1] if streams else None,
     )
+    rate = outcome.bytes_per_second
+    outcome.mb_per_second = round(rate / 1e6, 1) if rate is not None else None
+    return outcome
 
 
 def removed_lines(outcome: RestoreOutcome) -> list[str]:
@@ -178,6 +192,12 @@ def _rate(outcome: RestoreOutcome) -> str:
     return f", {units.rate(outcome.bytes_per_second)}" if outcome.bytes_per_second else ""
 
 
+def _streams(outcome: RestoreOutcome) -> str:
+    if outcome.streams_peak is None:
+        return ""
+    return f" on {outcome.streams_peak} streams at most, {outcome.streams_final} at the end"
+
+
 def table_rows(outcome: RestoreOutcome) -> list[dict]:
     return [
         {
@@ -222,7 +242,7 @@ def summary_markdown(outcome: RestoreOutcome) -> str:
         unverified = sum(not i.verified for i in outcome.items)
         lines += [
             f"- {len(outcome.items)} items, {units.size(outcome.total_bytes)} in "
-            f"{units.duration(outcome.seconds)}{_rate(outcome)}",
+            f"{units.duration(outcome.seconds)}{_rate(outcome)}{_streams(outcome)}",
             f"- verified: {len(outcome.items) - unverified} of {len(outcome.items)}",
         ]
         if outcome.check is not None:
@@ -254,7 +274,8 @@ def human_summary(outcome: RestoreOutcome) -> str:
         lines.append(f"  total {units.size(outcome.total_bytes)} to fetch (planned in "
                      f"{units.duration(outcome.seconds)}; nothing read or written)")
     else:
-        lines.append(f"  total {units.size(outcome.total_bytes)} in {units.duration(outcome.seconds)}{_rate(outcome)}")
+        lines.append(f"  total {units.size(outcome.total_bytes)} in {units.duration(outcome.seconds)}{_rate(outcome)}"
+                     + _streams(outcome))
     if outcome.check is not None:
         took = f" in {units.duration(outcome.check_seconds)}" if outcome.check_seconds is not None else ""
         lines.append(f"  staged copy checked before the commit: {outcome.check}{took}"

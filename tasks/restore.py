@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memrestore.backends import Backend, open_backend
 from memrestore.backends.manifest import SnapshotManifest
+from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
 from memrestore.tasks.checks import check_staged
 from memrestore.tasks.choose import LATEST, fetch_manifest
@@ -84,7 +85,9 @@ class RestoreRequest(BaseModel):
     require_checksums: bool = False
     dry_run: bool = False
     resume: bool = False
-    streams: int = DEFAULT_STREAMS
+    streams: int | None = Field(default=DEFAULT_STREAMS, description="GETs kept in flight; None: as many as "
+                                                                     "pay, found as the restore runs.")
+    max_streams: int = Field(default=DEFAULT_CEILING, description="With streams None: the most it may find.")
     limit_rate: int | None = Field(default=None, description="Bytes a second for this restore alone.")
     check: CheckLevel = CheckLevel.QUICK
     validation: Validation | None = Field(default=None, description="The operator's own validation of the staged "
@@ -189,7 +192,7 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
         validated = None
         try:
             if phase in (None, Phase.STAGING):
-                staged = _stage(backend, plan, request, phase is not None, steps, narrator, limit)
+                staged, streams_used = _stage(backend, plan, request, phase is not None, steps, narrator, limit)
                 check_seconds = steps.call(check_staged, plan, data_dir, request.check)
                 narrator.checked(request.check, check_seconds, len(plan.table_names))
                 if validation is not None:
@@ -197,7 +200,7 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
                     narrator.validated(validated)
             else:  # interrupted mid-commit: staged, verified (and validated) already
                 narrator.rechecking(phase)
-                staged, check_seconds = steps.map(recheck_item, plan.items, data_dir), None
+                staged, check_seconds, streams_used = steps.map(recheck_item, plan.items, data_dir), None, None
             steps.call(commit_staged, hold, plan.tenant_id, mode)
         except BaseException as exc:
             if is_interrupt(exc):
@@ -209,19 +212,21 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
         steps.call(clean_up, hold)
     outcome = build_outcome("restored", plan, mode, data_dir, staged, time.monotonic() - started,
                             request.check.value if check_seconds is not None else None, check_seconds, hold.removed,
-                            validated)
+                            validated, streams_used)
     narrator.restored(outcome)
     return outcome
 
 
 def _stage(backend: Backend, plan: RestorePlan, request: RestoreRequest, resume: bool, steps: Steps,
-           narrator: Narrator, limit: RateLimit | None) -> list[StagedItem]:
-    """Stage every item on the restore's streams, under its rate limit."""
+           narrator: Narrator, limit: RateLimit | None) -> tuple[list[StagedItem], tuple[int, int] | None]:
+    """Stage every item on the restore's streams, under its rate limit; what was staged, and the
+    streams used (the most at once, those at the end; None when none ran: a local folder)."""
     begun = time.monotonic()
-    with Transfer(request.streams, request.limit_rate, limit) as transfer, steps.watching_bytes(plan, transfer):
+    with Transfer(request.streams, request.limit_rate, limit, request.max_streams) as transfer, \
+            steps.watching_bytes(plan, transfer):
         staged = steps.map(stage_item, plan.items, backend, request.data_dir, resume, transfer)
     narrator.fetched(transfer.received, time.monotonic() - begun, len(staged), sum(s.verified for s in staged))
-    return staged
+    return staged, transfer.streams_used()
 
 
 def _undo(hold: DataDirHold, tenant_id: int, cause: BaseException) -> None:

@@ -1,5 +1,6 @@
-"""What the downloads of one restore share: its streams (``--streams``: the GETs kept in flight
-across all of its blobs, ``backends.streams.StreamPool``), its rate limit (``--limit-rate``: a
+"""What the downloads of one restore share: its streams (the GETs kept in flight across all of its
+blobs, ``backends.streams.StreamPool``: ``--streams`` of them, or by default as many as the closed
+loop of ``backends.stream_control`` finds pay, up to ``--max-streams``), its rate limit (``--limit-rate``: a
 token bucket over all of those streams, or over every restore of a drill), the count of the
 bytes received so far, which the ``restore-snapshot`` flow publishes as a progress artifact, and
 the progress listener those bytes are reported to (``tasks.progress``).
@@ -12,6 +13,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RATE_PATTERN, RateLimit, StreamPool, parse_rate
 from memrestore.tasks import progress
 
@@ -23,20 +25,22 @@ RateParam = Annotated[str, Field(pattern=RATE_PATTERN)]
 class Transfer:
     """One restore's streams, rate limit and byte count; close it (or use ``with``) when done.
 
+    ``streams`` fixes the count; None (the default) lets the pool find it, up to ``max_streams``.
+
     ``limit`` is a rate limit shared with other transfers (a drill's); ``limit_rate`` (``50M``,
     bytes a second) makes one of this transfer's own. Give at most one of them. Every byte counted
     is told to the listener watching where the transfer is made (:func:`progress.watching`; nobody
     outside such a block).
     """
 
-    def __init__(self, streams: int = DEFAULT_STREAMS, limit_rate: str | int | None = None,
-                 limit: RateLimit | None = None) -> None:
+    def __init__(self, streams: int | None = DEFAULT_STREAMS, limit_rate: str | int | None = None,
+                 limit: RateLimit | None = None, max_streams: int = DEFAULT_CEILING) -> None:
         if limit_rate is not None and limit is not None:
             raise ValueError("give a rate (limit_rate) or a shared limit, not both")
         if limit is None and limit_rate is not None:
             limit = RateLimit(parse_rate(limit_rate))
         self.listener = progress.current()
-        self.pool = StreamPool(streams, limit)
+        self.pool = StreamPool(streams, limit, ceiling=max_streams)
         self._received = 0
         self._lock = threading.Lock()
 
@@ -54,6 +58,11 @@ class Transfer:
         with self._lock:
             self._received += nbytes
         self.listener.advance(nbytes)
+
+    def streams_used(self) -> tuple[int, int] | None:
+        """The most streams that ran at once and those in force at the end; None if none ran
+        (a local folder reads without them)."""
+        return (self.pool.peak, self.pool.final) if self.pool.peak else None
 
     def close(self) -> None:
         self.pool.close()

@@ -46,12 +46,13 @@ SLOW_FIRST = ("test_fleet", "test_packaging", "test_process_hygiene", "test_serv
               "test_ui_browser", "test_ui_restore", "test_ui_drill", "test_ui_drill_trend", "test_ui_as_of", "test_crash",
               "test_wal_checkpoint",
               "test_replace_tenant", "test_listing", "test_concurrency", "test_precommit_check", "test_validation_hooks",
-              "test_hostile", "test_streams")
+              "test_hostile", "test_streams", "test_adaptive_streams")
 #: Modules whose tests are handed to the workers one by one. Every other module runs whole on one
 #: worker, so that its module-scoped fixtures are set up once, as without xdist (a Prefect server
 #: to freeze, a fleet of workers, a kill log summed up at the module's end). The tests here share
 #: none of those: at most a small sample snapshot, written again by each worker that needs it.
-ONE_BY_ONE = ("test_process_hygiene", "test_listing", "test_precommit_check", "test_streams", "test_wal_checkpoint",
+ONE_BY_ONE = ("test_process_hygiene", "test_listing", "test_precommit_check", "test_streams", "test_adaptive_streams",
+              "test_wal_checkpoint",
               "test_replace_tenant")
 
 

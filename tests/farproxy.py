@@ -1,6 +1,7 @@
 """A TCP proxy that makes a loopback S3 server look far away: each connection's download rate is
 capped and each request waits before it is forwarded, as a real object store over a WAN does
-(one connection gets a bounded rate, every request waits for its first byte).
+(one connection gets a bounded rate, every request waits for its first byte); optionally all
+connections together are capped too (``link_rate``: a link that a few connections fill).
 
 ``FarProxy`` listens on ``127.0.0.1`` (a free port) and forwards bytes as they are, both ways, to
 an upstream server (SeaweedFS in the tests and the benchmark), so SigV4 signatures, ranges and
@@ -66,7 +67,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1)
 class FarProxy(Started):
     """A rate-capping, request-delaying TCP proxy in front of ``upstream_url`` (``http://host:port``)."""
 
-    def __init__(self, upstream_url: str, *, rate: float, delay: float = 0.0, port: int = 0) -> None:
+    def __init__(self, upstream_url: str, *, rate: float, delay: float = 0.0, port: int = 0,
+                 link_rate: float | None = None) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or parts.hostname is None or parts.port is None:
             raise ValueError(f"upstream must be http://host:port, not {upstream_url!r}")
@@ -75,6 +77,9 @@ class FarProxy(Started):
         self.upstream = (parts.hostname, parts.port)
         self.rate = float(rate)
         self.delay = float(delay)
+        #: All connections together get at most this (a link that few connections fill); None: no cap.
+        self.link_rate = float(link_rate) if link_rate else None
+        self._link_paid_until = 0.0
         self._listener = socket.create_server((_HOST, port), backlog=128)
         self.port = self._listener.getsockname()[1]
         self.endpoint_url = f"http://{_HOST}:{self.port}"
@@ -121,6 +126,10 @@ class FarProxy(Started):
 
     def stop(self) -> None:
         self._closed.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
+        except OSError:
+            pass
         try:
             self._listener.close()
         except OSError:
@@ -225,7 +234,13 @@ class FarProxy(Started):
                         self._done(method)
                         method = b""
                     paid_until += n / self.rate
-                    if (wait := paid_until - time.monotonic()) > 0:
+                    now = time.monotonic()
+                    wait = paid_until - now
+                    if self.link_rate:  # the link's share, taken in turn by every connection
+                        with self._lock:
+                            self._link_paid_until = max(self._link_paid_until, now) + n / self.link_rate
+                            wait = max(wait, self._link_paid_until - now)
+                    if wait > 0:
                         time.sleep(wait)
                 if method:
                     self._done(method)
@@ -277,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="http://host:port of the S3 server")
     parser.add_argument("--rate", type=float, required=True, help="bytes a second, per connection")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds each request waits")
+    parser.add_argument("--link-rate", type=float, help="bytes a second, all connections together")
     parser.add_argument("--port-file", required=True, help="where the listening port is written")
     parser.add_argument("--stats", required=True, help="where SIGUSR1 writes the counters (JSON)")
     args = parser.parse_args(argv)
-    proxy = FarProxy(args.upstream, rate=args.rate, delay=args.delay).start()
+    proxy = FarProxy(args.upstream, rate=args.rate, delay=args.delay, link_rate=args.link_rate).start()
 
     def dump(*_: object) -> None:
         tmp = f"{args.stats}.tmp"

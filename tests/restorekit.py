@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from memrestore.backends import Backend, LocalBackend, list_snapshots
+from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, parse_rate
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.marker import OURS_PREFIX
@@ -338,14 +339,14 @@ class Child:
 
 
 def execute(backend: Backend, plan: RestorePlan, data_dir: Path, mode: RestoreMode, resume: bool = False, *,
-            streams: int = DEFAULT_STREAMS, limit_rate: int | str | None = None,
+            streams: int | None = DEFAULT_STREAMS, max_streams: int = DEFAULT_CEILING, limit_rate: int | str | None = None,
             check: CheckLevel = CheckLevel.NONE, validation: Validation | None = None) -> RestoreOutcome:
     """Restore ``plan``'s snapshot (one that ``validate`` made of a manifest in ``backend``) with
     the composer's plain steps, as a drill's tenant does: the request made of the plan's snapshot
     and destination, so the restore reads and validates the manifest again itself."""
     request = RestoreRequest(
         backend=backend.url, tenant_id=plan.tenant_id, snapshot=plan.snapshot_id, data_dir=Path(data_dir),
-        mode=mode, destination=plan.destination_state, resume=resume, streams=streams,
+        mode=mode, destination=plan.destination_state, resume=resume, streams=streams, max_streams=max_streams,
         limit_rate=parse_rate(limit_rate) if limit_rate is not None else None, check=check, validation=validation)
     return restore(request, backend=backend)
 

@@ -36,7 +36,8 @@ def test_quick_benchmark_runs_every_row_and_writes_its_table(tmp_path, prefect_a
     table = rows[:9]  # then the "every run" lines
     assert [r.split(" | ")[0] for r in table] == ["| 0", "| 1", "| 2", "| 3", "| 4", "| 5", "| 6", "| 7", "| 8"]
     for name in ("import prefect", "cp + sync", "boto3 download_file", "rclone copy --transfers 4", "b3sum",
-                 "memrestore verify", "aws s3 cp --recursive", "far-store proxy", "--limit-rate"):
+                 "memrestore verify", "aws s3 cp --recursive", "far-store proxy", "--limit-rate",
+                 "very far link", "boto3 + AWS CRT", "s5cmd cp", "streams peak/final per run"):
         assert name in report
     assert "## Machine" in report and "cores: " in report and "python -m benchmarks --quick" in report
     # Scratch outputs are gone; cached inputs stay for the next run.

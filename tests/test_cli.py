@@ -56,6 +56,8 @@ def test_restore_from_seaweedfs_through_the_cli(s3_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["snapshot_id"] == "s3-new" and all(i["verified"] for i in out["items"])
+    # No --streams: the pool found its count; --json says what it used, within the default ceiling.
+    assert 1 <= out["streams_final"] <= out["streams_peak"] <= 48 and out["mb_per_second"] > 0
     client = seaweedfs.client()
     for item in out["items"]:
         body = client.get_object(Bucket=bucket, Key=f"prod/{item['content_key']}")["Body"].read()

@@ -566,7 +566,7 @@ def test_drill_parameters_are_typed_for_the_ui_form():
     props = schema["properties"]
     assert list(props) == ["backend", "tenants", "max_age_hours", "scratch_dir", "keep_failed", "concurrency",
                            "via_deployment", "child_timeout_seconds", "streams", "limit_rate", "validation",
-                           "pick", "window_days", "seed", "sample"]
+                           "pick", "window_days", "seed", "sample", "max_streams"]
     assert schema["required"] == ["backend"]
     pick = schema["definitions"][props["pick"]["$ref"].rsplit("/", 1)[1]]
     assert pick["enum"] == ["latest", "random-within-window"] and props["pick"]["default"] == "latest"

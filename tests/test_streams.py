@@ -238,8 +238,10 @@ def test_streams_and_limit_rate_are_typed_parameters_of_every_restoring_flow(flo
 
     module, name = flow_path.split(":")
     props = parameter_schema(getattr(importlib.import_module(module), name)).model_dump()["properties"]
-    assert props["streams"]["minimum"] == 1 and props["streams"]["maximum"] == MAX_STREAMS
-    assert props["streams"]["default"] == streams_module.DEFAULT_STREAMS
+    # An int of 1 to MAX_STREAMS, or empty (the default): the pool finds the count as it goes.
+    streams = props["streams"]
+    assert {"maximum": MAX_STREAMS, "minimum": 1, "type": "integer"} in streams["anyOf"]
+    assert {"type": "null"} in streams["anyOf"] and streams["default"] is None is streams_module.DEFAULT_STREAMS
     rate = props["limit_rate"]
     patterns = [rate.get("pattern")] + [alt.get("pattern") for alt in rate.get("anyOf", [])]
     assert streams_module.RATE_PATTERN in patterns
@@ -384,3 +386,18 @@ def test_a_fleet_drill_splits_its_cap_among_the_runs_its_deployment_lets_run_at_
     assert children_at_once(f"drill-tenant/{unlimited}", 7) == 7
     with pytest.raises(FleetError, match="not found"):
         children_at_once("drill-tenant/no-such-deployment", 3)
+
+
+@pytest.mark.parametrize("value", ["0", str(MAX_STREAMS + 1)])
+@pytest.mark.parametrize("command", ["restore", "drill"])
+def test_the_cli_refuses_a_bad_ceiling_of_streams_as_a_usage_error(tmp_path, command, value):
+    common = ["--backend", str(tmp_path)]
+    if command == "restore":
+        common += ["--tenant", "1", "--snapshot", "latest", "--data-dir", str(tmp_path / "data"),
+                   "--mode", "new_cluster"]
+    proc = memrestore(command, *common, "--max-streams", value, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    import re
+
+    assert "--max-streams" in " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split()), proc.stderr
+    assert "No such option" not in proc.stderr and not (tmp_path / "data").exists()

@@ -14,6 +14,7 @@ from memrestore.backends.errors import RestoreError
 from memrestore.backends.errors import InstantSpellingError
 from memrestore.backends.listing import format_instant, parse_instant
 from memrestore.backends.errors import RateSpellingError
+from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, parse_rate
 
 # Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
@@ -86,9 +87,13 @@ JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs and tracebacks.")
 # restore and drill: a drill's tenants each restore on --streams, and share one --limit-rate.
 StreamsOpt = typer.Option(
-    DEFAULT_STREAMS, "--streams", min=1, max=MAX_STREAMS,
+    DEFAULT_STREAMS, "--streams", min=1, max=MAX_STREAMS, show_default=False,
     help="GETs a restore keeps in flight across all its blobs (S3; large blobs in ranged parts); "
-         "in a drill, each tenant's restore.")
+         "in a drill, each tenant's restore. Default: found as it runs, starting with a few and adding "
+         "more while the throughput grows (up to --max-streams).")
+MaxStreamsOpt = typer.Option(
+    DEFAULT_CEILING, "--max-streams", min=1, max=MAX_STREAMS,
+    help="Without --streams: the most streams the restore may find worth keeping in flight.")
 LimitRateOpt = typer.Option(
     None, "--limit-rate", callback=_limit_rate, metavar="RATE",
     help="Cap the total download rate, bytes a second: 50M, 1G, 500k (powers of 1024); a drill's cap is "

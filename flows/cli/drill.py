@@ -15,6 +15,7 @@ from memrestore.flows.cli.common import (
     BackendOpt,
     JsonOpt,
     LimitRateOpt,
+    MaxStreamsOpt,
     StreamsOpt,
     ValidateCallableOpt,
     ValidateCommandOpt,
@@ -170,7 +171,8 @@ def drill(
     child_timeout: Optional[float] = typer.Option(
         None, "--child-timeout", min=1, metavar="SECONDS",
         help="With --via-deployment: a tenant's run still going this long after a worker took it is lost."),
-    streams: int = StreamsOpt,
+    streams: Optional[int] = StreamsOpt,
+    max_streams: int = MaxStreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
     pick: str = PickOpt,
     window: Optional[str] = WindowOpt,
@@ -214,6 +216,7 @@ def drill(
             optional["validation"] = validation
         state = restore_drill(
             streams=streams,
+            max_streams=max_streams,
             backend=backend,
             **drill_parameters(tenant, max_age_hours, scratch_dir, keep_failed),
             return_state=True,

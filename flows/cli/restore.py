@@ -22,6 +22,7 @@ from memrestore.flows.cli.common import (
     BackendOpt,
     JsonOpt,
     LimitRateOpt,
+    MaxStreamsOpt,
     StreamsOpt,
     ValidateCallableOpt,
     ValidateCommandOpt,
@@ -266,7 +267,8 @@ def restore(
         False, "--require-checksums", help="Refuse a snapshot with any blob lacking a checksum."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; write nothing."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted restore of this snapshot."),
-    streams: int = StreamsOpt,
+    streams: Optional[int] = StreamsOpt,
+    max_streams: int = MaxStreamsOpt,
     limit_rate: Optional[str] = LimitRateOpt,
     check: CheckLevel = typer.Option(
         CheckLevel.QUICK, "--check", help="Check the staged copy before the commit: quick (SQLite quick_check "
@@ -318,6 +320,7 @@ def restore(
                 check=check,
                 as_of=instant,
                 validation=validation,
+                max_streams=max_streams,
             ))
         _print_outcome(result, as_json)
         if note:

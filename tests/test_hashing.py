@@ -1,0 +1,54 @@
+"""Hashing as b3sum does (tasks/stage.py: large reads into one buffer, blake3 on every core): the
+digests are blake3's own, whatever the size against the read size (empty, one byte short of a
+read, many reads and a tail), for ``verify`` from a local folder, for a staged file hashed back
+after the kernel copied it in, and for a resume's re-hash of a staged file."""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import pytest
+
+from memrestore.backends.local import WHOLE_READ, LocalBackend
+from memrestore.tasks.plan import ItemKind, PlanItem
+from memrestore.tasks.progress import Listener, watching
+from memrestore.tasks.stage import HASH_CHUNK, _hash_file, _StagedFile, hash_item
+
+SIZES = [0, 1, WHOLE_READ - 1, WHOLE_READ, 2 * WHOLE_READ + 12345]
+
+
+def _blob(size: int) -> bytes:
+    return os.urandom(min(size, 1 << 20)) * (size // (1 << 20)) + os.urandom(size % (1 << 20))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_verify_of_a_local_blob_is_blake3_of_its_bytes(tmp_path, size):
+    data = _blob(size)
+    store = LocalBackend(tmp_path / "backend")
+    store.put_object("s/blob.bin", data)
+    digest = blake3.blake3(data).hexdigest()
+    item = PlanItem(kind=ItemKind.SQLITE_CHECKPOINT, content_key="s/blob.bin", expected_checksum=digest,
+                    destination="tenant_1/data.sqlite")
+    counted = []
+    with watching(Listener(on_bytes=counted.append)):
+        staged = hash_item(item, store)
+    assert staged.checksum == digest and staged.verified and staged.bytes == size == sum(counted)
+
+
+@pytest.mark.parametrize("size", [0, HASH_CHUNK - 1, 2 * HASH_CHUNK + 7])
+def test_a_staged_file_is_hashed_back_and_rehashed_exactly(tmp_path, size):
+    data = _blob(size)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(data)
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        staged = _StagedFile(fd)
+        with open(src, "rb") as f:
+            offset = 0
+            while n := staged.copy_from(f.fileno(), offset, 3 * 1024 * 1024):  # read back from the file
+                offset += n
+        assert staged.hexdigest() == blake3.blake3(data).hexdigest()
+    finally:
+        os.close(fd)
+    assert _hash_file(dst) == (size, blake3.blake3(data).hexdigest())
