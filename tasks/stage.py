@@ -83,10 +83,25 @@ class StagedItem(BaseModel):
     reused: bool = False
 
 
+#: Whether this process is a fork's child. blake3's threads (a pool made at its first
+#: multi-threaded hash) do not survive a fork: a child that hashed on them would wait for ever
+#: (measured: a 64 MiB hash in a child forked after one in its parent never returns). A forked
+#: child (the crash tests' restores; a preforking server that embeds memrestore) hashes on one.
+_forked = False
+
+
+def _in_forked_child() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
+
+
 def new_hasher() -> blake3.blake3:
     """A blake3 hasher that hashes each large input on every core (its own threads), as b3sum does;
-    an input of a few KiB is hashed on one."""
-    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    an input of a few KiB is hashed on one. In a forked child, always on one (:data:`_forked`)."""
+    return blake3.blake3() if _forked else blake3.blake3(max_threads=blake3.blake3.AUTO)
 
 
 def hash_range(fd: int, start: int, end: int, hasher: blake3.blake3, buffer: bytearray) -> None:

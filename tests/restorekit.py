@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from memrestore.backends import Backend, LocalBackend, list_snapshots
+from memrestore.backends.local import READ_CHUNK
 from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, parse_rate
 from memrestore.backends.demo_snapshots import write_sample_snapshot
@@ -205,13 +206,16 @@ class GatedBackend:
         class _Held:
             def write(_, data: bytes) -> None:
                 nonlocal written
-                sink.write(data)
-                written += len(data)
-                while gates and written >= gates[0]:
-                    gates.pop(0)
-                    os.write(self._arrived_w, b"h")
-                    if os.read(self._gate_r, 1) != b"g":
-                        raise OSError(errno.ECONNRESET, "the test closed the gate")
+                view = memoryview(data)
+                for start in range(0, len(view), READ_CHUNK):  # as a store streams it, a chunk at a time
+                    piece = view[start:start + READ_CHUNK]
+                    sink.write(piece)
+                    written += len(piece)
+                    while gates and written >= gates[0]:
+                        gates.pop(0)
+                        os.write(self._arrived_w, b"h")
+                        if os.read(self._gate_r, 1) != b"g":
+                            raise OSError(errno.ECONNRESET, "the test closed the gate")
 
         return self.inner.download(key, _Held(), on_bytes, limit)
 

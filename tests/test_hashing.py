@@ -52,3 +52,34 @@ def test_a_staged_file_is_hashed_back_and_rehashed_exactly(tmp_path, size):
     finally:
         os.close(fd)
     assert _hash_file(dst) == (size, blake3.blake3(data).hexdigest())
+
+
+def test_a_forked_child_hashes_after_its_parent_used_every_core():
+    """blake3's threads do not survive a fork: a child forked after its parent hashed on them
+    would wait for ever on the first large hash (the crash tests' restores hung so). A forked
+    child hashes on one thread instead, and gets the same digest."""
+    import time
+
+    from memrestore.tasks.stage import new_hasher
+
+    data = os.urandom(64 * 1024 * 1024)
+    parent = new_hasher()
+    parent.update(data)  # the pool of threads is made here
+    expected = parent.hexdigest()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        child = new_hasher()
+        child.update(data)
+        os.write(write_end, child.hexdigest().encode())
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child's hash never returned")
+        time.sleep(0.05)
+    assert os.read(read_end, 100).decode() == expected
+    os.close(read_end)
