@@ -73,6 +73,9 @@ class RestoreOutcome(BaseModel):
     #: end (``backends.streams.StreamPool``); None when it read without them (a local folder).
     streams_peak: int | None = None
     streams_final: int | None = None
+    #: How the count went: each change, ``[seconds since the first read, streams, why]`` (why:
+    #: ``start``, ``fixed``, or the control's reason, e.g. ``no gain``): what the link gave.
+    streams_changes: list[tuple[float, int, str]] = []
     #: The rate the bytes came down at, MB/s (10^6 bytes a second), as the benchmark writes it.
     mb_per_second: float | None = None
 
@@ -95,7 +98,7 @@ def build_outcome(
     check_seconds: float | None = None,
     removed: list[tuple[str, int]] = (),
     validation: ValidationResult | None = None,
-    streams: tuple[int, int] | None = None,
+    streams: tuple[int, int, list[tuple[float, int, str]]] | None = None,
 ) -> RestoreOutcome:
     """Combine the plan with what staging found (``staged`` is None for a dry run), what the
     restore replaced (``removed``: names and bytes), how the operator's validation went, and
@@ -134,6 +137,7 @@ def build_outcome(
         validation=validation,
         streams_peak=streams[0] if streams else None,
         streams_final=streams[1] if streams else None,
+        streams_changes=streams[2] if streams else [],
     )
     rate = outcome.bytes_per_second
     outcome.mb_per_second = round(rate / 1e6, 1) if rate is not None else None

@@ -218,9 +218,10 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
 
 
 def _stage(backend: Backend, plan: RestorePlan, request: RestoreRequest, resume: bool, steps: Steps,
-           narrator: Narrator, limit: RateLimit | None) -> tuple[list[StagedItem], tuple[int, int] | None]:
+           narrator: Narrator, limit: RateLimit | None) -> tuple[list[StagedItem], tuple | None]:
     """Stage every item on the restore's streams, under its rate limit; what was staged, and the
-    streams used (the most at once, those at the end; None when none ran: a local folder)."""
+    streams used (the most at once, those at the end, each change: ``Transfer.streams_used``;
+    None when none ran: a local folder)."""
     begun = time.monotonic()
     with Transfer(request.streams, request.limit_rate, limit, request.max_streams) as transfer, \
             steps.watching_bytes(plan, transfer):

@@ -59,10 +59,11 @@ class Transfer:
             self._received += nbytes
         self.listener.advance(nbytes)
 
-    def streams_used(self) -> tuple[int, int] | None:
-        """The most streams that ran at once and those in force at the end; None if none ran
-        (a local folder reads without them)."""
-        return (self.pool.peak, self.pool.final) if self.pool.peak else None
+    def streams_used(self) -> tuple[int, int, list[tuple[float, int, str]]] | None:
+        """The most streams that ran at once, those in force at the end, and each change of the
+        count (seconds since the first read, the new count, why); None if none ran (a local
+        folder reads without them)."""
+        return (self.pool.peak, self.pool.final, list(self.pool.history)) if self.pool.peak else None
 
     def close(self) -> None:
         self.pool.close()
