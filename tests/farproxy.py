@@ -197,6 +197,13 @@ class FarProxy(Started):
         finally:
             self._close(client, server)
 
+    def _done_if_last(self, left: int | None, n: int, method: bytes) -> None:
+        """Count the response done when the ``n`` bytes about to go are the last of its body:
+        before they go, since the client may send its next request the moment it has them, and a
+        sample taken in between would count that request and this one both in flight."""
+        if left is not None and left == n:
+            self._done(method)
+
     def _downward(self, server: socket.socket, client: socket.socket, methods: queue.SimpleQueue) -> None:
         """Server to client, response by response: the head as it is, the body (its
         Content-Length, none for a HEAD) at most ``rate`` bytes a second, moved by the kernel."""
@@ -216,6 +223,7 @@ class FarProxy(Started):
                 while left is None or left > 0:
                     if pending:  # body bytes that came with the head
                         n = len(pending) if left is None else min(len(pending), left)
+                        self._done_if_last(left, n, method)
                         client.sendall(pending[:n])
                         pending = pending[n:]
                     else:
@@ -223,6 +231,7 @@ class FarProxy(Started):
                         n = os.splice(server.fileno(), write_end, want, flags=_SPLICE_FLAGS)
                         if n == 0:
                             break
+                        self._done_if_last(left, n, method)
                         moved = n
                         while moved:
                             moved -= os.splice(read_end, client.fileno(), moved, flags=_SPLICE_FLAGS)
@@ -230,9 +239,8 @@ class FarProxy(Started):
                         left -= n
                     with self._lock:
                         self.bytes_down += n
-                    if left == 0:  # all of it forwarded: the client may send its next request now
-                        self._done(method)
-                        method = b""
+                    if left == 0:
+                        method = b""  # counted done above, before its last bytes went
                     paid_until += n / self.rate
                     now = time.monotonic()
                     wait = paid_until - now
