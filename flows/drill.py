@@ -40,7 +40,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
-from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -50,6 +49,7 @@ from memrestore.backends import SnapshotListing, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.streams import RateLimit, parse_rate
 from memrestore.flows.ops.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
+from memrestore.flows.run_log import emit_tenant_event
 from memrestore.flows.sample_verify import ShareParam, sampled_verify_step
 from memrestore.tasks.drill import (
     DEFAULT_DRILL_CONCURRENCY,
@@ -256,15 +256,8 @@ def _bounded(submit: Callable[[T], PrefectFuture], items: list[T], limit: int) -
 
 
 def _emit_failed(result: TenantDrillResult, backend: str) -> None:
-    emit_event(
-        event=DRILL_FAILED_EVENT,
-        resource={
-            "prefect.resource.id": f"memrestore.tenant.{result.tenant_id}",
-            "prefect.resource.name": f"tenant {result.tenant_id}",
-            "memrestore.backend": backend,
-        },
-        payload=result.model_dump(mode="json"),
-    )
+    emit_tenant_event(DRILL_FAILED_EVENT, result.tenant_id, result.model_dump(mode="json"),
+                      {"prefect.resource.name": f"tenant {result.tenant_id}", "memrestore.backend": backend})
 
 
 def _drill_run_name() -> str:

@@ -143,11 +143,13 @@ class RunLog(Narrator):
         self.logger.info(f"staged copy validated ({result.hooks}): {result.short()}")
 
     def failed(self, plan: RestorePlan, exc: BaseException) -> None:
-        _emit("memrestore.restore.failed", plan.tenant_id, plan.snapshot_id, {"reason": str(exc)})
+        emit_tenant_event("memrestore.restore.failed", plan.tenant_id, {"reason": str(exc)},
+                          {"memrestore.snapshot": plan.snapshot_id})
 
     def restored(self, outcome: RestoreOutcome) -> None:
-        _emit("memrestore.restore.completed", outcome.tenant_id, outcome.snapshot_id,
-              {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": self.data_dir})
+        emit_tenant_event("memrestore.restore.completed", outcome.tenant_id,
+                          {"bytes": outcome.total_bytes, "seconds": outcome.seconds, "data_dir": self.data_dir},
+                          {"memrestore.snapshot": outcome.snapshot_id})
 
     def finished(self, outcome: RestoreOutcome) -> None:
         if outcome.status == "planned":
@@ -181,10 +183,9 @@ class RunLog(Narrator):
             self.logger.debug("could not rename the run to %s: %s", name, exc)
 
 
-def _emit(event: str, tenant_id: int, snapshot_id: str, payload: dict) -> None:
-
-    emit_event(
-        event=event,
-        resource={"prefect.resource.id": f"memrestore.tenant.{tenant_id}", "memrestore.snapshot": snapshot_id},
-        payload=payload,
-    )
+def emit_tenant_event(event: str, tenant_id: int, payload: dict, labels: dict[str, str]) -> None:
+    """A Prefect event about a tenant (``memrestore.tenant.<id>``, with ``labels`` beside it): a
+    restore's end, a drill's failed tenant, a blob that failed its sampled verify. Automations
+    match on the event's name (flows/ops/alerts.py)."""
+    emit_event(event=event, resource={"prefect.resource.id": f"memrestore.tenant.{tenant_id}", **labels},
+               payload=payload)

@@ -10,12 +10,12 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.events import emit_event
 from prefect.states import Failed, State
 from pydantic import Field
 
 from memrestore.backends import SnapshotListing
 from memrestore.backends.streams import RateLimit, parse_rate
+from memrestore.flows.run_log import emit_tenant_event
 from memrestore.tasks import units
 from memrestore.tasks.drill_report import artifact_key
 from memrestore.tasks.sample_verify import SAMPLE_FAILED_EVENT, SampleReport, sample_verify_task
@@ -49,15 +49,8 @@ def sampled_verify_step(backend: str, share: str, tenants: list[int] | None, nig
     for failed in report.failed:
         logger.error("tenant %s, snapshot(s) %s, key %s: %s", failed.tenant_id, ", ".join(failed.snapshot_ids),
                      failed.key, failed.reason)
-        emit_event(
-            event=SAMPLE_FAILED_EVENT,
-            resource={
-                "prefect.resource.id": f"memrestore.tenant.{failed.tenant_id}",
-                "prefect.resource.name": f"tenant {failed.tenant_id}",
-                "memrestore.backend": backend,
-            },
-            payload=failed.model_dump(mode="json"),
-        )
+        emit_tenant_event(SAMPLE_FAILED_EVENT, failed.tenant_id, failed.model_dump(mode="json"),
+                          {"prefect.resource.name": f"tenant {failed.tenant_id}", "memrestore.backend": backend})
     create_markdown_artifact(markdown=sample_markdown(report, backend), key=artifact_key("sample", backend),
                              description=f"sampled verify of {backend}: {report.blobs_read} blobs, "
                                          f"{units.size(report.bytes_read)} read, {len(report.failed)} failed")

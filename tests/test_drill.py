@@ -445,19 +445,20 @@ def _run_logs(flow_run_id, until: str) -> list:
     return asyncio.run(read())
 
 
-def _drill_failed_events(flow_run_id, expected: int) -> list:
-    """The drill.failed events the run emitted, once ``expected`` of them are readable."""
+def run_events(flow_run_id, name: str, expected: int, wait: float = EVENTS_WAIT_SECONDS) -> list:
+    """The events named ``name`` the run emitted, once ``expected`` of them are readable (or
+    ``wait`` seconds have passed)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
     event_filter = EventFilter(
-        event=EventNameFilter(name=[DRILL_FAILED_EVENT]),
+        event=EventNameFilter(name=[name]),
         related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
     )
 
     async def read():
         async with get_client() as client:
-            deadline = time.monotonic() + EVENTS_WAIT_SECONDS
+            deadline = time.monotonic() + wait
             while True:
                 # The server refuses a page above 50 (the client's default of 100 gets a 422).
                 events = (await client.read_events(filter=event_filter, limit=50)).events
@@ -549,7 +550,7 @@ def test_drill_flow_ends_failed_with_report_artifacts_events_and_a_task_run_per_
     progress = by_run_and_key[(drill_run, progress_key)]
     assert progress.type == "progress" and float(progress.data) == 100.0
 
-    events = _drill_failed_events(drill_run, expected=4)
+    events = run_events(drill_run, DRILL_FAILED_EVENT, expected=4)
     assert sorted(e.resource.id for e in events) == [
         "memrestore.tenant.2", "memrestore.tenant.3", "memrestore.tenant.5", "memrestore.tenant.9"]
     tenant_2 = next(e for e in events if e.resource.id == "memrestore.tenant.2")

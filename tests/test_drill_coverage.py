@@ -5,9 +5,7 @@ calls, the flows under a real Prefect API, and the commands as subprocesses."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 import pytest
 
@@ -19,7 +17,7 @@ from memrestore.tasks.sample_verify import night_slice, sample_verify, size_blob
 from memrestore.tasks.share import Share, parse_share
 from tests.procs import memrestore
 from tests.restorekit import drill_plain
-from tests.test_drill import _flip_byte
+from tests.test_drill import _flip_byte, run_events
 
 DAY_MICROS = 86_400 * 10**6
 NOW = 1_800_000_000.0
@@ -235,7 +233,7 @@ def test_the_nightly_drill_picks_at_random_and_a_failed_blob_of_its_sampled_veri
         sample_md = artifacts[artifact_key("sample", backend.url)].data
         assert sample_md.startswith("## Sampled verify: 1 blob(s) FAILED") and f"`{bad_key}`" in sample_md
         assert "seed 11: `--seed 11` draws the same ones again" in artifacts[artifact_key("summary", backend.url)].data
-        events = _events(run_id, SAMPLE_FAILED_EVENT, expected=1)
+        events = run_events(run_id, SAMPLE_FAILED_EVENT, expected=1)
         assert [(e.resource.id, e.payload["key"], e.payload["snapshot_ids"]) for e in events] == [
             ("memrestore.tenant.2", bad_key, [made[2][-1]])]
 
@@ -251,26 +249,6 @@ def test_the_nightly_drill_picks_at_random_and_a_failed_blob_of_its_sampled_veri
         receiver.shutdown()
         thread.join()
         receiver.server_close()
-
-
-def _events(flow_run_id, name: str, expected: int, wait: float = 60) -> list:
-    """The events named ``name`` the run emitted, once ``expected`` of them are readable."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
-
-    event_filter = EventFilter(event=EventNameFilter(name=[name]),
-                               related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]))
-
-    async def read():
-        async with get_client() as client:
-            deadline = time.monotonic() + wait
-            while True:
-                events = (await client.read_events(filter=event_filter, limit=50)).events
-                if len(events) >= expected or time.monotonic() > deadline:
-                    return events
-                await asyncio.sleep(0.5)
-
-    return asyncio.run(read())
 
 
 # -- the trend's rules ------------------------------------------------------------------------------
