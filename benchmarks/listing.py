@@ -54,6 +54,7 @@ from pathlib import Path
 import blake3
 
 from benchmarks.bench import running_s3_env
+from benchmarks.report import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / ".data" / "listing"
@@ -482,27 +483,6 @@ def render(targets: list[Target], command: str, rounds: int, concurrency: int, i
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between START and END in ``path`` and nothing else, or append the section
-    after the issue-5 notes marker (whatever follows that marker survives the issue-5 benchmark's
-    rewrites, and this one touches nothing outside its markers). The file is replaced whole by a
-    rename, so a reader never sees half of it."""
-    from benchmarks.report import NOTES_MARKER
-
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        if NOTES_MARKER not in text:
-            text = (text or "# Benchmarks\n") + "\n" + NOTES_MARKER + "\n"
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def machine() -> dict[str, str]:
     cpu = platform.processor() or "?"
     try:
@@ -555,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                             tuple(t.get("modes", MODES)))
             targets.append(target)
         output = (args.output or REPO / "BENCHMARKS.md").absolute()
-        write_section(output, render(targets, saved["command"], saved["rounds"], saved["concurrency"], saved["info"],
+        write_section(output, START, END, render(targets, saved["command"], saved["rounds"], saved["concurrency"], saved["info"],
                                      saved["when"]))
         return 0
 
@@ -632,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = {"command": command, "when": when, "rounds": rounds, "concurrency": LIST_CONCURRENCY, "info": info,
              "targets": [{**asdict(t), "fleet": asdict(t.fleet), "cache_path": str(t.cache_path)} for t in targets]}
     (workdir / "results.json").write_text(json.dumps(saved, indent=1))
-    write_section(output, render(targets, command, rounds, LIST_CONCURRENCY, info, when))
+    write_section(output, START, END, render(targets, command, rounds, LIST_CONCURRENCY, info, when))
     log(f"wrote {output}")
     return 0
 

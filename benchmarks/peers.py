@@ -4,7 +4,7 @@ its memory measured from outside exactly as ``memrestore`` is::
 
     python -m benchmarks.peers boto3-download BUCKET DEST KEY...
     python -m benchmarks.peers boto3-crt-download BUCKET DEST KEY...
-    python -m benchmarks.peers execute-many BACKEND DATA_ROOT SNAPSHOT_ID... --embedding-model M
+    python -m benchmarks.peers drill-many BACKEND SCRATCH_DIR
 """
 
 from __future__ import annotations
@@ -54,24 +54,17 @@ def boto3_crt_download(bucket: str, dest: Path, keys: list[str]) -> None:
             manager.download(bucket, key, str(dest / key.rsplit("/", 1)[-1])).result()
 
 
-def execute_many(backend_url: str, data_root: Path, snapshot_ids: list[str], embedding_model: str) -> None:
-    """One restore per snapshot (each into its own new data dir), one after the other, with the
-    plain functions of ``tasks/``: ``tasks.restore.restore`` with its plain steps, no Prefect flow,
-    task or API."""
+def drill_many(backend_url: str, scratch_dir: Path) -> None:
+    """The drill's work with the plain functions (``tasks.drill.drill_plain``): every tenant's
+    latest snapshot restored into scratch, checked and deleted, one tenant after another, no
+    Prefect flow, task or API. Exits 1 if a tenant failed, as ``memrestore drill`` does."""
     from memrestore.backends import open_backend
-    from memrestore.tasks.choose import fetch_manifest
-    from memrestore.tasks.modes import CheckLevel
-    from memrestore.tasks.plan import DestinationState, RestoreMode
-    from memrestore.tasks.restore import RestoreRequest, restore
+    from memrestore.tasks.drill import drill_plain
 
-    backend = open_backend(backend_url)
-    for snapshot_id in snapshot_ids:
-        manifest = fetch_manifest(backend, None, snapshot_id)
-        restore(RestoreRequest(backend=backend_url, tenant_id=manifest.tenant_id, snapshot=snapshot_id,
-                               data_dir=data_root / f"tenant-{manifest.tenant_id}", mode=RestoreMode.NEW_CLUSTER,
-                               destination=DestinationState(embedding_model=embedding_model),
-                               check=CheckLevel.NONE),
-                backend=backend, manifest=manifest)
+    report = drill_plain(open_backend(backend_url), scratch_dir=scratch_dir)
+    print(f"{report.ok} passed, {report.failed} failed")
+    if report.failed:
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,18 +78,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("bucket")
     p.add_argument("dest", type=Path)
     p.add_argument("keys", nargs="+")
-    p = sub.add_parser("execute-many")
+    p = sub.add_parser("drill-many")
     p.add_argument("backend")
-    p.add_argument("data_root", type=Path)
-    p.add_argument("snapshot_ids", nargs="+")
-    p.add_argument("--embedding-model", required=True)
+    p.add_argument("scratch_dir", type=Path)
     args = parser.parse_args(argv)
     if args.what == "boto3-download":
         boto3_download(args.bucket, args.dest, args.keys)
     elif args.what == "boto3-crt-download":
         boto3_crt_download(args.bucket, args.dest, args.keys)
     else:
-        execute_many(args.backend, args.data_root, args.snapshot_ids, args.embedding_model)
+        drill_many(args.backend, args.scratch_dir)
 
 
 if __name__ == "__main__":

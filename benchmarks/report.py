@@ -76,26 +76,30 @@ class Row:
                    met, detail, [small, large])
 
     @classmethod
-    def rate(cls, what: str, baseline: str, ours: Series, theirs: Series, tenants: int) -> "Row":
+    def rate(cls, what: str, baseline: str, ours: Series, theirs: Series, tenants: int, floor: float) -> "Row":
         ours_rate = tenants / ours.median_seconds * 60
         their_rate = tenants / theirs.median_seconds * 60
         return cls("5", what, baseline,
                    f"{ours.median_seconds:.1f} s = {ours_rate:.0f} tenants/min",
                    f"{theirs.median_seconds:.1f} s = {their_rate:.0f} tenants/min",
-                   f"{ours_rate / their_rate:.2f}x tenants/min", "report tenants/min and the ratio", None,
+                   f"{ours_rate / their_rate:.2f}x tenants/min", f"tenants/min ratio >= {floor:g}",
+                   ours_rate / their_rate >= floor,
                    f"memrestore peak RSS {ours.max_rss_bytes / MiB:.0f} MiB; "
                    f"{ours.median_seconds / tenants * 1000:.0f} ms vs {theirs.median_seconds / tenants * 1000:.0f} ms "
                    "a tenant", [ours, theirs])
 
 
     @classmethod
-    def fixed_cost(cls, what: str, baseline: str, ours: Series, theirs: Series) -> "Row":
-        """Not a target of the issue: the floor under rows 1, 2, 3 and 6, split into its parts."""
+    def fixed_cost(cls, what: str, baseline: str, ours: Series, theirs: Series, allowance: float) -> "Row":
+        """The floor under rows 1, 2, 3 and 6, split into its parts; met when a command costs at
+        most importing Prefect + ``allowance`` seconds (issue 20)."""
         flow = _in_flow(ours) or 0.0
         rest = ours.median_seconds - theirs.median_seconds - flow
+        over = ours.median_seconds - theirs.median_seconds
         return cls("0", what, baseline, f"{ours.median_seconds:.2f} s", f"{theirs.median_seconds:.2f} s",
-                   f"{ours.median_seconds / theirs.median_seconds:.2f}x time", "report (the floor of rows 1-3, 6)",
-                   None, f"importing Prefect {theirs.median_seconds:.2f} s; inside the flow {flow:.2f} s; the rest "
+                   f"{ours.median_seconds / theirs.median_seconds:.2f}x time (+{over:.2f} s)",
+                   f"<= the import + {allowance:g} s", over <= allowance,
+                   f"importing Prefect {theirs.median_seconds:.2f} s; inside the flow {flow:.2f} s; the rest "
                    f"({rest:.2f} s) is our imports, the CLI and the flow run's own cost (API calls, heartbeat)",
                    [ours, theirs])
 
@@ -223,6 +227,26 @@ def write_report(path: Path, rows: list[Row], machine: dict[str, str], command: 
     kept = kept_rows(block, {r.number for r in rows})
     text = (before + BEGIN + "\n" + render(rows, machine, command, pairs, notes, kept) + END
             + (after if after.startswith("\n") else "\n" + after))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_section(path: Path, start: str, end: str, section: str) -> None:
+    """Replace the text from ``start`` to ``end`` in ``path`` (a section of one of the benchmark's
+    own modules: the listing, the start-up, the S3 profile) and nothing else, or append the
+    section after the notes marker (whatever follows that marker survives the main benchmark's
+    rewrites, and a section's writer touches nothing outside its markers). The file is replaced
+    whole by a rename, so a reader never sees half of it."""
+    text = path.read_text() if path.exists() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        if NOTES_MARKER not in text:
+            text = (text or "# Benchmarks\n") + "\n" + NOTES_MARKER + "\n"
+        text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)

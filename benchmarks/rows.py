@@ -8,7 +8,7 @@ import sys
 from typing import Callable
 
 from benchmarks.bench import BUCKET, Bench, remove, warm
-from benchmarks.data import SERVED_MODEL, content_paths
+from benchmarks.data import content_paths
 from benchmarks.farstore import far_rows
 from benchmarks.links import LINKS, link_row
 from benchmarks.measure import Command, CommandFailed
@@ -24,7 +24,7 @@ def row0_fixed_cost(bench: Bench) -> Row:
     b = Command("python -c 'import prefect'", [sys.executable, "-c", "import prefect"], env=bench.child_env())
     sa, sb = bench.interleave(a, b)
     return Row.fixed_cost(f"fixed cost: `memrestore restore` of a {spec_size(spec)} snapshot (local folder)",
-                          "`python -c 'import prefect'`", sa, sb)
+                          "`python -c 'import prefect'`", sa, sb, allowance=0.5)
 
 
 def row1_local_vs_cp(bench: Bench) -> Row:
@@ -108,24 +108,26 @@ def _drill_summary(stdout: str) -> str:
 
 
 def row5_drill(bench: Bench) -> Row:
-    """``memrestore drill`` over many small tenants against the same restores with the plain
-    functions: what the drill's flow and its task runs cost a tenant."""
+    """``memrestore drill`` over many small tenants against the same drill (restore into scratch,
+    check, delete, each tenant) with the plain functions: what the drill's flow and its task runs
+    cost a tenant. Until 2026-12-07 the baseline was the restores alone, with no check and no
+    delete, which measured the drill's own work as Prefect's cost."""
     n = bench.sizes.drill_tenants
-    ids = [f"drill-{i:04d}" for i in range(n)]
     out_d, out_p = bench.scratch / "r5-drill", bench.scratch / "r5-plain"
     a = Command("memrestore drill",
                 bench.memrestore("drill", "--backend", str(bench.drill_root), "--scratch-dir", str(out_d), "--json"),
                 env=bench.child_env(), before=lambda: (remove(out_d)(), out_d.mkdir(parents=True)),
                 after=remove(out_d), ok_exit_codes=(0, 1))
-    b = bench.writing("plain execute x N",
-                      [sys.executable, "-m", "benchmarks.peers", "execute-many", str(bench.drill_root), str(out_p),
-                       *ids, "--embedding-model", SERVED_MODEL],
-                      out_p, env=bench.child_env())
+    b = Command("plain drill (drill_plain)",
+                [sys.executable, "-m", "benchmarks.peers", "drill-many", str(bench.drill_root), str(out_p)],
+                env=bench.child_env(), before=lambda: (remove(out_p)(), out_p.mkdir(parents=True)),
+                after=remove(out_p))
     sa, sb = bench.interleave(a, b)
     bench.notes.append("Row 5, the drills' own reports: " + "; ".join(_drill_summary(run.stdout) for run in sa.runs))
     what = f"`memrestore drill` (the restore-drill flow) over {n} tenants, {size_text(bench.sizes.drill_bytes)} each"
-    return Row.rate(f"{what} (local folder)", f"the same {n} restores one by one with the plain functions "
-                    "(`tasks.restore.restore`, plain steps), no Prefect", sa, sb, n)
+    return Row.rate(f"{what} (local folder)", f"the same drill of the {n} tenants (restore into scratch, "
+                    "check, delete) one by one with the plain functions (`tasks.drill.drill_plain`), no Prefect",
+                    sa, sb, n, floor=0.8)
 
 
 def row6_verify(bench: Bench) -> Row:

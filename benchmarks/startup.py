@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.measure import run_measured
+from benchmarks.report import write_section
 from benchmarks.servers import PREFECT_QUIET, PrefectServer
 
 BEGIN = "<!-- startup:begin -->"
@@ -139,13 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        text = BENCHMARKS_MD.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + table + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + table + "\n"
-        BENCHMARKS_MD.write_text(text)
+        write_section(BENCHMARKS_MD, BEGIN, END, table)
         print(f"written to {BENCHMARKS_MD}")
     return 0
 

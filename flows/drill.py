@@ -81,7 +81,7 @@ from memrestore.tasks.drill_report import (
 )
 from memrestore.tasks.errors import SnapshotNotFoundError
 from memrestore.tasks.choose import fetch_manifest
-from memrestore.tasks.progress import ProgressArtifact
+from memrestore.tasks.progress import ARTIFACT_UPDATE_SECONDS, ProgressArtifact
 from memrestore.tasks.retry import retrying
 from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.drill_trend import publish_trend
@@ -378,7 +378,8 @@ def restore_drill(
             )
 
         outcomes = _bounded(submit, chosen, concurrency)
-    progress = ProgressArtifact(artifact_key("progress", backend), f"0 of {len(chosen)} tenants drilled")
+    progress = ProgressArtifact(artifact_key("progress", backend), f"0 of {len(chosen)} tenants drilled",
+                                every=ARTIFACT_UPDATE_SECONDS)
     results: dict[int, TenantDrillResult] = {}
 
     try:

@@ -46,7 +46,9 @@ from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
 from memrestore.tasks.checks import CheckLevel, check_restored, hnsw_sizes
 from memrestore.tasks.drill_report import (
     AttemptResult,
+    DrillReport,
     TenantDrillResult,
+    build_report,
     describe_failure,
     no_snapshot_result,
 )
@@ -56,12 +58,14 @@ from memrestore.tasks.plan import DestinationState, RestoreMode, hnsw_destinatio
 from memrestore.tasks import units
 from memrestore.tasks.retry import RETRIES, RETRY_OPTIONS, retrying
 from memrestore.tasks.drill_scratch import (
+    close_scratch_root,
     discard_scratch_copy,
     new_scratch_copy,
+    open_scratch_root,
     said_deleted,
 )
 from memrestore.tasks.restore import RestoreRequest, restore
-from memrestore.tasks.validation import Validation, ValidationResult, validate_copy
+from memrestore.tasks.validation import Validation, ValidationResult, check_hook, validate_copy
 
 #: Tenants drilled at once. Each restore already stages its blobs four at a time (and S3
 #: restores keep ``--streams`` ranged GETs in flight), so four tenants keep a bucket and a small
@@ -431,3 +435,44 @@ def attempt_plain(
 def list_snapshots_task(backend_url: str) -> SnapshotListing:
     """Read every finished snapshot's manifest; transient backend errors are retried."""
     return list_snapshots(open_backend(backend_url))
+
+
+def drill_plain(
+    backend: Backend,
+    tenants: Iterable[int] | None = None,
+    *,
+    max_age_hours: float | None = None,
+    scratch_dir: str | Path | None = None,
+    keep_failed: bool = False,
+    now: float | None = None,
+    validation: Validation | None = None,
+    pick: SnapshotPick = SnapshotPick.LATEST,
+    window_days: float = DEFAULT_WINDOW_DAYS,
+    seed: int | None = None,
+) -> DrillReport:
+    """The drill as plain function calls, one tenant after another, with no Prefect at all: the
+    tests' reference and the benchmark's baseline (BENCHMARKS.md row 5). The ``restore-drill``
+    flow does the same with several tenants at once, each in a task run of its own, and artifacts
+    and events (and picks each tenant's first snapshot the same way). A ``validation`` hook that
+    cannot run is refused first."""
+    if validation is not None and validation.active:
+        check_hook(validation)
+    now = time.time() if now is None else now
+    seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
+    listing = list_snapshots(backend)
+    root, created = open_scratch_root(scratch_dir)
+    attempt = attempt_plain(backend, root, logging.getLogger("memrestore.drill"), keep_failed=keep_failed,
+                            validation=validation)
+    results = []
+    try:
+        for tenant_id in tenants_to_drill(listing, tenants):
+            candidates = drill_candidates(listing, tenant_id)
+            start, picked_by = pick_first(candidates, pick, now=now, window_days=window_days, seed=seed or 0)
+            results.append(drill_tenant(
+                tenant_id, candidates, attempt,
+                backend_url=backend.url, now=now, max_age_hours=max_age_hours,
+                keep_failed=keep_failed, unreadable=len(listing.unreadable), start=start, picked_by=picked_by,
+            ))
+    finally:
+        close_scratch_root(root, created)
+    return build_report(results, listing.unreadable, seed=seed)

@@ -87,12 +87,22 @@ UPDATE_WAIT_SECONDS = 2.0
 class ProgressArtifact:
     """A Prefect progress artifact of the current run, moved from 0 to 100 % by :meth:`update`:
     the drill's tenants drilled, a restore's bytes received. Created at 0 % when constructed,
-    inside a flow or task run (async or sync alike); updates that change nothing are not sent."""
+    inside a flow or task run (async or sync alike); updates that change nothing are not sent,
+    nor, with ``every``, those that come sooner than ``every`` seconds after the last one sent,
+    except the one at 100 %.
 
-    def __init__(self, key: str, description: str) -> None:
+    ``every`` is for callers that update as often as things happen: the drill, once a tenant.
+    Each update is an API call made where it is called, and the drill's loop that calls it also
+    hands the next tenant to a free thread: a drill of 200 tenants of 1 MiB took 9.4-12.1 s with
+    an update each, against 5.5-6.5 s with one a second (3 runs each, `memrestore drill` against
+    a standing server)."""
+
+    def __init__(self, key: str, description: str, every: float = 0.0) -> None:
 
         self.id = create_progress_artifact(0.0, key=key, description=description, _sync=True)
         self._shown: tuple[float, str] = (0.0, description)
+        self._every = every
+        self._sent_at = time.monotonic()
 
     def update(self, percent: float, description: str, client=None) -> None:
         """Show ``percent`` and ``description``; through ``client`` (a sync Prefect client kept open
@@ -101,11 +111,13 @@ class ProgressArtifact:
         shown = (round(min(100.0, max(0.0, percent)), 1), description)
         if shown == self._shown:
             return
+        if shown[0] < 100.0 and time.monotonic() - self._sent_at < self._every:
+            return
         if client is None:
             update_progress_artifact(self.id, shown[0], description=description, _sync=True)
         else:
             client.update_artifact(artifact_id=self.id, artifact=ArtifactUpdate(data=shown[0], description=description))
-        self._shown = shown
+        self._shown, self._sent_at = shown, time.monotonic()
 
 
 def describe_bytes(done: int, total: int | None, seconds: float) -> str:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import signal
@@ -20,32 +19,20 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from memrestore.backends import Backend, LocalBackend, list_snapshots
+from memrestore.backends import Backend, LocalBackend
 from memrestore.backends.local import READ_CHUNK
 from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, parse_rate
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.tasks.marker import OURS_PREFIX
-from memrestore.tasks.drill import (
-    DEFAULT_WINDOW_DAYS,
-    SnapshotPick,
-    attempt_plain,
-    drill_candidates,
-    drill_seed,
-    drill_tenant,
-    pick_first,
-    tenants_to_drill,
-)
-from memrestore.tasks.drill_report import DrillReport, build_report
-from memrestore.tasks.drill_scratch import close_scratch_root, open_scratch_root
 from memrestore.tasks.modes import CheckLevel
 from memrestore.tasks.outcome import RestoreOutcome
 from memrestore.tasks.plan import DestinationState, RestoreMode, RestorePlan
 from memrestore.tasks.restore import RestoreRequest, restore
 from memrestore.tasks.validate import validate
-from memrestore.tasks.validation import Validation, check_hook
+from memrestore.tasks.validation import Validation
 from tests.conftest import REPORT_KEY, tree
 
 TENANT = 1
@@ -353,46 +340,6 @@ def execute(backend: Backend, plan: RestorePlan, data_dir: Path, mode: RestoreMo
         mode=mode, destination=plan.destination_state, resume=resume, streams=streams, max_streams=max_streams,
         limit_rate=parse_rate(limit_rate) if limit_rate is not None else None, check=check, validation=validation)
     return restore(request, backend=backend)
-
-
-def drill_plain(
-    backend: Backend,
-    tenants: Iterable[int] | None = None,
-    *,
-    max_age_hours: float | None = None,
-    scratch_dir: str | Path | None = None,
-    keep_failed: bool = False,
-    now: float | None = None,
-    validation: Validation | None = None,
-    pick: SnapshotPick = SnapshotPick.LATEST,
-    window_days: float = DEFAULT_WINDOW_DAYS,
-    seed: int | None = None,
-) -> DrillReport:
-    """The drill as plain function calls, one tenant after another, with no Prefect at all. The
-    ``restore-drill`` flow does the same with several tenants at once, each in a task run of its
-    own, and artifacts and events (and picks each tenant's first snapshot the same way). A
-    ``validation`` hook that cannot run is refused first."""
-    if validation is not None and validation.active:
-        check_hook(validation)
-    now = time.time() if now is None else now
-    seed = drill_seed(seed) if pick is not SnapshotPick.LATEST else None
-    listing = list_snapshots(backend)
-    root, created = open_scratch_root(scratch_dir)
-    attempt = attempt_plain(backend, root, logging.getLogger("tests.drill"), keep_failed=keep_failed,
-                            validation=validation)
-    results = []
-    try:
-        for tenant_id in tenants_to_drill(listing, tenants):
-            candidates = drill_candidates(listing, tenant_id)
-            start, picked_by = pick_first(candidates, pick, now=now, window_days=window_days, seed=seed or 0)
-            results.append(drill_tenant(
-                tenant_id, candidates, attempt,
-                backend_url=backend.url, now=now, max_age_hours=max_age_hours,
-                keep_failed=keep_failed, unreadable=len(listing.unreadable), start=start, picked_by=picked_by,
-            ))
-    finally:
-        close_scratch_root(root, created)
-    return build_report(results, listing.unreadable, seed=seed)
 
 
 @contextmanager

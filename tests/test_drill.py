@@ -33,7 +33,7 @@ from memrestore.tasks.drill import (
 )
 from memrestore.tasks.errors import RestoredCopyCheckError
 from memrestore.tasks.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retrying
-from tests.restorekit import drill_plain
+from memrestore.tasks.drill import drill_plain
 from tests.conftest import tree
 from tests.faultproxy import Fault
 from tests.procs import memrestore

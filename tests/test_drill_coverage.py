@@ -16,7 +16,7 @@ from memrestore.tasks.errors import ShareSpellingError
 from memrestore.tasks.sample_verify import night_slice, sample_verify, size_blobs, stored_blobs
 from memrestore.tasks.share import Share, parse_share
 from tests.procs import memrestore
-from tests.restorekit import drill_plain
+from memrestore.tasks.drill import drill_plain
 from tests.test_drill import _flip_byte, run_events
 
 DAY_MICROS = 86_400 * 10**6

@@ -155,3 +155,42 @@ def test_the_cli_progress_bar_moves_with_a_restore(backend, snapshot, data_dir, 
     total = _snapshot_bytes(backend, snapshot)
     assert totals == [total] and sum(advanced) == total
     assert progress.current() is progress.NOBODY
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_progress_artifact_updated_on_every_event_sends_one_a_second_and_always_the_last(monkeypatch):
+    """The drill updates its progress artifact once a tenant; with ``every``, an update sooner than
+    that after the last one sent is dropped (each is an API call made in the drill's loop), except
+    the one at 100 %, so the artifact the UI shows ends full and names the last count."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+    sent: list[float] = []
+    real = progress.update_progress_artifact
+
+    def counted(artifact_id, percent, **kwargs):
+        sent.append(percent)
+        return real(artifact_id, percent, **kwargs)
+
+    monkeypatch.setattr(progress, "update_progress_artifact", counted)
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+
+    @flow
+    def drill_like() -> str:
+        artifact = progress.ProgressArtifact("progress-every", "0 of 50 tenants drilled", every=1.0)
+        for done in range(1, 51):
+            clock[0] += 0.1  # a tenant every 0.1 s: an update is due every 10
+            artifact.update(2.0 * done, f"{done} of 50 tenants drilled")
+        return str(artifact.id)
+
+    artifact_id = drill_like()
+    assert sent == [20.0, 40.0, 60.0, 80.0, 100.0]
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id])))
+
+    (shown,) = asyncio.run(read())
+    assert float(shown.data) == 100.0 and shown.description == "50 of 50 tenants drilled"

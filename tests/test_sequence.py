@@ -16,7 +16,8 @@ from memrestore.tasks.errors import DestinationIOError, RollbackFailedError
 from memrestore.tasks.marker import MARKER_NAME, read_marker
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.validate import validate
-from tests.restorekit import drill_plain, execute
+from memrestore.tasks.drill import drill_plain
+from tests.restorekit import execute
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

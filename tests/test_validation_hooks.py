@@ -38,7 +38,8 @@ from memrestore.tasks.validation import Validation
 from tests.conftest import tree
 from tests.layout import assert_restored_layout, data_dir_for
 from tests.procs import memrestore
-from tests.restorekit import drill_plain, execute
+from memrestore.tasks.drill import drill_plain
+from tests.restorekit import execute
 
 TENANT = 4
 ONE_MODEL = (("minilm", 384),)
