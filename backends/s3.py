@@ -35,7 +35,7 @@ from memrestore.backends.errors import (
 from memrestore.backends import streams as _streams
 from memrestore.backends.key_ranges import list_key_ranges
 from memrestore.backends.manifest import MAX_MANIFEST_BYTES, check_content_key, check_snapshot_id
-from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool, metered
+from memrestore.backends.streams import DRILL_STREAMS, RateLimit, StreamPool, metered
 
 MiB = 1024 * 1024
 
@@ -76,9 +76,10 @@ UPLOAD_TRANSFER = TransferConfig(
 #: transient, retried by the task with backoff.
 CLIENT_CONFIG = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 3},
-    # A connection for each stream of the largest pool, and a few for HEADs and manifests: beyond
-    # its pool size urllib3 opens a connection per request and drops it after.
-    max_pool_connections=MAX_STREAMS + 8,
+    # A connection for each stream of a drill's restores together (the most streams share), and a
+    # few for HEADs and manifests: beyond its pool size urllib3 opens a connection per request and
+    # drops it after.
+    max_pool_connections=DRILL_STREAMS + 8,
     connect_timeout=10,
     read_timeout=60,
 )
@@ -313,7 +314,7 @@ class S3Backend:
         part_size = _streams.part_size(size, pool.ceiling)
         spans = [(start, min(start + part_size, size)) for start in range(0, size, part_size)] or [(0, 0)]
 
-        buffer_size = _streams.read_size(pool.ceiling)
+        buffer_size = pool.buffer_size
 
         def part(start: int, end: int):
             return lambda stop: self._stream(key, start, end, size, etag, write, stop, content_checked,

@@ -10,6 +10,9 @@ the next part of the blob that has the fewest parts in flight. So blobs of like 
 side by side, each at its hash's frontier, and a lone large blob left at the end gets every
 stream, where a fixed share per blob left all but one stream idle (BENCHMARKS.md, far store).
 
+:class:`StreamBudget` bounds the streams of several pools together (a drill's restores at once),
+so that memory and connections stay those of one restore however many run.
+
 :class:`RateLimit` is a token bucket: a stream reserves the bytes of its next read before it reads
 them, so whatever the number of streams, the bytes read by time ``t`` never exceed
 ``burst + rate * t``.
@@ -154,6 +157,55 @@ def metered(limit: RateLimit | None, want: int, read: Callable[[], T], used: Cal
         limit.refund(want - n)
 
 
+#: The most streams a drill's restores at once keep in flight together (its :class:`StreamBudget`):
+#: four tenants, the default, each at the default ceiling. The read buffers of each of those
+#: streams are sized to this many (:meth:`StreamPool.read_size`: 256 KiB each, 48 MiB in all),
+#: and the S3 client keeps a connection for each (backends/s3.py).
+#:
+#: Measured (4 tenants of 256 MiB through the far-store proxy, one drill each way, 2 runs): with
+#: every tenant's pool its own, up to 48 streams and 682 KiB reads each, peak RSS was 209 MiB at
+#: 10 MB/s a connection and 238-241 MiB at 3 MB/s, over issue 20's 200. With the 4 tenants
+#: sharing 48 streams, 184 MiB, but the very far link's drill took 16.3-17.4 s against 9.4 s.
+#: Sharing 192, with reads sized to them: 175 MiB and 6.3-6.6 s at 10 MB/s a connection (6.3 s
+#: before), 187-188 MiB and 9.5-10.5 s at 3 MB/s (9.4 s before).
+DRILL_STREAMS = 4 * DEFAULT_CEILING
+
+
+class StreamBudget:
+    """The most streams several pools run together: a drill's restores at once share one
+    (:data:`DRILL_STREAMS`), as they share its ``--limit-rate``. Each stream a pool runs is
+    taken from the budget, and given back when it ends. A pool's first stream is never refused,
+    so that every restore moves: ``n`` pools at once run at most ``total + n - 1`` streams (a pool
+    that starts while the others hold them all still gets its one). A pool that finds the budget
+    spent runs the streams it has, and takes more when the others give theirs back.
+
+    Why: every stream holds a read buffer and a connection, and a drill runs up to 16 restores at
+    once, each free to climb to its ceiling."""
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError(f"a budget of streams must be at least 1, not {total!r}")
+        self.total = total
+        self._taken = 0
+        self._lock = threading.Lock()
+
+    @property
+    def taken(self) -> int:
+        return self._taken
+
+    def take(self, first: bool = False) -> bool:
+        """One stream, if the budget has one left; a pool's ``first`` always."""
+        with self._lock:
+            if self._taken >= self.total and not first:
+                return False
+            self._taken += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._taken -= 1
+
+
 #: One part: called with the job's stop event (set when another part of the same blob failed or the
 #: caller was interrupted), it reads its bytes and returns, or raises.
 Part = Callable[[threading.Event], None]
@@ -190,11 +242,13 @@ class StreamPool:
     restore stages several blobs at a time): a free stream takes the next part of the job with the
     fewest parts running, the oldest first among equals. The threads start on first use and end at
     :meth:`close` (or the end of a ``with`` block). A backend reports each read's bytes with
-    :meth:`count`: the control judges the streams by them.
+    :meth:`count`: the control judges the streams by them. With a ``budget`` shared with other
+    pools, every stream is also taken from it (:class:`StreamBudget`).
     """
 
     def __init__(self, streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None, *,
-                 ceiling: int = DEFAULT_CEILING, control: StreamControl | None = None) -> None:
+                 ceiling: int = DEFAULT_CEILING, control: StreamControl | None = None,
+                 budget: StreamBudget | None = None) -> None:
         if streams is not None and not 1 <= streams <= MAX_STREAMS:
             raise ValueError(f"streams must be 1 to {MAX_STREAMS}, not {streams!r}")
         if not 1 <= ceiling <= MAX_STREAMS:
@@ -208,6 +262,7 @@ class StreamPool:
         #: The streams wanted now (the control changes it as it goes).
         self.streams = streams if streams is not None else self.control.streams
         self.limit = limit
+        self.budget = budget
         #: The most streams that ran at once, and (seconds since the first part, count, why) at
         #: each change of the count.
         self.peak = 0
@@ -228,6 +283,12 @@ class StreamPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def buffer_size(self) -> int:
+        """The read buffer of each stream: :func:`read_size` of the most streams this pool may
+        run, or, sharing a budget, of the budget's (a drill's restores, all together)."""
+        return read_size(max(self.ceiling, self.budget.total) if self.budget is not None else self.ceiling)
 
     @property
     def final(self) -> int:
@@ -291,6 +352,8 @@ class StreamPool:
         to ``streams`` threads in all."""
         waiting = sum(len(j.parts) - j.next for j in self._jobs if j.waiting)
         while len(self._workers) < self.streams and self._idle < waiting:
+            if self.budget is not None and not self.budget.take(first=not self._workers):
+                break  # spent by the other pools: their streams, given back, are taken later
             worker = threading.Thread(target=self._work, name=f"memrestore-stream-{len(self._workers)}",
                                       daemon=True)
             self._workers.append(worker)
@@ -313,13 +376,12 @@ class StreamPool:
         with self._cond:
             while True:
                 if len(self._workers) > self.streams:  # the count went down: this stream ends
-                    self._workers.remove(threading.current_thread())
-                    self._idle -= 1
+                    self._end_worker()
                     return
                 taken = self._take()
                 if taken is None:
                     if self._closed:
-                        self._idle -= 1
+                        self._end_worker()
                         return
                     self._cond.wait()
                     continue
@@ -341,7 +403,17 @@ class StreamPool:
                     job.stop.set()
                 else:
                     job.finished += 1
+                if self.budget is not None:
+                    self._grow()  # streams another pool gave back since
                 self._cond.notify_all()
+
+    def _end_worker(self) -> None:
+        """This thread's stream ends (under the lock): it leaves the pool, and gives back what it
+        took from the budget."""
+        self._workers.remove(threading.current_thread())
+        self._idle -= 1
+        if self.budget is not None:
+            self.budget.give()
 
     #: How often the control's thread looks at the pool (a window is several of these).
     TICK = 0.1
@@ -356,6 +428,8 @@ class StreamPool:
         while not self._quit.wait(self.TICK):
             with self._cond:
                 ticks += 1
+                if self.budget is not None:
+                    self._grow()  # streams the other pools gave back since
                 waiting = any(j.waiting for j in self._jobs)
                 idle_ticks += self._idle > 0 or (not waiting and len(self._workers) < self.streams)
                 now, received = time.monotonic(), self._bytes

@@ -69,6 +69,8 @@ class Bench:
     s3_env: dict[str, str] = field(default_factory=dict)  # AWS_* of the S3 server
     s3_client: object = None  # a boto3 client of that server (uploads, warming)
     notes: list[str] = field(default_factory=list)
+    #: Row 0's median (a whole command's fixed cost), once row 0 has run: row 6 allows it.
+    fixed_cost_seconds: float | None = None
 
     @property
     def local_root(self) -> Path:
@@ -123,10 +125,12 @@ class Bench:
         specs = []
         if "0" in rows:
             specs.append(s.tiny)
-        if rows & {"1", "2", "3", "6"} | (rows & FAR_ROWS):
+        if rows & {"2", "3", "6"} | (rows & FAR_ROWS):
             specs.append(s.big)
         if "4" in rows:
-            specs += [s.rss_small, s.rss_large]
+            specs.append(s.rss_small)
+        if rows & {"1", "4"}:
+            specs.append(s.rss_large)
         if rows & LINK_ROWS:
             specs.append(s.links)
         for spec in specs:

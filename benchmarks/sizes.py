@@ -21,9 +21,9 @@ class Sizes:
     """What one run builds and measures."""
 
     tiny: SnapshotSpec  # row 0
-    big: SnapshotSpec  # rows 1, 2, 3, 6
+    big: SnapshotSpec  # rows 2, 3, 6, 7, 8
     rss_small: SnapshotSpec  # row 4
-    rss_large: SnapshotSpec  # row 4
+    rss_large: SnapshotSpec  # rows 4 and 1 (issue 20: its target holds at 4 GiB and up)
     drill_tenants: int  # row 5
     drill_bytes: int  # row 5, per tenant
     pairs: int

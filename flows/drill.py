@@ -47,7 +47,7 @@ from pydantic import Field
 
 from memrestore.backends import SnapshotListing, open_backend
 from memrestore.backends.manifest import SnapshotManifest
-from memrestore.backends.streams import RateLimit, parse_rate
+from memrestore.backends.streams import DRILL_STREAMS, RateLimit, StreamBudget, parse_rate
 from memrestore.flows.ops.fleet import DEFAULT_CHILD_TIMEOUT_SECONDS, children_at_once, fan_out
 from memrestore.flows.run_log import emit_tenant_event
 from memrestore.flows.sample_verify import ShareParam, sampled_verify_step
@@ -109,16 +109,17 @@ def _drill_in_this_run(
     start: int = 0,
     picked_by: str = SnapshotPick.LATEST.value,
     max_streams: int = DEFAULT_CEILING,
+    budget: StreamBudget | None = None,
 ) -> TenantDrillResult:
     """Drill one tenant inside the current task or flow run: restore, check (and validate, when
     a ``validation`` is set) and delete each snapshot tried from ``candidates[start]`` on (chosen
-    as ``picked_by`` says), on ``streams`` streams, under the drill's shared rate ``limit``; each
-    attempt a line of the run's log."""
+    as ``picked_by`` says), on ``streams`` streams, under the drill's shared rate ``limit`` and
+    within its ``budget`` of streams; each attempt a line of the run's log."""
     return drill_tenant(
         tenant_id,
         candidates,
         attempt_plain(open_backend(backend), Path(scratch_root), get_run_logger(), streams, limit, keep_failed,
-                      validation, max_streams),
+                      validation, max_streams, budget),
         backend_url=backend,
         now=now,
         max_age_hours=max_age_hours,
@@ -329,7 +330,8 @@ def restore_drill(
             too) against the manifests, without restoring: a percent of the bytes (5%) or a byte
             count (10G), a different slice each night. Empty: no sampled verify.
         max_streams: The most streams each tenant's restore may find worth keeping in flight,
-            when streams is empty.
+            when streams is empty. The tenants restored at once keep at most 192 in flight
+            together, their read buffers sized to that.
     """
     logger = get_run_logger()
     rate = parse_rate(limit_rate) if limit_rate is not None else None  # refused before any restore
@@ -369,12 +371,14 @@ def restore_drill(
     else:
         root, created = open_scratch_root(scratch_dir)
         limit = RateLimit(rate) if rate is not None else None  # one bucket, every tenant's streams
+        budget = StreamBudget(DRILL_STREAMS)  # every tenant's streams, as the cap is every tenant's
 
         def submit(tenant_id: int) -> PrefectFuture:
             candidates = drill_candidates(listing, tenant_id)
             return drill_tenant_task.submit(
                 backend, tenant_id, candidates, str(root), drilled_at,
                 max_age_hours, keep_failed, len(listing.unreadable), streams, limit, validation, *first(candidates), max_streams,
+                budget,
             )
 
         outcomes = _bounded(submit, chosen, concurrency)

@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from memrestore.backends import Backend, SnapshotListing, list_snapshots, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.stream_control import DEFAULT_CEILING
-from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
+from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit, StreamBudget
 from memrestore.tasks.checks import CheckLevel, check_restored, hnsw_sizes
 from memrestore.tasks.drill_report import (
     AttemptResult,
@@ -352,11 +352,11 @@ def drill_tenant(
 
 
 def restore_plain(backend: Backend, streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None,
-                  max_streams: int = DEFAULT_CEILING) -> RestoreFn:
+                  max_streams: int = DEFAULT_CEILING, budget: StreamBudget | None = None) -> RestoreFn:
     """Restore with plain function calls (:func:`tasks.restore.restore`), each restore on
     ``streams`` streams of its own (None: as many as its pool finds pay, up to ``max_streams``),
-    all of them under ``limit`` (the drill's, shared by the tenants it restores at once) when one
-    is given."""
+    all of them under ``limit`` and within ``budget`` (the drill's, shared by the tenants it
+    restores at once) when given."""
 
     def restore_into(manifest: SnapshotManifest, data_dir: Path) -> RestoreOutcome:
         request = RestoreRequest(
@@ -364,7 +364,7 @@ def restore_plain(backend: Backend, streams: int | None = DEFAULT_STREAMS, limit
             mode=RestoreMode.NEW_CLUSTER, destination=drill_destination(manifest), streams=streams,
             max_streams=max_streams,
             check=CheckLevel.NONE)  # no pre-commit check: the drill checks the restored copy in full (check_plain)
-        return restore(request, backend=backend, manifest=manifest, limit=limit)
+        return restore(request, backend=backend, manifest=manifest, limit=limit, budget=budget)
 
     return restore_into
 
@@ -390,7 +390,7 @@ def check_plain(backend: Backend, validation: Validation | None = None,
 def attempt_plain(
     backend: Backend, scratch_root: Path, logger: logging.Logger | logging.LoggerAdapter,
     streams: int | None = DEFAULT_STREAMS, limit: RateLimit | None = None, keep_failed: bool = False,
-    validation: Validation | None = None, max_streams: int = DEFAULT_CEILING,
+    validation: Validation | None = None, max_streams: int = DEFAULT_CEILING, budget: StreamBudget | None = None,
 ) -> AttemptFn:
     """Try snapshots with plain function calls in the caller's own run (a ``drill-tenant`` task or
     flow run, or none): :func:`attempt_snapshot` with :func:`restore_plain` and :func:`check_plain`
@@ -403,7 +403,7 @@ def attempt_plain(
     a failed attempt's line names its copy's files only when ``keep_failed`` keeps the copy
     (:func:`drill_tenant` deletes it otherwise).
     """
-    restore, check = restore_plain(backend, streams, limit, max_streams), check_plain(backend, validation, logger)
+    restore, check = restore_plain(backend, streams, limit, max_streams, budget), check_plain(backend, validation, logger)
 
     def attempt(manifest: SnapshotManifest) -> AttemptResult:
         def on_retry(step: str):

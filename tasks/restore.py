@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memrestore.backends import Backend, open_backend
 from memrestore.backends.manifest import SnapshotManifest
 from memrestore.backends.stream_control import DEFAULT_CEILING
-from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit
+from memrestore.backends.streams import DEFAULT_STREAMS, RateLimit, StreamBudget
 from memrestore.tasks.checks import check_staged
 from memrestore.tasks.choose import LATEST, fetch_manifest
 from memrestore.tasks.commit import clean_up, commit_staged, roll_back
@@ -164,11 +164,11 @@ def is_interrupt(exc: BaseException) -> bool:
 
 def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = QUIET, *,
             backend: Backend | None = None, manifest: SnapshotManifest | None = None,
-            limit: RateLimit | None = None) -> RestoreOutcome:
+            limit: RateLimit | None = None, budget: StreamBudget | None = None) -> RestoreOutcome:
     """Restore ``request``'s snapshot into its data dir, each step run by ``steps`` and told to
     ``narrator``. What a caller that restores many (a drill) has already: ``backend``, the store
     opened; ``manifest``, the snapshot's, read; ``limit``, a rate limit shared with its other
-    restores (instead of the request's own). Raises a RestoreError (a refusal, or a failure after
+    restores (instead of the request's own); ``budget``, the streams they may run together. Raises a RestoreError (a refusal, or a failure after
     which the data dir is as it was) or, told to stop, the interrupt."""
     started = time.monotonic()
     backend = backend if backend is not None else open_backend(request.backend)
@@ -192,7 +192,8 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
         validated = None
         try:
             if phase in (None, Phase.STAGING):
-                staged, streams_used = _stage(backend, plan, request, phase is not None, steps, narrator, limit)
+                staged, streams_used = _stage(backend, plan, request, phase is not None, steps, narrator, limit,
+                                              budget)
                 check_seconds = steps.call(check_staged, plan, data_dir, request.check)
                 narrator.checked(request.check, check_seconds, len(plan.table_names))
                 if validation is not None:
@@ -218,12 +219,13 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
 
 
 def _stage(backend: Backend, plan: RestorePlan, request: RestoreRequest, resume: bool, steps: Steps,
-           narrator: Narrator, limit: RateLimit | None) -> tuple[list[StagedItem], tuple | None]:
+           narrator: Narrator, limit: RateLimit | None,
+           budget: StreamBudget | None) -> tuple[list[StagedItem], tuple | None]:
     """Stage every item on the restore's streams, under its rate limit; what was staged, and the
     streams used (the most at once, those at the end, each change: ``Transfer.streams_used``;
     None when none ran: a local folder)."""
     begun = time.monotonic()
-    with Transfer(request.streams, request.limit_rate, limit, request.max_streams) as transfer, \
+    with Transfer(request.streams, request.limit_rate, limit, request.max_streams, budget) as transfer, \
             steps.watching_bytes(plan, transfer):
         staged = steps.map(stage_item, plan.items, backend, request.data_dir, resume, transfer)
     narrator.fetched(transfer.received, time.monotonic() - begun, len(staged), sum(s.verified for s in staged))

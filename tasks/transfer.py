@@ -14,7 +14,8 @@ from typing import Annotated
 from pydantic import Field
 
 from memrestore.backends.stream_control import DEFAULT_CEILING
-from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, RATE_PATTERN, RateLimit, StreamPool, parse_rate
+from memrestore.backends.streams import (DEFAULT_STREAMS, MAX_STREAMS, RATE_PATTERN, RateLimit, StreamBudget,
+                                         StreamPool, parse_rate)
 from memrestore.tasks import progress
 
 #: The flows' parameter types, so that the Prefect UI's form shows (and checks) them.
@@ -28,19 +29,22 @@ class Transfer:
     ``streams`` fixes the count; None (the default) lets the pool find it, up to ``max_streams``.
 
     ``limit`` is a rate limit shared with other transfers (a drill's); ``limit_rate`` (``50M``,
-    bytes a second) makes one of this transfer's own. Give at most one of them. Every byte counted
+    bytes a second) makes one of this transfer's own. Give at most one of them. ``budget`` bounds
+    this transfer's streams together with those of the other transfers given it (a drill's
+    restores at once: :class:`~backends.streams.StreamBudget`). Every byte counted
     is told to the listener watching where the transfer is made (:func:`progress.watching`; nobody
     outside such a block).
     """
 
     def __init__(self, streams: int | None = DEFAULT_STREAMS, limit_rate: str | int | None = None,
-                 limit: RateLimit | None = None, max_streams: int = DEFAULT_CEILING) -> None:
+                 limit: RateLimit | None = None, max_streams: int = DEFAULT_CEILING,
+                 budget: StreamBudget | None = None) -> None:
         if limit_rate is not None and limit is not None:
             raise ValueError("give a rate (limit_rate) or a shared limit, not both")
         if limit is None and limit_rate is not None:
             limit = RateLimit(parse_rate(limit_rate))
         self.listener = progress.current()
-        self.pool = StreamPool(streams, limit, ceiling=max_streams)
+        self.pool = StreamPool(streams, limit, ceiling=max_streams, budget=budget)
         self._received = 0
         self._lock = threading.Lock()
 

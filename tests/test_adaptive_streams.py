@@ -98,3 +98,32 @@ def test_a_fixed_count_does_not_move(seaweedfs, small_reads, monkeypatch, tmp_pa
         outcome, history = _restore(bucket, proxy, monkeypatch, tmp_path / "data", streams=3)
     assert history == [(0.0, 3, "fixed")]
     assert outcome.streams_peak == 3 and outcome.streams_final == 3
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_drills_tenants_share_its_budget_of_streams(seaweedfs, small_reads, monkeypatch, tmp_path):
+    """Three tenants drilled at once, each connection capped so that each restore would climb to
+    its ceiling of 6 on its own: together they keep at most the drill's budget of streams in flight
+    (counted at the proxy; made 6 here, 192 in use), and one more for each tenant that starts while
+    the others hold them all (its first stream is never refused), where three pools of their own
+    reach 18. (Issue 20: four large tenants each free to climb peaked at 209-241 MiB of RSS.)"""
+    from memrestore.flows import drill as drill_flow
+    from memrestore.flows.drill import drill_report, restore_drill
+
+    monkeypatch.setattr(drill_flow, "DRILL_STREAMS", 6)
+
+    point_boto3(monkeypatch, seaweedfs.env())
+    bucket = seaweedfs.create_bucket(f"adaptive-drill-{uuid.uuid4().hex[:10]}")
+    for tenant in (1, 2, 3):
+        write_sample_snapshot(open_backend(f"s3://{bucket}"), tenant_id=tenant, snapshot_id=f"t{tenant}",
+                              models=(("minilm", 384),), sqlite_bytes=None, hnsw_bytes=6 * MiB)
+    ceiling = 6
+    with FarProxy(seaweedfs.endpoint_url, rate=1 * MB, delay=0.01) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        proxy.reset()
+        report = drill_report(restore_drill(backend=f"s3://{bucket}", scratch_dir=str(tmp_path / "scratch"),
+                                            concurrency=3, max_streams=ceiling, return_state=True))
+        timeline = proxy.timeline()
+    assert report.ok == 3, report
+    assert max(timeline) <= ceiling + 2, " ".join(map(str, timeline))
+    assert max(timeline) > START, " ".join(map(str, timeline))  # they did climb, within the ceiling

@@ -20,7 +20,8 @@ from memrestore.backends import streams as streams_module
 from memrestore.backends.errors import BadInputError
 from memrestore.backends.demo_snapshots import write_sample_snapshot
 from memrestore.backends.errors import RateSpellingError
-from memrestore.backends.streams import MAX_STREAMS, RateLimit, StreamPool, parse_rate, part_size
+from memrestore.backends.streams import (DRILL_STREAMS, MAX_STREAMS, READ_BUFFERS, RateLimit, StreamBudget,
+                                         StreamPool, parse_rate, part_size)
 from memrestore.tasks.choose import fetch_manifest
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks import progress
@@ -113,6 +114,58 @@ def test_a_failed_part_stops_its_blob_only_and_is_raised_once_none_runs():
         gate.set()
         elsewhere.join()
     assert "never" not in ran and ran.count("stopped") == 1 and "other blob" in ran
+
+
+def test_pools_sharing_a_budget_run_at_most_its_streams_together_and_take_back_what_one_gives():
+    """A drill's restores at once share its ceiling (StreamBudget): two pools of 3 streams on a
+    budget of 4 run 4 parts at once, not 6; the second still gets its first stream while the first
+    holds three; and once the first pool ends, the second takes the streams it gave back."""
+    budget = StreamBudget(4)
+    running = {"a": 0, "b": 0}
+    most_together, most_b, lock = 0, 0, threading.Lock()
+    release_a, release_b_first, release_b = threading.Event(), threading.Event(), threading.Event()
+
+    def part(pool_name: str, release: threading.Event):
+        def run(stop):
+            nonlocal most_together, most_b
+            with lock:
+                running[pool_name] += 1
+                most_together = max(most_together, running["a"] + running["b"])
+                if pool_name == "b":
+                    most_b = max(most_b, running["b"])
+            release.wait(10)
+            with lock:
+                running[pool_name] -= 1
+        return run
+
+    pool_a, pool_b = StreamPool(3, budget=budget), StreamPool(3, budget=budget)
+    a = threading.Thread(target=pool_a.run, args=([part("a", release_a)] * 6,))
+    a.start()
+    wait_until(lambda: running["a"] == 3, timeout=10, what="pool a running 3 parts")
+    b = threading.Thread(target=pool_b.run, args=([part("b", release_b_first)] + [part("b", release_b)] * 11,))
+    b.start()
+    wait_until(lambda: running["b"] >= 1, timeout=10, what="pool b running its first part")
+    time.sleep(0.3)  # room for a wrong pool b to start more
+    assert (running["a"], running["b"], budget.taken) == (3, 1, 4)
+    release_a.set()
+    a.join(10)
+    pool_a.close()  # its streams end and go back to the budget
+    assert budget.taken == 1
+    release_b_first.set()  # pool b's first part ends: it takes the streams given back, up to its 3
+    wait_until(lambda: running["b"] == 3, timeout=10, what="pool b running 3 parts")
+    release_b.set()
+    b.join(10)
+    pool_b.close()
+    assert most_together <= 4 and most_b == 3, (most_together, most_b)
+    assert budget.taken == 0
+
+
+def test_a_pool_sharing_a_budget_sizes_its_reads_for_the_whole_budget():
+    """A drill's restores share DRILL_STREAMS streams: each stream's read buffer is sized for all
+    of them (256 KiB at 192), so the buffers together stay those of one restore."""
+    own, shared = StreamPool(None, ceiling=48), StreamPool(None, ceiling=48, budget=StreamBudget(DRILL_STREAMS))
+    assert own.buffer_size == READ_BUFFERS // 48
+    assert shared.buffer_size == 256 * 1024 and DRILL_STREAMS * shared.buffer_size <= 2 * READ_BUFFERS
 
 
 def test_the_bucket_holds_many_threads_to_its_rate():
