@@ -159,7 +159,7 @@ def metered(limit: RateLimit | None, want: int, read: Callable[[], T], used: Cal
 
 #: The most streams a drill's restores at once keep in flight together (its :class:`StreamBudget`):
 #: four tenants, the default, each at the default ceiling. The read buffers of each of those
-#: streams are sized to this many (:meth:`StreamPool.read_size`: 256 KiB each, 48 MiB in all),
+#: streams are sized to this many (:attr:`StreamPool.buffer_size`: 256 KiB each, 48 MiB in all),
 #: and the S3 client keeps a connection for each (backends/s3.py).
 #:
 #: Measured (4 tenants of 256 MiB through the far-store proxy, one drill each way, 2 runs): with

@@ -251,7 +251,8 @@ def attempt_snapshot(manifest: SnapshotManifest, scratch_root: Path, restore: Re
                              ok=False, reason=describe_failure(exc))
     seconds = round(time.monotonic() - started, 3)
     measured = dict(snapshot_id=manifest.snapshot_id, scratch=str(scratch), restored=True,
-                    restore_seconds=seconds, bytes=outcome.total_bytes)
+                    restore_seconds=seconds, bytes=outcome.total_bytes, streams_peak=outcome.streams_peak,
+                    streams_final=outcome.streams_final)
     try:
         validation = check(manifest, scratch)
     except Exception as exc:  # noqa: BLE001 - likewise
@@ -345,6 +346,8 @@ def drill_tenant(
         picked_by=picked_by,
         newest_age_seconds=newest_age,
         validation=first.validation,
+        streams_peak=first.streams_peak,
+        streams_final=first.streams_final,
     )
 
 

@@ -50,6 +50,9 @@ class AttemptResult(BaseModel):
     bytes: int | None = None
     #: The operator's validation of the copy (tasks/validation.py), when one is set and it ran.
     validation: ValidationResult | None = None
+    #: The streams its restore ran (the most at once, those at the end); None without them.
+    streams_peak: int | None = None
+    streams_final: int | None = None
 
 
 class TenantDrillResult(BaseModel):
@@ -94,6 +97,11 @@ class TenantDrillResult(BaseModel):
     #: before it was added, and when the tenant has no snapshot.
     newest_age_seconds: float | None = None
     validation: ValidationResult | None = None
+    #: The streams (concurrent GETs) the restore of ``snapshot_id`` ran: the most at once, and
+    #: those in force at its end (a drill's tenants share its budget of streams,
+    #: backends/streams.py); None when it read without them (a local folder) or did not restore.
+    streams_peak: int | None = None
+    streams_final: int | None = None
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -290,6 +298,16 @@ def rpo_text(result: TenantDrillResult, max_age_hours: float | None) -> str:
     return shown
 
 
+def _on_streams(r: TenantDrillResult) -> str:
+    """``, 48 streams`` (or ``, 16-8 streams``: the most, then those at the end) after a rate read
+    on streams; nothing for a local folder's."""
+    if r.streams_peak is None:
+        return ""
+    if r.streams_final in (None, r.streams_peak):
+        return f", {r.streams_peak} streams"
+    return f", {r.streams_peak}-{r.streams_final} streams"
+
+
 def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[dict]:
     """One row per tenant, worst first: status, the snapshot tried first (and how it was picked,
     when the drill picked at random), its age, its restore's
@@ -307,7 +325,7 @@ def table_rows(report: DrillReport, max_age_hours: float | None = None) -> list[
             "age": units.age(r.snapshot_age_seconds),
             "RTO": units.duration(r.restore_seconds),
             "size": units.size(r.bytes),
-            "rate": units.rate(r.bytes_per_second),
+            "rate": units.rate(r.bytes_per_second) + _on_streams(r),
             "last good": r.last_good_snapshot_id or "none",
             "RPO": rpo_text(r, max_age_hours),
             **({"validation": r.validation.short() if r.validation else "-"} if validated else {}),

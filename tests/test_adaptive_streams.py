@@ -109,6 +109,7 @@ def test_a_drills_tenants_share_its_budget_of_streams(seaweedfs, small_reads, mo
     reach 18. (Issue 20: four large tenants each free to climb peaked at 209-241 MiB of RSS.)"""
     from memrestore.flows import drill as drill_flow
     from memrestore.flows.drill import drill_report, restore_drill
+    from memrestore.tasks.drill_report import table_rows
 
     monkeypatch.setattr(drill_flow, "DRILL_STREAMS", 6)
 
@@ -125,5 +126,8 @@ def test_a_drills_tenants_share_its_budget_of_streams(seaweedfs, small_reads, mo
                                             concurrency=3, max_streams=ceiling, return_state=True))
         timeline = proxy.timeline()
     assert report.ok == 3, report
+    # Each tenant's line says what its restore ran, in the JSON and in the report's rate.
+    assert all(1 <= t.streams_peak <= 6 and 1 <= t.streams_final <= t.streams_peak for t in report.tenants), report
+    assert all(row["rate"].endswith(" streams") for row in table_rows(report)), table_rows(report)
     assert max(timeline) <= ceiling + 2, " ".join(map(str, timeline))
     assert max(timeline) > START, " ".join(map(str, timeline))  # they did climb, within the ceiling

@@ -660,8 +660,10 @@ def test_cli_drill_json_exit_status_and_kept_copies(backend, tmp_path):
     t = _by_tenant(report)
     assert set(t[1]) == {"tenant_id", "snapshot_id", "status", "reason", "restore_seconds", "snapshot_age_seconds",
                          "bytes", "last_good_snapshot_id", "last_good_age_seconds", "kept_copies", "lost_runs",
-                         "rpo_over_max_age", "validation", "picked_by", "newest_age_seconds"}
+                         "rpo_over_max_age", "validation", "picked_by", "newest_age_seconds", "streams_peak",
+                         "streams_final"}
     assert t[1]["validation"] is None  # no --validate-...: tests/test_validation_hooks.py
+    assert t[1]["streams_peak"] is None  # a local folder reads without streams (S3: test_adaptive_streams)
     assert t[1]["picked_by"] == "latest" and report["seed"] is None and report["sample"] is None
     assert [r["tenant_id"] for r in report["tenants"]] == [4, 9, 2, 1]  # worst first
     assert [t[i]["status"] for i in (1, 2, 4, 9)] == ["ok", "failed", "failed", "failed"]
