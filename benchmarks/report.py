@@ -269,3 +269,20 @@ def write_section(path: Path, start: str, end: str, section: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def median_with_runs(values: list[float]) -> str:
+    """``1.29 (1.29, 1.30, 1.32)``: the median of a section's runs, and every run."""
+    import statistics
+
+    return f"{statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})"
+
+
+def publish_section(path: Path, lines: list[str], write: bool) -> None:
+    """Print a section's lines (its first and last are its markers) and, unless told not to
+    (``--no-write``), put it in ``path`` in place of the section between the same markers."""
+    table = "\n".join(lines)
+    print(table)
+    if write:
+        write_section(path, lines[0], lines[-1], table)
+        print(f"written to {path}")

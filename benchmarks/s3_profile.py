@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.data import GiB, SERVED_MODEL, content_paths, ensure_snapshot, even_snapshot
-from benchmarks.report import write_section
+from benchmarks.report import median_with_runs, publish_section
 
 #: Each link's section has markers of its own: ``<!-- s3-profile-loopback:begin -->`` ...
 MARKERS = "<!-- s3-profile-{link}:begin -->", "<!-- s3-profile-{link}:end -->"
@@ -210,16 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- |",
     ]
     for case in cases:
-        med = statistics.median(case.seconds)
-        lines.append(f"| {case.name} | {med:.2f} ({', '.join(f'{s:.2f}' for s in case.seconds)}) | "
-                     f"{med / s5_median:.2f}x | {statistics.median(case.cpu):.2f} | "
+        lines.append(f"| {case.name} | {median_with_runs(case.seconds)} | "
+                     f"{statistics.median(case.seconds) / s5_median:.2f}x | {statistics.median(case.cpu):.2f} | "
                      f"{statistics.median(case.server_cpu):.2f} |")
     lines.append(end)
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        write_section(BENCHMARKS_MD, begin, end, table)
-        print(f"written to {BENCHMARKS_MD}")
+    publish_section(BENCHMARKS_MD, lines, write=not args.no_write)
     return 0
 
 

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.measure import run_measured
-from benchmarks.report import write_section
+from benchmarks.report import median_with_runs, publish_section
 from benchmarks.servers import PREFECT_QUIET, PrefectServer
 
 BEGIN = "<!-- startup:begin -->"
@@ -133,15 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for label, series in runs.items():
         secs = [r.seconds for r in series]
-        med = statistics.median(secs)
-        lines.append(f"| {label} | {med:.2f} ({', '.join(f'{s:.2f}' for s in secs)}) | {med / floor:.1f}x | "
+        lines.append(f"| {label} | {median_with_runs(secs)} | {statistics.median(secs) / floor:.1f}x | "
                      f"{statistics.median(r.max_rss_bytes for r in series) / 2**20:.0f} |")
     lines.append(END)
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        write_section(BENCHMARKS_MD, BEGIN, END, table)
-        print(f"written to {BENCHMARKS_MD}")
+    publish_section(BENCHMARKS_MD, lines, write=not args.no_write)
     return 0
 
 
