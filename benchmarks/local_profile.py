@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
 from benchmarks.bench import DEFAULT_WORKDIR
 from benchmarks.data import SERVED_MODEL, content_paths
