@@ -97,12 +97,14 @@ class ProgressArtifact:
     an update each, against 5.5-6.5 s with one a second (3 runs each, `memrestore drill` against
     a standing server)."""
 
-    def __init__(self, key: str, description: str, every: float = 0.0) -> None:
+    def __init__(self, key: str, description: str, every: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
 
         self.id = create_progress_artifact(0.0, key=key, description=description, _sync=True)
         self._shown: tuple[float, str] = (0.0, description)
         self._every = every
-        self._sent_at = time.monotonic()
+        self._clock = clock
+        self._sent_at = clock()
 
     def update(self, percent: float, description: str, client=None) -> None:
         """Show ``percent`` and ``description``; through ``client`` (a sync Prefect client kept open
@@ -111,13 +113,13 @@ class ProgressArtifact:
         shown = (round(min(100.0, max(0.0, percent)), 1), description)
         if shown == self._shown:
             return
-        if shown[0] < 100.0 and time.monotonic() - self._sent_at < self._every:
+        if shown[0] < 100.0 and self._clock() - self._sent_at < self._every:
             return
         if client is None:
             update_progress_artifact(self.id, shown[0], description=description, _sync=True)
         else:
             client.update_artifact(artifact_id=self.id, artifact=ArtifactUpdate(data=shown[0], description=description))
-        self._shown, self._sent_at = shown, time.monotonic()
+        self._shown, self._sent_at = shown, self._clock()
 
 
 def describe_bytes(done: int, total: int | None, seconds: float) -> str:

@@ -168,8 +168,9 @@ def restore(request: RestoreRequest, steps: Steps = PLAIN, narrator: Narrator = 
     """Restore ``request``'s snapshot into its data dir, each step run by ``steps`` and told to
     ``narrator``. What a caller that restores many (a drill) has already: ``backend``, the store
     opened; ``manifest``, the snapshot's, read; ``limit``, a rate limit shared with its other
-    restores (instead of the request's own); ``budget``, the streams they may run together. Raises a RestoreError (a refusal, or a failure after
-    which the data dir is as it was) or, told to stop, the interrupt."""
+    restores (instead of the request's own); ``budget``, the streams they may run together.
+    Raises a RestoreError (a refusal, or a failure after which the data dir is as it was) or, told
+    to stop, the interrupt."""
     started = time.monotonic()
     backend = backend if backend is not None else open_backend(request.backend)
     validation = request.validation if request.validation is not None and request.validation.active else None

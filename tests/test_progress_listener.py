@@ -175,11 +175,11 @@ def test_a_progress_artifact_updated_on_every_event_sends_one_a_second_and_alway
 
     monkeypatch.setattr(progress, "update_progress_artifact", counted)
     clock = [1000.0]
-    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
 
     @flow
     def drill_like() -> str:
-        artifact = progress.ProgressArtifact("progress-every", "0 of 50 tenants drilled", every=1.0)
+        artifact = progress.ProgressArtifact("progress-every", "0 of 50 tenants drilled", every=1.0,
+                                             clock=lambda: clock[0])
         for done in range(1, 51):
             clock[0] += 0.1  # a tenant every 0.1 s: an update is due every 10
             artifact.update(2.0 * done, f"{done} of 50 tenants drilled")

@@ -117,7 +117,7 @@ def test_a_failed_part_stops_its_blob_only_and_is_raised_once_none_runs():
 
 
 def test_pools_sharing_a_budget_run_at_most_its_streams_together_and_take_back_what_one_gives():
-    """A drill's restores at once share its ceiling (StreamBudget): two pools of 3 streams on a
+    """A drill's restores at once share a budget of streams (StreamBudget): two pools of 3 streams on a
     budget of 4 run 4 parts at once, not 6; the second still gets its first stream while the first
     holds three; and once the first pool ends, the second takes the streams it gave back."""
     budget = StreamBudget(4)
