@@ -186,36 +186,21 @@ def test_the_sample_verify_command_names_the_old_snapshot_and_key_within_a_rate_
 def test_the_nightly_drill_picks_at_random_and_a_failed_blob_of_its_sampled_verify_pages_someone(backend, tmp_path):
     """The drill with a random pick and a sampled verify: the report, its artifacts, the event of the
     blob corrupted in tenant 2's oldest snapshot, and the notification the automation sends on it."""
-    import threading
-    import uuid
-
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
     from memrestore.flows.drill import drill_report, restore_drill
     from memrestore.flows.ops.alerts import blob_failed_automation
     from memrestore.tasks.drill_report import artifact_key
     from memrestore.tasks.sample_verify import SAMPLE_FAILED_EVENT
     from tests.procs import wait_until
     from tests.test_drill import _read_back
-    from tests.test_serve import NOTIFY_SECONDS, _Receiver
+    from tests.test_serve import NOTIFY_SECONDS, webhook_pager
 
     made = _fleet(backend)
     bad_key = next(m for m in list_snapshots(backend).for_tenant(2)
                    if m.snapshot_id == made[2][-1]).hnsw_snapshots[0].content_key
     _flip_byte(backend.root / bad_key)
 
-    receiver = _Receiver()
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
-    block_name = f"pager-{uuid.uuid4().hex[:8]}"
-    automation = block_id = None
-    try:
-        block_id = CustomWebhookNotificationBlock(
-            name="memrestore pager", url=f"http://127.0.0.1:{receiver.server_port}/hook",
-            json_data={"text": "{{subject}}\n{{body}}"},
-        ).save(block_name)
-        automation = blob_failed_automation(block_id, name=f"blob failed {block_name}").create()
-
+    with webhook_pager(lambda block, name: blob_failed_automation(block, name=f"blob failed {name}")) as (
+            receiver, _automation):
         state = restore_drill(backend=backend.url, scratch_dir=str(tmp_path / "scratch"),
                               pick="random-within-window", window_days=30, seed=11, sample="100%", limit_rate="8M",
                               return_state=True)
@@ -241,14 +226,6 @@ def test_the_nightly_drill_picks_at_random_and_a_failed_blob_of_its_sampled_veri
                             f"the notification for {bad_key}")
         assert body["text"].startswith("memrestore: a stored blob of tenant 2 failed its sampled verify")
         assert f"snapshots that hold it (each would fail a restore): {made[2][-1]}" in body["text"]
-    finally:
-        if automation is not None:
-            automation.delete()
-        if block_id is not None:
-            CustomWebhookNotificationBlock.delete(block_name)
-        receiver.shutdown()
-        thread.join()
-        receiver.server_close()
 
 
 # -- the trend's rules ------------------------------------------------------------------------------

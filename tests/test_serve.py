@@ -12,8 +12,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from prefect.client.schemas.filters import (
@@ -203,18 +204,16 @@ class _Receiver(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_a_failed_drill_notifies_through_the_automation(tmp_path):
-    from prefect.automations import Automation
+@contextmanager
+def webhook_pager(automation_for: Callable[[Any, str], Any]) -> Iterator[tuple[_Receiver, Any]]:
+    """A webhook endpoint on loopback (:class:`_Receiver`), a notification block that posts to it,
+    and the automation ``automation_for(block_id, block_name)`` made with that block, created on
+    the current Prefect API; yields the receiver and the automation, and removes all three after."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
-    from memrestore.flows.ops.alerts import drill_failed_automation
-    from memrestore.flows.drill import restore_drill
 
     receiver = _Receiver()
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
-    tenant = 4000 + uuid.uuid4().int % 1000  # ours alone among the session's drill events
     block_name = f"pager-{uuid.uuid4().hex[:8]}"
     automation = block_id = None
     try:
@@ -222,7 +221,28 @@ def test_a_failed_drill_notifies_through_the_automation(tmp_path):
             name="memrestore pager", url=f"http://127.0.0.1:{receiver.server_port}/hook",
             json_data={"text": "{{subject}}\n{{body}}"},
         ).save(block_name)
-        automation = drill_failed_automation(block_id, name=f"drill failed {block_name}").create()
+        automation = automation_for(block_id, block_name).create()
+        yield receiver, automation
+    finally:
+        if automation is not None:
+            automation.delete()
+        if block_id is not None:
+            CustomWebhookNotificationBlock.delete(block_name)
+        receiver.shutdown()
+        thread.join()
+        receiver.server_close()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failed_drill_notifies_through_the_automation(tmp_path):
+    from prefect.automations import Automation
+
+    from memrestore.flows.ops.alerts import drill_failed_automation
+    from memrestore.flows.drill import restore_drill
+
+    tenant = 4000 + uuid.uuid4().int % 1000  # ours alone among the session's drill events
+    with webhook_pager(lambda block, name: drill_failed_automation(block, name=f"drill failed {name}")) as (
+            receiver, automation):
         assert Automation.read(id=automation.id).trigger.expect == {"memrestore.drill.failed"}
 
         # A real drill of a stale tenant: its snapshot is two days old, the limit one hour.
@@ -240,14 +260,6 @@ def test_a_failed_drill_notifies_through_the_automation(tmp_path):
         text = body["text"]
         assert text.startswith(f"memrestore: tenant {tenant} failed its restore drill")
         assert "latest snapshot: stale" in text and f"backend: {backend.url}" in text
-    finally:
-        if automation is not None:
-            automation.delete()
-        if block_id is not None:
-            CustomWebhookNotificationBlock.delete(block_name)
-        receiver.shutdown()
-        thread.join()
-        receiver.server_close()
 
 
 # --- stopping beside an API that stopped answering ----------------------------------------------
