@@ -43,11 +43,12 @@ def parse_share(text: str) -> Share:
         if not 0 < percent <= 100:
             raise ShareSpellingError(f"{text!r}: a share is more than 0% and at most 100%")
         return Share(percent=percent)
+    not_a_share = ShareSpellingError(
+        f"{text!r} is not a share: give a percent of the stored bytes (5%) or a byte count with an "
+        "optional unit, k, M, G or T (powers of 1024), e.g. 10G or 500M")
+    if re.match(SHARE_PATTERN, text) is None:
+        raise not_a_share
     try:
-        if re.match(SHARE_PATTERN, text) is None:
-            raise ShareSpellingError(text)
         return Share(bytes=parse_rate(text))
     except RestoreError:
-        raise ShareSpellingError(
-            f"{text!r} is not a share: give a percent of the stored bytes (5%) or a byte count with an "
-            "optional unit, k, M, G or T (powers of 1024), e.g. 10G or 500M") from None
+        raise not_a_share from None

@@ -16,6 +16,8 @@ from memrestore.backends.listing import format_instant, parse_instant
 from memrestore.backends.errors import RateSpellingError
 from memrestore.backends.stream_control import DEFAULT_CEILING
 from memrestore.backends.streams import DEFAULT_STREAMS, MAX_STREAMS, parse_rate
+from memrestore.tasks.errors import ShareSpellingError
+from memrestore.tasks.share import parse_share
 
 # Off a terminal (a pipe, a log file), lines are not cut to 80 columns.
 out = Console() if sys.stdout.isatty() else Console(width=200)
@@ -64,6 +66,8 @@ def _refused_by(parse: Callable[[str], object], error: type[ValueError]) -> Call
 
 _limit_rate = _refused_by(parse_rate, RateSpellingError)
 _as_of = _refused_by(parse_instant, InstantSpellingError)  # kept as written: see as_of_instant
+#: ``--sample`` (``drill``, ``sample-verify``): a share of the stored bytes, 5% or 10G.
+share_spelling = _refused_by(parse_share, ShareSpellingError)
 
 
 def as_of_instant(value: str) -> tuple[int, str, str]:

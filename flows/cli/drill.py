@@ -23,6 +23,7 @@ from memrestore.flows.cli.common import (
     VerboseOpt,
     errors_as_messages,
     out,
+    share_spelling,
     validation_of,
     warn,
 )
@@ -100,7 +101,7 @@ SeedOpt = typer.Option(
     None, "--seed", min=0, help="With --pick random-within-window: the draw's seed (the report gives each "
                                 "drill's); the same seed draws the same snapshots. Default: a fresh one.")
 SampleOpt = typer.Option(
-    None, "--sample", metavar="SHARE",
+    None, "--sample", metavar="SHARE", callback=share_spelling,
     help="Also hash this share of every stored blob of the tenants (older snapshots too) against the "
          "manifests, without restoring: 5% of the bytes or 10G; a different slice each night.")
 
@@ -133,14 +134,7 @@ def pick_parameters(pick: str, window: Optional[str], seed: Optional[int], sampl
         parameters["window_days"] = window_days(window)
     if seed is not None:
         parameters["seed"] = seed
-    if sample is not None:
-        from memrestore.tasks.errors import ShareSpellingError
-        from memrestore.tasks.share import parse_share
-
-        try:
-            parse_share(sample)
-        except ShareSpellingError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--sample") from None
+    if sample is not None:  # spelled right: the option's callback (share_spelling) saw to it
         parameters["sample"] = sample
     return parameters
 

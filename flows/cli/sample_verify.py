@@ -8,14 +8,15 @@ from typing import Optional
 
 import typer
 
-from memrestore.flows.cli.common import BackendOpt, JsonOpt, LimitRateOpt, VerboseOpt, err, errors_as_messages, out
+from memrestore.flows.cli.common import (BackendOpt, JsonOpt, LimitRateOpt, VerboseOpt, err, errors_as_messages, out,
+                                         share_spelling)
 from memrestore.flows.cli.run_flow import connect_prefect, importing_prefect, quiet_prefect
 
 
 def sample_verify(
     backend: str = BackendOpt,
     sample: str = typer.Option(
-        ..., "--sample", metavar="SHARE",
+        ..., "--sample", metavar="SHARE", callback=share_spelling,
         help="How much to read: a percent of the stored bytes (5%) or a byte count (10G, 500M)."),
     tenant: Optional[list[int]] = typer.Option(
         None, "--tenant", min=0, help="This tenant's snapshots (repeatable); default: every tenant."),
@@ -29,13 +30,6 @@ def sample_verify(
 ) -> None:
     """Hash a share of the blobs of every retained snapshot against their manifests, writing nothing.
     Exit 1 if any blob failed (each named with its snapshots and key)."""
-    from memrestore.tasks.errors import ShareSpellingError
-    from memrestore.tasks.share import parse_share
-
-    try:
-        parse_share(sample)
-    except ShareSpellingError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--sample") from None
     quiet_prefect(verbose)
     connect_prefect()
     with errors_as_messages(verbose):
