@@ -13,23 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import blake3
-
 from memrestore.backends.base import Backend, put_manifest
+from memrestore.backends.hashing import hash_file
 from memrestore.backends.manifest import SnapshotManifest
 
 DEFAULT_MODELS: tuple[tuple[str, int], ...] = (("minilm", 384), ("e5-base", 768))
 #: Payload size of one sample commit-log row, when growing a checkpoint to a target size.
 ROW_PAYLOAD = 64 * 1024
 WRITE_CHUNK = 4 * 1024 * 1024
-
-
-def _hash_file(path: Path) -> str:
-    hasher = blake3.blake3()
-    with open(path, "rb") as f:
-        while chunk := f.read(WRITE_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def make_sqlite_checkpoint(path: Path, rows: int = 100, target_bytes: int | None = None, seed: int = 0) -> None:
@@ -111,7 +102,7 @@ def write_sample_snapshot(
                     "distance_metric": "cosine",
                     "source_log_watermark": 100,
                     "content_key": key,
-                    "checksum": _hash_file(blob) if checksums else None,
+                    "checksum": hash_file(blob)[1] if checksums else None,
                     "deleted_count_pending": 0,
                 }
             )
@@ -127,7 +118,7 @@ def write_sample_snapshot(
                 "oplog_floor": 1,
                 "forget_floor": forget_floor,
                 "sqlite_checkpoint_key": sqlite_key,
-                "sqlite_checkpoint_checksum": _hash_file(sqlite_path) if checksums else None,
+                "sqlite_checkpoint_checksum": hash_file(sqlite_path)[1] if checksums else None,
                 "hnsw_snapshots": entries,
                 "encryption": None,
                 "label": "sample",

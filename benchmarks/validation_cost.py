@@ -26,7 +26,8 @@ from memrestore.tasks.modes import CheckLevel
 from memrestore.tasks.plan import DestinationState, RestoreMode
 from memrestore.tasks.restore import RestoreRequest, restore
 from memrestore.tasks.validate import validate
-from memrestore.tasks.validation import Validation, _hash
+from memrestore.backends.hashing import hash_file
+from memrestore.tasks.validation import Validation
 
 
 def main(argv: list[str]) -> int:
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
                 if validation is None:
                     started = time.monotonic()
                     for item in plan.items:
-                        _hash(data / item.destination)
+                        hash_file(data / item.destination)
                     rehash.append(time.monotonic() - started)
                 shutil.rmtree(data)
         base, validated = (statistics.median(v) for v in seconds.values())

@@ -17,11 +17,11 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-import blake3
 from pydantic import BaseModel
 
 from memrestore.backends import Backend
 from memrestore.backends.base import RangedBackend
+from memrestore.backends.hashing import hash_file, hash_range, new_hasher
 from memrestore.backends.streams import RateLimit
 from memrestore.tasks import interrupt, progress
 from memrestore.tasks.errors import ChecksumMismatchError, DestinationIOError
@@ -31,12 +31,6 @@ from memrestore.tasks.plan import PlanItem
 from memrestore.tasks.transfer import Transfer
 
 PART_SUFFIX = ".part"
-#: Read size when hashing a staged file's bytes back from it (parts written ahead, the local
-#: folder's kernel copy, a resume): read into one buffer per file, never a new one per read, and
-#: hashed on every core (:func:`new_hasher`). 1 GiB hashed from the page cache this way took
-#: 0.26-0.38 s here, against 0.41-0.58 s in 1 MiB reads each into new bytes hashed on one core,
-#: and b3sum's 0.66-0.79 s (it memory-maps: page faults, on this VM), BENCHMARKS.md.
-HASH_CHUNK = 8 * 1024 * 1024
 #: The buffer a staged file hashes its bytes back through: the spans it reads back are a kernel
 #: copy's (1 MiB: ``backends.local.COPY_CHUNK``) or a ranged part's reads, so a larger one would
 #: only hold memory (four blobs at once, 8 MiB each, took an S3 restore's peak RSS from 176 to
@@ -81,38 +75,6 @@ class StagedItem(BaseModel):
     checksum: str
     verified: bool
     reused: bool = False
-
-
-#: Whether this process is a fork's child. blake3's threads (a pool made at its first
-#: multi-threaded hash) do not survive a fork: a child that hashed on them would wait for ever
-#: (measured: a 64 MiB hash in a child forked after one in its parent never returns). A forked
-#: child (the crash tests' restores; a preforking server that embeds memrestore) hashes on one.
-_forked = False
-
-
-def _in_forked_child() -> None:
-    global _forked
-    _forked = True
-
-
-os.register_at_fork(after_in_child=_in_forked_child)
-
-
-def new_hasher() -> blake3.blake3:
-    """A blake3 hasher that hashes each large input on every core (its own threads), as b3sum does;
-    an input of a few KiB is hashed on one. In a forked child, always on one (:data:`_forked`)."""
-    return blake3.blake3() if _forked else blake3.blake3(max_threads=blake3.blake3.AUTO)
-
-
-def hash_range(fd: int, start: int, end: int, hasher: blake3.blake3, buffer: bytearray) -> None:
-    """Add bytes ``[start, end)`` of ``fd`` to ``hasher``, read into ``buffer`` a piece at a time."""
-    view = memoryview(buffer)
-    while start < end:
-        n = os.preadv(fd, [view[:min(len(view), end - start)]], start)
-        if not n:
-            raise OSError(errno.EIO, f"the file ended at byte {start}, before {end}")
-        hasher.update(view[:n])
-        start += n
 
 
 class _HashingWriter:
@@ -252,21 +214,13 @@ def staged_path(data_dir: Path, item: PlanItem) -> Path:
     return staging_dir(data_dir) / item.destination
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    hasher = new_hasher()
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        hash_range(f.fileno(), 0, size, hasher, bytearray(min(HASH_CHUNK, max(1, size))))
-    return size, hasher.hexdigest()
-
-
 def reuse_staged(data_dir: Path, item: PlanItem, advance: Callable[[int], None]) -> StagedItem | None:
     """A staged file from an interrupted restore, if it is complete and still hashes right; its
     bytes are counted as received (``advance``, a transfer's)."""
     final = staged_path(data_dir, item)
     if item.expected_checksum is None or not final.is_file() or final.is_symlink():
         return None
-    size, actual = _hash_file(final)
+    size, actual = hash_file(final)
     if actual != item.expected_checksum:
         final.unlink()
         return None
@@ -278,7 +232,7 @@ def recheck_item(item: PlanItem, data_dir: Path) -> StagedItem:
     """Hash an item already staged or already moved into place by an interrupted commit."""
     staged = staged_path(Path(data_dir), item)
     path = staged if staged.exists() else Path(data_dir) / item.destination
-    size, actual = _hash_file(path)
+    size, actual = hash_file(path)
     verified = _verify_against_manifest(item, actual)
     return StagedItem(item=item, bytes=size, checksum=actual, verified=verified, reused=True)
 

@@ -66,10 +66,10 @@ import time
 from pathlib import Path
 from typing import Literal, Mapping
 
-import blake3
 from pydantic import BaseModel, Field, model_serializer
 from pydantic.json_schema import SkipJsonSchema
 
+from memrestore.backends.hashing import hash_file
 from memrestore.tasks import interrupt
 from memrestore.tasks.errors import (
     ValidationFailedError,
@@ -95,8 +95,6 @@ TAIL_BYTES = 4096
 TAIL_LINES = 20
 #: Lines of the output a refusal's message quotes (the report keeps the whole tail).
 MESSAGE_LINES = 5
-#: Read size when a file of the copy is hashed again.
-HASH_CHUNK = 1024 * 1024
 _CALLABLE_SPELLING = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 _log = logging.getLogger(__name__)
@@ -536,14 +534,6 @@ def run_validation(validation: Validation, copy: RestoredCopy) -> ValidationResu
 # -- the copy, kept as it was ---------------------------------------------------------------------
 
 
-def _hash(path: Path) -> str:
-    hasher = blake3.blake3()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _read_only(root: Path, files: list[str]) -> dict[str, int]:
     """Make each file read-only; the modes they had, to put back."""
     modes = {}
@@ -607,7 +597,7 @@ def validate_copy(validation: Validation, root: Path, tenant_id: int, snapshot_i
     ValidationHookError when a hook cannot run. Its lines go to ``logger`` (by default, this
     module's, silent unless the application configures logging)."""
     logger = logger if logger is not None else _log
-    expected = {rel: digest if digest is not None else _hash(root / rel) for rel, digest in files.items()}
+    expected = {rel: digest if digest is not None else hash_file(root / rel)[1] for rel, digest in files.items()}
     copy = RestoredCopy(data_dir=root, tenant_dir=root / tenant_dir_name(tenant_id), tenant_id=tenant_id,
                         snapshot_id=snapshot_id)
     modes = _read_only(root, list(expected))
@@ -627,7 +617,7 @@ def validate_copy(validation: Validation, root: Path, tenant_id: int, snapshot_i
         path = root / rel
         if path.is_symlink() or not path.is_file():
             changed.append(f"{rel} is gone" if not path.exists() else f"{rel} is no longer a file")
-        elif _hash(path) != digest:
+        elif hash_file(path)[1] != digest:
             changed.append(f"{rel} no longer has the snapshot's blake3")
     if changed:
         raise ValidatorChangedCopyError(validation, result, root, snapshot_id, changed, what)

@@ -1,4 +1,4 @@
-"""Hashing as b3sum does (tasks/stage.py: large reads into one buffer, blake3 on every core): the
+"""Hashing as b3sum does (backends/hashing.py: large reads into one buffer, blake3 on every core): the
 digests are blake3's own, whatever the size against the read size (empty, one byte short of a
 read, many reads and a tail), for ``verify`` from a local folder, for a staged file hashed back
 after the kernel copied it in, and for a resume's re-hash of a staged file."""
@@ -13,7 +13,8 @@ import pytest
 from memrestore.backends.local import WHOLE_READ, LocalBackend
 from memrestore.tasks.plan import ItemKind, PlanItem
 from memrestore.tasks.progress import Listener, watching
-from memrestore.tasks.stage import HASH_CHUNK, _hash_file, _StagedFile, hash_item
+from memrestore.backends.hashing import HASH_CHUNK, hash_file, new_hasher
+from memrestore.tasks.stage import _StagedFile, hash_item
 
 SIZES = [0, 1, WHOLE_READ - 1, WHOLE_READ, 2 * WHOLE_READ + 12345]
 
@@ -51,7 +52,7 @@ def test_a_staged_file_is_hashed_back_and_rehashed_exactly(tmp_path, size):
         assert staged.hexdigest() == blake3.blake3(data).hexdigest()
     finally:
         os.close(fd)
-    assert _hash_file(dst) == (size, blake3.blake3(data).hexdigest())
+    assert hash_file(dst) == (size, blake3.blake3(data).hexdigest())
 
 
 def test_a_forked_child_hashes_after_its_parent_used_every_core():
@@ -59,8 +60,6 @@ def test_a_forked_child_hashes_after_its_parent_used_every_core():
     would wait for ever on the first large hash (the crash tests' restores hung so). A forked
     child hashes on one thread instead, and gets the same digest."""
     import time
-
-    from memrestore.tasks.stage import new_hasher
 
     data = os.urandom(64 * 1024 * 1024)
     parent = new_hasher()
