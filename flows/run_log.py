@@ -29,7 +29,7 @@ from memrestore.tasks import units
 from memrestore.tasks.checks import PRAGMA, CheckLevel
 from memrestore.tasks.choose import LATEST
 from memrestore.tasks.marker import Phase
-from memrestore.tasks.outcome import RestoreOutcome
+from memrestore.tasks.outcome import RestoreOutcome, speed
 from memrestore.tasks.plan import RestoreMode, RestorePlan
 from memrestore.tasks.restore import Narrator
 from memrestore.tasks.validation import ValidationResult
@@ -158,11 +158,8 @@ class RunLog(Narrator):
                 f"{units.size(outcome.total_bytes)}) into {self.data_dir}; a dry run reads and writes nothing")
             return
         where = ", ".join(i.destination for i in outcome.items)
-        rate = f", {units.rate(outcome.bytes_per_second)}" if outcome.bytes_per_second else ""
-        if outcome.streams_peak is not None:
-            rate += f", on {outcome.streams_peak} streams at most ({outcome.streams_final} at the end)"
         self.logger.info(f"restored snapshot {outcome.snapshot_id} of tenant {outcome.tenant_id} in "
-                         f"{units.duration(outcome.seconds)}{rate}: {where}")
+                         f"{units.duration(outcome.seconds)}{speed(outcome)}: {where}")
 
     def not_done(self, message: str) -> None:
         """The one line of a restore that did not happen (its message is the run's state's)."""

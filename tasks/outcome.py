@@ -192,14 +192,14 @@ def not_done_outcome(
     )
 
 
-def _rate(outcome: RestoreOutcome) -> str:
-    return f", {units.rate(outcome.bytes_per_second)}" if outcome.bytes_per_second else ""
-
-
-def _streams(outcome: RestoreOutcome) -> str:
+def speed(outcome: RestoreOutcome) -> str:
+    """``, 52.0 MiB/s on 48 streams at most, 32 at the end`` after a restore's time (the rate only
+    when it read without streams; nothing when no byte moved): the summary's, the CLI's and the
+    run log's words alike."""
+    rate = f", {units.rate(outcome.bytes_per_second)}" if outcome.bytes_per_second else ""
     if outcome.streams_peak is None:
-        return ""
-    return f" on {outcome.streams_peak} streams at most, {outcome.streams_final} at the end"
+        return rate
+    return f"{rate} on {outcome.streams_peak} streams at most, {outcome.streams_final} at the end"
 
 
 def table_rows(outcome: RestoreOutcome) -> list[dict]:
@@ -246,7 +246,7 @@ def summary_markdown(outcome: RestoreOutcome) -> str:
         unverified = sum(not i.verified for i in outcome.items)
         lines += [
             f"- {len(outcome.items)} items, {units.size(outcome.total_bytes)} in "
-            f"{units.duration(outcome.seconds)}{_rate(outcome)}{_streams(outcome)}",
+            f"{units.duration(outcome.seconds)}{speed(outcome)}",
             f"- verified: {len(outcome.items) - unverified} of {len(outcome.items)}",
         ]
         if outcome.check is not None:
@@ -278,8 +278,7 @@ def human_summary(outcome: RestoreOutcome) -> str:
         lines.append(f"  total {units.size(outcome.total_bytes)} to fetch (planned in "
                      f"{units.duration(outcome.seconds)}; nothing read or written)")
     else:
-        lines.append(f"  total {units.size(outcome.total_bytes)} in {units.duration(outcome.seconds)}{_rate(outcome)}"
-                     + _streams(outcome))
+        lines.append(f"  total {units.size(outcome.total_bytes)} in {units.duration(outcome.seconds)}{speed(outcome)}")
     if outcome.check is not None:
         took = f" in {units.duration(outcome.check_seconds)}" if outcome.check_seconds is not None else ""
         lines.append(f"  staged copy checked before the commit: {outcome.check}{took}"
